@@ -1,0 +1,163 @@
+"""Typed configuration of the cascade: one frozen dataclass per concern.
+
+Only :mod:`bundle` turns these into JSON and back (``to_dict`` /
+``from_dict``); everything else reads the typed fields. Spacings and patch
+sizes are in array order ``(k, j, i)`` = ``(z, y, x)``, millimetres / voxels.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, Optional, Tuple
+
+# Stage roles the cascade knows. A stage's role says where in the cascade it
+# runs and what its output means.
+ROLES = ("roi", "kidney", "tumor")
+# Input layouts: 3D patches, 2D slices, or 2.5D (a stack of neighbouring
+# slices as channels, ``context_slices`` on each side).
+INPUT_MODES = ("3d", "2d", "2.5d")
+NORMALISATIONS = ("zscore", "minmax", "none")
+# How the tumor stage's candidates are chosen (report 000's rule is the default).
+FUSION_RULES = ("candidate_mean_probability",)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """A network architecture and its hyper-parameters.
+
+    ``architecture``: ``resunet`` (report 004's residual block, the default),
+    ``unet`` (plain), ``preact_resunet`` (pre-activation residual), ``vnet``
+    (report 000's coarse stage). ``heads`` names extra outputs besides the
+    segmentation (e.g. ``{"boundary": 1}`` for report 003's regression
+    branch); the segmentation head always has ``out_channels`` channels.
+    """
+
+    architecture: str = "resunet"
+    spatial_dims: int = 3
+    in_channels: int = 1
+    out_channels: int = 2
+    channels: Tuple[int, ...] = (16, 32, 64, 128, 256)
+    strides: Tuple[Any, ...] = (1, 2, 2, 2, 2)
+    kernel_size: int = 3
+    deep_supervision: bool = True
+    deep_supervision_levels: int = 2
+    norm: str = "instance"
+    act: str = "leakyrelu"
+    dropout: float = 0.0
+    heads: Dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage of the cascade: what it sees, how it is normalised, its weights.
+
+    ``window``: HU clip range. ``normalization``: ``zscore`` with
+    ``norm_mean``/``norm_std`` (fixed statistics from training, HU),
+    ``minmax`` to [0, 1] over the window, or ``none``. ``threshold`` turns the
+    foreground probability into a mask. ``weights``: file names inside the
+    bundle; several are averaged as an ensemble.
+    """
+
+    name: str
+    role: str
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    spacing: Tuple[float, float, float] = (3.4, 3.4, 3.4)
+    window: Tuple[float, float] = (-1024.0, 1500.0)
+    normalization: str = "zscore"
+    norm_mean: float = 0.0
+    norm_std: float = 1.0
+    patch_size: Tuple[int, int, int] = (64, 64, 64)
+    input_mode: str = "3d"
+    context_slices: int = 0
+    labels: Tuple[str, ...] = ("background", "foreground")
+    foreground_channel: int = 1
+    threshold: float = 0.5
+    margin_mm: float = 10.0
+    mask_outside: bool = False
+    mask_value: float = -1024.0
+    mask_dilation_mm: float = 2.0
+    keep_components: int = 2
+    min_component_ml: float = 0.0
+    tta: int = 1
+    weights: Tuple[str, ...] = ()
+    provenance: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"stage {self.name!r}: unknown role {self.role!r} (expected one of {ROLES})")
+        if self.input_mode not in INPUT_MODES:
+            raise ValueError(f"stage {self.name!r}: unknown input_mode {self.input_mode!r} (expected one of {INPUT_MODES})")
+        if self.normalization not in NORMALISATIONS:
+            raise ValueError(f"stage {self.name!r}: unknown normalization {self.normalization!r}")
+        if self.window[0] >= self.window[1]:
+            raise ValueError(f"stage {self.name!r}: window {self.window} is empty")
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Stage 4 and the final merge.
+
+    ``candidate_threshold``: a tumor candidate (connected component of the
+    tumor mask) is kept when its mean tumor probability is at least this
+    (report 000: 0.8). ``tumor_threshold``: voxel probability that makes a
+    voxel a tumor candidate voxel.
+    """
+
+    fusion: str = "candidate_mean_probability"
+    candidate_threshold: float = 0.8
+    tumor_threshold: float = 0.5
+    min_candidate_ml: float = 0.0
+    horseshoe_crossing_mm: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSION_RULES:
+            raise ValueError(f"unknown fusion rule {self.fusion!r} (expected one of {FUSION_RULES})")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Settings of a run, not of a model (a predictor's constructor takes only these).
+
+    ``device``: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``. ``tta``: number of
+    test-time augmentations (1 = none, at most 12; capped by each stage's own
+    ``tta``). ``overlap``: sliding-window overlap fraction. ``sw_batch_size``:
+    windows per forward pass. ``precision``: ``auto`` (bf16 on CUDA where
+    supported, else fp16 on CUDA, fp32 on CPU) | ``fp32`` | ``bf16`` | ``fp16``.
+    """
+
+    device: str = "auto"
+    tta: int = 1
+    overlap: float = 0.25
+    sw_batch_size: int = 2
+    precision: str = "auto"
+    threads: int = 0
+    candidate_threshold: Optional[float] = None
+    keep_components: Optional[int] = None
+
+
+def to_dict(obj: Any) -> Dict[str, Any]:
+    """Dataclass to plain JSON-able dict (tuples become lists)."""
+    return _jsonable(asdict(obj))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def from_dict(cls: Any, data: Dict[str, Any]) -> Any:
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys by name."""
+    names = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+    kw: Dict[str, Any] = {}
+    for k, v in data.items():
+        if k == "network" and isinstance(v, dict):
+            v = from_dict(NetworkConfig, v)
+        elif isinstance(v, list):
+            v = tuple(tuple(e) if isinstance(e, list) else e for e in v)
+        kw[k] = v
+    return cls(**kw)
