@@ -1,0 +1,247 @@
+"""Model bundles: a folder with one versioned JSON manifest and weight files.
+
+Layout::
+
+    mybundle/
+      manifest.json          schema, stages (StageConfig), postprocess, files -> sha256
+      roi_0.safetensors      weights (safetensors: no pickled objects are ever loaded)
+      kidney_0.safetensors
+      tumor_0.safetensors
+      tumor_1.safetensors    several files per stage = an ensemble
+
+This is the only module that reads or writes the manifest. Every weight file
+is checked against its SHA-256 before use; a wrong hash, a missing file or an
+unknown schema version raises :class:`BundleError` naming the file.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from .config import PostprocessConfig, StageConfig, from_dict, to_dict
+
+SCHEMA = "kidneytumorseg-bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class BundleError(ValueError):
+    """A model bundle that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    name: str
+    version: str
+    description: str
+    stages: Dict[str, StageConfig]  # by role
+    postprocess: PostprocessConfig
+    files: Dict[str, str]  # file name -> sha256
+    provenance: Dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+
+    def stage(self, role: str) -> Optional[StageConfig]:
+        return self.stages.get(role)
+
+    def weight_paths(self, role: str) -> List[Path]:
+        return [self.path / w for w in self.stages[role].weights]
+
+    def load_state_dicts(self, role: str) -> List[Dict[str, Any]]:
+        """The verified state dicts of a stage's ensemble members (tensors only, no pickle)."""
+        from safetensors.torch import load_file
+
+        out = []
+        for p in self.weight_paths(role):
+            _verify(p, self.files.get(p.name))
+            out.append(load_file(str(p)))
+        return out
+
+    def build_models(self, role: str):
+        """Networks of a stage with their weights loaded, in eval mode."""
+        from .networks import build_network
+
+        stage = self.stages[role]
+        models = []
+        for p, sd in zip(self.weight_paths(role), self.load_state_dicts(role)):
+            net = build_network(stage.network)
+            try:
+                net.load_state_dict(sd, strict=True)
+            except RuntimeError as exc:
+                raise BundleError(f"{p}: weights do not match the {stage.network.architecture!r} network of stage "
+                                  f"{stage.name!r}: {str(exc).splitlines()[0]}") from exc
+            net.eval()
+            models.append(net)
+        return models
+
+    def card(self) -> Dict[str, Any]:
+        """A short human-readable model card."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "created": self.created,
+            "path": str(self.path),
+            "stages": {
+                role: {
+                    "name": s.name,
+                    "architecture": s.network.architecture,
+                    "spacing_zyx_mm": list(s.spacing),
+                    "window_hu": list(s.window),
+                    "patch_size": list(s.patch_size),
+                    "ensemble": len(s.weights),
+                    "provenance": s.provenance,
+                }
+                for role, s in self.stages.items()
+            },
+            "postprocess": to_dict(self.postprocess),
+            "provenance": self.provenance,
+        }
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verify(path: Path, expected: Optional[str]) -> None:
+    if not path.is_file():
+        raise BundleError(f"{path}: weight file listed in the manifest is missing")
+    if expected is None:
+        raise BundleError(f"{path}: the manifest lists no SHA-256 for this weight file")
+    got = sha256_file(path)
+    if got != expected:
+        raise BundleError(f"{path}: SHA-256 mismatch (manifest {expected[:12]}..., file {got[:12]}...); "
+                          "the file is corrupt or was replaced")
+
+
+def load_bundle(path: os.PathLike, verify: bool = True) -> Bundle:
+    """Read and check a bundle folder (``verify`` hashes every weight file now)."""
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not path.is_dir():
+        raise BundleError(f"{path}: model bundle folder not found")
+    if not mpath.is_file():
+        raise BundleError(f"{mpath}: model bundle has no manifest")
+    try:
+        data = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{mpath}: manifest is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise BundleError(f"{mpath}: not a KidneyTumorSeg model manifest (schema {data.get('schema') if isinstance(data, dict) else None!r})")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(f"{mpath}: unknown schema version {version!r} (this KidneyTumorSeg reads version {SCHEMA_VERSION})")
+    try:
+        stages = [from_dict(StageConfig, s) for s in data["stages"]]
+        post = from_dict(PostprocessConfig, data.get("postprocess", {}))
+        files = dict(data["files"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{mpath}: invalid manifest: {exc}") from exc
+    by_role: Dict[str, StageConfig] = {}
+    for s in stages:
+        if s.role in by_role:
+            raise BundleError(f"{mpath}: two stages with role {s.role!r}")
+        if not s.weights:
+            raise BundleError(f"{mpath}: stage {s.name!r} lists no weight files")
+        by_role[s.role] = s
+    for role in ("kidney", "tumor"):
+        if role not in by_role:
+            raise BundleError(f"{mpath}: the bundle has no {role!r} stage")
+    bundle = Bundle(
+        path=path,
+        name=str(data.get("name", path.name)),
+        version=str(data.get("version", "")),
+        description=str(data.get("description", "")),
+        stages=by_role,
+        postprocess=post,
+        files=files,
+        provenance=dict(data.get("provenance", {})),
+        created=str(data.get("created", "")),
+    )
+    for s in stages:
+        for w in s.weights:
+            if w not in files:
+                raise BundleError(f"{path / w}: the manifest lists no SHA-256 for this weight file")
+            if verify:
+                _verify(path / w, files[w])
+    return bundle
+
+
+def save_bundle(
+    path: os.PathLike,
+    stages: Sequence[StageConfig],
+    state_dicts: Mapping[str, Sequence[Mapping[str, Any]]],
+    postprocess: PostprocessConfig = PostprocessConfig(),
+    name: str = "",
+    version: str = "0",
+    description: str = "",
+    provenance: Optional[Dict[str, Any]] = None,
+    overwrite: bool = False,
+) -> Bundle:
+    """Write a bundle folder atomically: built in a temporary sibling, then renamed.
+
+    ``state_dicts`` maps a stage's role to the state dicts of its ensemble
+    members; weight file names are ``<role>_<n>.safetensors``.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"output exists: {path} (use --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        files: Dict[str, str] = {}
+        out_stages = []
+        for stage in stages:
+            sds = list(state_dicts.get(stage.role, ()))
+            if not sds:
+                raise ValueError(f"no weights given for stage {stage.name!r} ({stage.role})")
+            names = []
+            for n, sd in enumerate(sds):
+                fname = f"{stage.role}_{n}.safetensors"
+                tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+                save_file(tensors, str(tmp / fname))
+                files[fname] = sha256_file(tmp / fname)
+                names.append(fname)
+            out_stages.append(replace(stage, weights=tuple(names)))
+        manifest = {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "name": name or path.name,
+            "version": version,
+            "description": description,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "stages": [to_dict(s) for s in out_stages],
+            "postprocess": to_dict(postprocess),
+            "files": files,
+            "provenance": provenance or {},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_bundle(path)
+
+
+def default_bundle_path() -> Path:
+    """The model shipped inside the package (may be absent before one is trained)."""
+    return Path(__file__).resolve().parent / "models" / "default"

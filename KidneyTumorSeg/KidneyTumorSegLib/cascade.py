@@ -1,0 +1,418 @@
+"""Report 000's four-stage cascade, independent of how each stage predicts.
+
+(1) coarse kidney+tumor foreground at ~3.4 mm -> ROI box with a margin;
+(2) fine kidney+tumor foreground in the ROI -> the largest components are
+    the kidneys (two, or one where there is one);
+(3) tumor probability on each kidney's crop with everything outside that
+    kidney set to -1024 HU;
+(4) tumor candidates = connected components, kept when their mean
+    probability is at least the candidate threshold (report 000: 0.8).
+
+A stage predictor is anything with ``predict(volume) -> probabilities``
+where ``volume`` is a :class:`Volume` in HU on the stage's grid (its
+geometry says where it is in the world) and the result is a float array
+``(C, k, j, i)`` on that grid. Networks (``StageNetwork``) and exact
+reference predictors (``reference.ReferencePredictor``) both fit.
+
+All decisions (thresholds, components, candidate scores) are taken on the
+canonical full-resolution grid, so the output needs only the reorientation
+undone to be on the input grid voxel for voxel.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import cc3d
+import numpy as np
+from scipy import ndimage
+
+from . import measure
+from .config import PostprocessConfig, StageConfig
+from .findings import CascadeResult, Candidate, Kidney
+from .geometry import Box, Crop, canonical_reorient, expand_box, resample_record
+from .volume import InputError, Volume
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float, str], None]  # (stage, fraction of that stage 0..1, message)
+
+
+class NoKidneyFound(InputError):
+    pass
+
+
+@dataclass(frozen=True)
+class RoiWorld:
+    """An axis-aligned box in LPS mm that replaces stage 1 (e.g. a Slicer markups ROI)."""
+
+    lo: Tuple[float, float, float]
+    hi: Tuple[float, float, float]
+
+
+def _noop(stage: str, fraction: float, message: str = "") -> None:
+    pass
+
+
+def run_cascade(
+    image: Volume,
+    stages: Mapping[str, StageConfig],
+    predictors: Mapping[str, object],
+    post: PostprocessConfig = PostprocessConfig(),
+    roi: Optional[RoiWorld] = None,
+    progress: Optional[Progress] = None,
+    keep_canonical: bool = True,
+) -> CascadeResult:
+    """Segment kidneys and tumors in ``image`` (HU).
+
+    ``stages``/``predictors`` are keyed by role (``roi``, ``kidney``,
+    ``tumor``); ``roi`` may be absent (then ``roi`` box or the whole scan is
+    the region). Returns a :class:`CascadeResult` on the input grid; when no
+    kidney is found its ``status`` is ``"no_kidney"`` and the maps are empty.
+    """
+    progress = progress or _noop
+    timings: Dict[str, float] = {}
+    messages: List[str] = []
+    t0 = time.perf_counter()
+    progress("prepare", 0.0, "reorienting")
+    reo = canonical_reorient(image)
+    can = reo.volume(image)
+    spacing = can.spacing_zyx
+    timings["prepare"] = time.perf_counter() - t0
+    progress("prepare", 1.0, "")
+
+    # ---- stage 1: region of interest -------------------------------------
+    t = time.perf_counter()
+    progress("roi", 0.0, "locating kidneys")
+    if roi is not None:
+        roi_box = _world_box_to_index(can, roi)
+        messages.append("region of interest given by the user; stage 1 skipped")
+    elif "roi" in stages:
+        roi_box = _stage_roi(can, stages["roi"], predictors["roi"])
+    else:
+        roi_box = tuple((0, n) for n in can.shape)
+    timings["roi"] = time.perf_counter() - t
+    progress("roi", 1.0, "")
+    if roi_box is None:
+        return _empty(image, can, reo, ["no kidney found: the localisation stage found no kidney-like tissue"], timings, keep_canonical)
+
+    # ---- stage 2: kidneys ------------------------------------------------
+    t = time.perf_counter()
+    progress("kidney", 0.0, "segmenting kidneys")
+    kstage = stages["kidney"]
+    roi_crop = Crop(roi_box, can.shape)
+    roi_vol = roi_crop.volume(can, fill=kstage.mask_value)
+    fg_prob = _predict_on_grid(roi_vol, kstage, predictors["kidney"])
+    fg = fg_prob >= kstage.threshold
+    del fg_prob
+    comps = _largest_components(fg, kstage.keep_components, kstage.min_component_ml, roi_vol.voxel_volume_ml())
+    timings["kidney"] = time.perf_counter() - t
+    progress("kidney", 1.0, "")
+    if not comps:
+        return _empty(image, can, reo, ["no kidney found: the kidney stage found no kidney in the region of interest"], timings, keep_canonical)
+
+    midline_x = _midline_x(can)
+    kidneys_masks = _assign_sides(comps, roi_vol, midline_x, post.horseshoe_crossing_mm)
+
+    # ---- stage 3 + 4: tumors per kidney, candidate choice ------------------
+    t = time.perf_counter()
+    tstage = stages["tumor"]
+    label = np.zeros(can.shape, np.uint8)
+    sides = np.zeros(can.shape, np.uint8)
+    cand_map = np.zeros(can.shape, np.uint16)
+    kidneys: List[Kidney] = []
+    candidates: List[Candidate] = []
+    next_id = 1
+    for n, (side, mask_roi) in enumerate(kidneys_masks):
+        progress("tumor", n / len(kidneys_masks), f"tumors in the {side} kidney")
+        kbox_roi = _tight_box(mask_roi)
+        margin_vox = [tstage.margin_mm / s for s in spacing]
+        kbox_roi = expand_box(kbox_roi, margin_vox)  # may leave the ROI/scan: padded with mask_value
+        kbox = tuple((a + r0, b + r0) for (a, b), (r0, _) in zip(kbox_roi, roi_box))
+        kcrop = Crop(kbox, can.shape)
+        kvol = kcrop.volume(can, fill=tstage.mask_value)
+        kmask = Crop(kbox_roi, mask_roi.shape).apply(mask_roi, fill=False)
+        allowed = _dilate_mm(kmask, tstage.mask_dilation_mm, spacing)
+        if tstage.mask_outside:
+            arr = kvol.array.copy()
+            arr[~allowed] = np.asarray(tstage.mask_value).astype(arr.dtype)
+            kvol = kvol.with_array(arr)
+        tprob = _predict_on_grid(kvol, tstage, predictors["tumor"])
+        tprob[~allowed] = 0.0
+        # stage 4: candidates
+        tmask = tprob >= post.tumor_threshold
+        cc, ncomp = cc3d.connected_components(tmask, connectivity=26, return_N=True)
+        kept_mask = np.zeros(kmask.shape, bool)
+        vox_ml = kvol.voxel_volume_ml()
+        if ncomp:
+            means = ndimage.mean(tprob, cc, index=np.arange(1, ncomp + 1))
+            counts = np.bincount(cc.ravel(), minlength=ncomp + 1)[1:]
+            for c in range(1, ncomp + 1):
+                m = cc == c
+                vol_ml = float(counts[c - 1]) * vox_ml
+                score = float(means[c - 1])
+                kept = score >= post.candidate_threshold and vol_ml >= post.min_candidate_ml
+                bbox = _tight_box(m)
+                sub = m[tuple(slice(a, b) for a, b in bbox)]
+                centre = _centre_world(kvol, m)
+                candidates.append(Candidate(
+                    id=next_id, kidney_index=n, side=side, volume_ml=round(vol_ml, 3),
+                    axial_diameter_mm=round(measure.max_axial_diameter_mm(sub, spacing), 2),
+                    diameter_3d_mm=round(measure.max_diameter_3d_mm(sub, spacing), 2),
+                    mean_probability=round(score, 4), kept=bool(kept), centre_lps_mm=centre,
+                ))
+                _paste(cand_map, kbox, np.where(m, next_id, 0).astype(np.uint16))
+                if kept:
+                    kept_mask |= m
+                next_id += 1
+        # merge: the kidney component, then kept tumors on top
+        kidney_full = kmask | kept_mask
+        _paste(label, kbox, np.where(kmask, 1, 0).astype(np.uint8))
+        _paste(label, kbox, np.where(kept_mask, 2, 0).astype(np.uint8))
+        side_val = 2 if side == "right" else 1
+        if side == "horseshoe":
+            side_arr = _split_sides(kvol, kidney_full, midline_x)
+        else:
+            side_arr = np.where(kidney_full, side_val, 0).astype(np.uint8)
+        _paste(sides, kbox, side_arr)
+        ml = kvol.voxel_volume_ml()
+        kidneys.append(Kidney(
+            index=n, side=side,
+            volume_ml=round(float((kmask & ~kept_mask).sum()) * ml, 3),
+            volume_with_tumor_ml=round(float(kidney_full.sum()) * ml, 3),
+            centre_lps_mm=_centre_world(kvol, kmask),
+            touches_fov_edge=_touches_edge(kbox_roi, mask_roi, roi_box, can.shape),
+        ))
+    timings["tumor"] = time.perf_counter() - t
+    progress("tumor", 1.0, "")
+    progress("candidates", 1.0, "")
+
+    messages.extend(_describe(kidneys, candidates, post))
+    to_input = lambda a: image.with_array(reo.invert(a), meta={})  # noqa: E731
+    lo, hi = _index_box_to_world(can, roi_box)
+    return CascadeResult(
+        status="ok",
+        label=to_input(label),
+        sides=to_input(sides),
+        candidates=to_input(cand_map),
+        kidneys=kidneys,
+        tumors=candidates,
+        messages=messages,
+        timings_s=timings,
+        roi_lps_mm=(lo, hi),
+        canonical_image=can if keep_canonical else None,
+        canonical_label=can.with_array(label) if keep_canonical else None,
+    )
+
+
+# --------------------------------------------------------------------------
+def _predict_on_grid(vol: Volume, stage: StageConfig, predictor) -> np.ndarray:
+    """Foreground probability of ``stage`` on ``vol``'s own grid (float32, (k, j, i)).
+
+    Resamples to the stage spacing, predicts, and resamples the probability
+    back linearly, so thresholds are applied at the output resolution.
+    """
+    rec = resample_record(vol.shape, vol.spacing_zyx, stage.spacing)
+    src = vol.array if rec.is_identity else vol.array.astype(np.float32, copy=False)
+    svol = rec.volume(vol, array=rec.apply(src, order=1))
+    probs = np.asarray(predictor.predict(svol))
+    if probs.ndim != 4 or tuple(probs.shape[1:]) != svol.shape:
+        raise RuntimeError(f"stage {stage.name!r}: predictor returned shape {probs.shape}, expected (C,)+{svol.shape}")
+    fg = np.ascontiguousarray(probs[stage.foreground_channel], dtype=np.float32)
+    del probs
+    return rec.invert(fg, order=1)
+
+
+def _stage_roi(can: Volume, stage: StageConfig, predictor) -> Optional[Box]:
+    rec = resample_record(can.shape, can.spacing_zyx, stage.spacing)
+    coarse = rec.volume(can, array=rec.apply(can.array.astype(np.float32), order=1))
+    probs = np.asarray(predictor.predict(coarse))
+    fg = probs[stage.foreground_channel] >= stage.threshold
+    comps = _largest_components(fg, stage.keep_components, stage.min_component_ml, coarse.voxel_volume_ml())
+    if not comps:
+        return None
+    factor = np.array(can.shape, float) / np.array(coarse.shape, float)
+    boxes = []
+    for m in comps:
+        b = _tight_box(m)
+        boxes.append(tuple((int(np.floor(a * f)), int(np.ceil(e * f))) for (a, e), f in zip(b, factor)))
+    lo = [min(b[n][0] for b in boxes) for n in range(3)]
+    hi = [max(b[n][1] for b in boxes) for n in range(3)]
+    margin = [stage.margin_mm / s for s in can.spacing_zyx]
+    return expand_box(tuple(zip(lo, hi)), margin, shape=can.shape)
+
+
+def _largest_components(mask: np.ndarray, keep: int, min_ml: float, voxel_ml: float) -> List[np.ndarray]:
+    """The ``keep`` largest 26-connected components at least ``min_ml`` large, largest first."""
+    if not mask.any():
+        return []
+    cc, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
+    counts = np.bincount(cc.ravel(), minlength=n + 1)[1:]
+    order = np.argsort(-counts, kind="stable")
+    out = []
+    for c in order[: max(keep, 0)]:
+        if counts[c] * voxel_ml < min_ml or counts[c] == 0:
+            continue
+        out.append(cc == (c + 1))
+    return out
+
+
+def _midline_x(can: Volume) -> float:
+    """Patient midline (LPS x, mm): centre of the body's extent in x.
+
+    The body is the largest air-separated object in a coarse copy; its
+    mid-x is robust to one-sided anatomy (one kidney) and to the couch.
+    """
+    step = max(1, int(round(4.0 / min(can.spacing[:2]))))
+    zs = max(1, can.shape[0] // 16)
+    small = can.array[::zs, ::step, ::step] > -500
+    if not small.any():
+        return float(can.index_to_world(np.array(can.shape[::-1]) / 2.0)[0])
+    cc, n = cc3d.connected_components(small, connectivity=6, return_N=True)
+    counts = np.bincount(cc.ravel())[1:]
+    body = cc == (int(np.argmax(counts)) + 1)
+    cols = np.nonzero(body.any(axis=(0, 1)))[0]
+    mid_i = (cols.min() + cols.max()) / 2.0 * step
+    return float(can.index_to_world([mid_i, can.shape[1] / 2.0, can.shape[0] / 2.0])[0])
+
+
+def _assign_sides(comps, roi_vol: Volume, midline_x: float, crossing_mm: float):
+    """Name each kidney component left / right / horseshoe (LPS: +x is the patient's left)."""
+    out = []
+    for m in comps:
+        xs = _world_x_extent(roi_vol, m)
+        cx = _centre_world(roi_vol, m)[0]
+        if xs[0] < midline_x - crossing_mm and xs[1] > midline_x + crossing_mm:
+            side = "horseshoe"
+        else:
+            side = "left" if cx > midline_x else "right"
+        out.append((side, m))
+    if len(out) == 2 and out[0][0] == out[1][0] and "horseshoe" not in (out[0][0], out[1][0]):
+        # two kidneys on one side of a badly estimated midline: the more left one is left
+        a, b = out
+        ax, bx = _centre_world(roi_vol, a[1])[0], _centre_world(roi_vol, b[1])[0]
+        out = [("left" if ax > bx else "right", a[1]), ("left" if bx >= ax else "right", b[1])]
+    return out
+
+
+def _world_x_extent(vol: Volume, mask: np.ndarray) -> Tuple[float, float]:
+    b = _tight_box(mask)
+    corners = np.array([[i, j, k] for k in b[0] for j in b[1] for i in b[2]], float)
+    corners[:, 0] -= 0.5
+    xs = vol.index_to_world(corners)[:, 0]
+    return float(xs.min()), float(xs.max())
+
+
+def _split_sides(vol: Volume, mask: np.ndarray, midline_x: float) -> np.ndarray:
+    i = np.arange(vol.shape[2], dtype=float)
+    xs = vol.index_to_world(np.stack([i, np.zeros_like(i), np.zeros_like(i)], -1))[:, 0]
+    left_cols = xs > midline_x
+    out = np.zeros(mask.shape, np.uint8)
+    out[mask & left_cols[None, None, :]] = 1
+    out[mask & ~left_cols[None, None, :]] = 2
+    return out
+
+
+def _dilate_mm(mask: np.ndarray, mm: float, spacing_zyx) -> np.ndarray:
+    if mm <= 0 or not mask.any():
+        return mask.copy()
+    box = expand_box(_tight_box(mask), [mm / s + 1 for s in spacing_zyx], shape=mask.shape)
+    sl = tuple(slice(a, b) for a, b in box)
+    dist = ndimage.distance_transform_edt(~mask[sl], sampling=spacing_zyx)
+    out = np.zeros_like(mask)
+    out[sl] = dist <= mm
+    return out
+
+
+def _tight_box(mask: np.ndarray) -> Box:
+    out = []
+    for ax in range(3):
+        other = tuple(a for a in range(3) if a != ax)
+        idx = np.nonzero(mask.any(axis=other))[0]
+        out.append((int(idx[0]), int(idx[-1]) + 1))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _paste(dst: np.ndarray, box: Box, src: np.ndarray) -> None:
+    """Write the non-zero voxels of ``src`` (covering ``box``) into ``dst``, clipped to ``dst``."""
+    s_dst, s_src = [], []
+    for (a, b), n in zip(box, dst.shape):
+        lo, hi = max(a, 0), min(b, n)
+        s_dst.append(slice(lo, hi))
+        s_src.append(slice(lo - a, hi - a))
+    region = dst[tuple(s_dst)]
+    part = src[tuple(s_src)]
+    nz = part != 0
+    region[nz] = part[nz]
+
+
+def _centre_world(vol: Volume, mask: np.ndarray) -> Tuple[float, float, float]:
+    k, j, i = (float(np.mean(a)) for a in np.nonzero(mask))
+    return tuple(round(float(v), 2) for v in vol.index_to_world([i, j, k]))  # type: ignore[return-value]
+
+
+def _touches_edge(kbox_roi: Box, mask_roi: np.ndarray, roi_box: Box, shape) -> bool:
+    b = _tight_box(mask_roi)
+    for n in range(3):
+        lo = b[n][0] + roi_box[n][0]
+        hi = b[n][1] + roi_box[n][0]
+        if lo <= 0 or hi >= shape[n]:
+            return True
+    return False
+
+
+def _world_box_to_index(can: Volume, roi: RoiWorld) -> Box:
+    corners = np.array([[x, y, z] for x in (roi.lo[0], roi.hi[0]) for y in (roi.lo[1], roi.hi[1]) for z in (roi.lo[2], roi.hi[2])])
+    idx = can.world_to_index(corners)  # (i, j, k)
+    lo = np.floor(idx.min(axis=0) + 0.5).astype(int)
+    hi = np.ceil(idx.max(axis=0) + 0.5).astype(int)
+    box = tuple((int(max(lo[a], 0)), int(min(hi[a], can.shape[2 - a]))) for a in (2, 1, 0))
+    if any(b <= a for a, b in box):
+        raise InputError("the region of interest does not overlap the image")
+    return box  # type: ignore[return-value]
+
+
+def _index_box_to_world(can: Volume, box: Box):
+    lo = can.index_to_world([box[2][0] - 0.5, box[1][0] - 0.5, box[0][0] - 0.5])
+    hi = can.index_to_world([box[2][1] - 0.5, box[1][1] - 0.5, box[0][1] - 0.5])
+    return tuple(round(float(v), 2) for v in np.minimum(lo, hi)), tuple(round(float(v), 2) for v in np.maximum(lo, hi))
+
+
+def _describe(kidneys: Sequence[Kidney], cands: Sequence[Candidate], post: PostprocessConfig) -> List[str]:
+    msgs = []
+    sides = [k.side for k in kidneys]
+    if sides == ["horseshoe"]:
+        msgs.append("one horseshoe kidney found (crossing the midline); it is split at the midline into left and right segments")
+    elif len(kidneys) == 1:
+        msgs.append(f"one kidney found ({sides[0]}); no second kidney was detected")
+    else:
+        msgs.append(f"{len(kidneys)} kidneys found ({', '.join(sides)})")
+    for k in kidneys:
+        if k.touches_fov_edge:
+            msgs.append(f"the {k.side} kidney reaches the edge of the scan: its volume may be underestimated")
+    kept = [c for c in cands if c.kept]
+    rejected = [c for c in cands if not c.kept]
+    if kept:
+        msgs.append(f"{len(kept)} tumor(s) kept (mean probability >= {post.candidate_threshold:g}): " +
+                    ", ".join(f"{c.side} {c.diameter_3d_mm:.0f} mm" for c in kept))
+    else:
+        msgs.append("no tumor found")
+    if rejected:
+        msgs.append(f"{len(rejected)} candidate(s) rejected below the threshold {post.candidate_threshold:g}")
+    return msgs
+
+
+def _empty(image: Volume, can: Volume, reo, messages, timings, keep_canonical) -> CascadeResult:
+    z8 = np.zeros(image.shape, np.uint8)
+    return CascadeResult(
+        status="no_kidney",
+        label=image.with_array(z8, meta={}),
+        sides=image.with_array(z8.copy(), meta={}),
+        candidates=image.with_array(np.zeros(image.shape, np.uint16), meta={}),
+        messages=list(messages),
+        timings_s=timings,
+        canonical_image=can if keep_canonical else None,
+        canonical_label=can.with_array(np.zeros(can.shape, np.uint8)) if keep_canonical else None,
+    )

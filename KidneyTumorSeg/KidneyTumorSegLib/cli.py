@@ -1,0 +1,273 @@
+"""``kidneytumorseg``: segment, make phantoms, evaluate, show the model card.
+
+Exit status: 0 when every case succeeded, 1 when any case failed or had no
+kidney (nothing is written for it), 2 for bad arguments or an unusable model.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from . import __version__
+
+log = logging.getLogger("kidneytumorseg")
+
+
+def _floats(n: int):
+    def parse(text: str):
+        vals = [float(v) for v in text.replace(",", " ").split()]
+        if len(vals) != n:
+            raise argparse.ArgumentTypeError(f"expected {n} numbers, got {text!r}")
+        return tuple(vals)
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kidneytumorseg", description="Kidney and kidney-tumor segmentation in abdominal CT.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("segment", help="segment kidneys and tumors in CT scans")
+    s.add_argument("inputs", nargs="+", help="CT file (NIfTI, NRRD, MHA), DICOM folder, KiTS case folder, folder of cases, or glob")
+    s.add_argument("-o", "--output", required=True, help="output folder (one subfolder per case)")
+    s.add_argument("--model", help="model bundle folder (default: the shipped model)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    q = s.add_mutually_exclusive_group()
+    q.add_argument("--fast", action="store_true", help="no test-time augmentation (default)")
+    q.add_argument("--full", action="store_true", help="report 000's 12 test-time augmentations")
+    q.add_argument("--tta", type=int, help="number of test-time augmentations, 1 to 12")
+    s.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap 0..0.9 (default 0.25)")
+    s.add_argument("--batch", type=int, default=2, help="windows per forward pass (default 2)")
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    s.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    s.add_argument("--candidate-threshold", type=float, help="keep a tumor candidate when its mean probability is at least this (model default 0.8)")
+    s.add_argument("--keep-components", type=int, choices=[1, 2], help="kidneys to keep (model default 2)")
+    s.add_argument("--roi", type=_floats(6), metavar="X0,Y0,Z0,X1,Y1,Z1", help="region of interest in LPS mm; replaces stage 1")
+    s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    s.add_argument("--no-preview", action="store_true", help="do not write the PNG preview")
+    s.add_argument("--events", help="write machine-readable progress events to this file ('-' = stderr)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ph = sub.add_parser("phantom", help="write synthetic abdominal CT cases with reference labels (KiTS layout)")
+    ph.add_argument("output", help="output folder")
+    ph.add_argument("-n", "--cases", type=int, default=1, help="number of cases (default 1)")
+    ph.add_argument("--seed", type=int, default=0, help="seed of the first case (case n uses seed+n)")
+    ph.add_argument("--shape", type=int, nargs=3, metavar=("K", "J", "I"), help="array shape (slices, rows, columns)")
+    ph.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="voxel spacing in mm")
+    ph.add_argument("--tumors", type=int, help="tumors per case (default random 0..3)")
+    ph.add_argument("--kits-label", help="KiTS19 label map whose kidneys, tumors and geometry shape the phantom")
+    ph.add_argument("--overwrite", action="store_true")
+
+    ev = sub.add_parser("evaluate", help="KiTS19 metrics of predictions against references")
+    ev.add_argument("pred", help="prediction file or folder")
+    ev.add_argument("gt", help="reference file or folder")
+    ev.add_argument("--csv", help="per-case CSV (default: <pred>/metrics.csv when pred is a folder)")
+    ev.add_argument("--summary", help="summary JSON")
+    ev.add_argument("--overwrite", action="store_true")
+
+    inf = sub.add_parser("info", help="show the model card and the device that will be used")
+    inf.add_argument("--model", help="model bundle folder (default: the shipped model)")
+    inf.add_argument("--device", default="auto")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return {"segment": cmd_segment, "phantom": cmd_phantom, "evaluate": cmd_evaluate, "info": cmd_info}[args.command](args)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+# --------------------------------------------------------------------------
+def cmd_segment(args) -> int:
+    from .bundle import BundleError
+    from .config import RuntimeConfig
+    from .events import EventWriter, STAGE_TITLES, overall_fraction
+    from .outputs import case_output_paths, check_outputs_free, write_case_outputs
+    from .pipeline import Segmenter
+    from .volume import InputError
+    from .volume_io import find_cases, read_volume, validate_ct
+
+    tta = 12 if args.full else (args.tta or 1)
+    if not 1 <= tta <= 12:
+        log.error("--tta must be between 1 and 12")
+        return 2
+    if not 0.0 <= args.overlap < 1.0:
+        log.error("--overlap must be in [0, 1)")
+        return 2
+    cases = []
+    try:
+        for spec in args.inputs:
+            cases.extend(find_cases(spec))
+    except InputError as exc:
+        log.error("%s", exc)
+        return 2
+    runtime = RuntimeConfig(device=args.device, tta=tta, overlap=args.overlap, sw_batch_size=args.batch,
+                            precision=args.precision, threads=args.threads,
+                            candidate_threshold=args.candidate_threshold, keep_components=args.keep_components)
+    with _event_stream(args.events) as stream:
+        events = EventWriter(stream)
+        try:
+            seg = Segmenter(args.model, runtime)
+        except (BundleError, RuntimeError, ValueError) as exc:
+            log.error("%s", exc)
+            events.emit("case_failed", case=None, error=str(exc))
+            events.emit("done", ok=0, failed=len(cases))
+            return 2
+        events.emit("start", cases=len(cases), model=seg.bundle.name, device=str(seg.device))
+        log.info("%d case(s); model %s; device %s; TTA %d", len(cases), seg.bundle.name, seg.device, tta)
+        roi = None
+        if args.roi:
+            from .cascade import RoiWorld
+            lo, hi = args.roi[:3], args.roi[3:]
+            roi = RoiWorld(tuple(min(a, b) for a, b in zip(lo, hi)), tuple(max(a, b) for a, b in zip(lo, hi)))
+        ok = failed = 0
+        input_paths = [p for _, p in cases]
+        for index, (case_id, path) in enumerate(cases):
+            bar = _bar(case_id, args.no_progress)
+            last = [0.0]
+
+            def progress(stage, frac, message="", _case=case_id, _index=index, _bar=bar, _last=last):
+                overall = overall_fraction(stage, frac)
+                events.emit("progress", case=_case, index=_index, stage=stage, stage_fraction=round(frac, 4),
+                            fraction=round((_index + overall) / len(cases), 4), message=message or STAGE_TITLES.get(stage, stage))
+                if _bar is None:
+                    if frac == 0.0:
+                        log.info("%s: %s", _case, STAGE_TITLES.get(stage, stage))
+                else:
+                    _bar.set_description(f"{_case}: {STAGE_TITLES.get(stage, stage)}")
+                    _bar.update(max(0.0, overall * 100 - _last[0]))
+                    _last[0] = max(_last[0], overall * 100)
+
+            t0 = time.perf_counter()
+            try:
+                check_outputs_free(case_output_paths(args.output, case_id), args.overwrite, input_paths)
+                image = read_volume(path)
+                for w in validate_ct(image):
+                    log.warning("%s: %s", case_id, w)
+                result = seg.segment(image, roi=roi, progress=progress)
+                if result.status != "ok":
+                    raise InputError("; ".join(result.messages) + " (nothing written)")
+                progress("write", 0.0, "writing results")
+                extra = {"model": seg.bundle.card()["name"], "model_version": seg.bundle.version, "device": str(seg.device),
+                         "tta": tta, "seconds": round(time.perf_counter() - t0, 2)}
+                outs = write_case_outputs(result, image, args.output, case_id, overwrite=args.overwrite,
+                                          preview=not args.no_preview, extra_report=extra, inputs=input_paths)
+                progress("write", 1.0, "done")
+            except (InputError, FileExistsError, ValueError, RuntimeError, OSError) as exc:
+                failed += 1
+                if bar is not None:
+                    bar.close()
+                log.error("%s: %s", case_id, exc)
+                events.emit("case_failed", case=case_id, error=str(exc))
+                continue
+            if bar is not None:
+                bar.close()
+            ok += 1
+            for m in result.messages:
+                log.info("%s: %s", case_id, m)
+            log.info("%s: written to %s (%.1f s)", case_id, outs["label"].parent, time.perf_counter() - t0)
+            events.emit("case_done", case=case_id, status=result.status, outputs={k: str(v) for k, v in outs.items()},
+                        messages=result.messages)
+        events.emit("done", ok=ok, failed=failed)
+    return 0 if failed == 0 else 1
+
+
+def cmd_phantom(args) -> int:
+    from .phantom import write_phantom_cases
+    from .volume import InputError
+
+    kits = None
+    if args.kits_label:
+        from .volume_io import read_label
+        try:
+            kits = read_label(args.kits_label)
+        except InputError as exc:
+            log.error("%s", exc)
+            return 2
+    try:
+        paths = write_phantom_cases(args.output, args.cases, seed0=args.seed, shape=tuple(args.shape) if args.shape else None,
+                                    spacing=tuple(args.spacing) if args.spacing else None, n_tumors=args.tumors,
+                                    kits_label=kits, overwrite=args.overwrite)
+    except (FileExistsError, ValueError) as exc:
+        log.error("%s", exc)
+        return 1
+    for p in paths:
+        log.info("wrote %s", p)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+    from .volume import InputError
+
+    csv = args.csv
+    if csv is None and Path(args.pred).is_dir():
+        csv = str(Path(args.pred) / "metrics.csv")
+    try:
+        rows, summary = evaluate(args.pred, args.gt, out_csv=csv, summary_json=args.summary, overwrite=args.overwrite)
+    except (InputError, FileExistsError, ValueError) as exc:
+        log.error("%s", exc)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    from .bundle import BundleError, default_bundle_path, load_bundle
+    from .device import resolve_device
+
+    info = {"kidneytumorseg": __version__, "python": sys.version.split()[0], "torch": torch.__version__}
+    try:
+        dev = resolve_device(args.device)
+        info["device"] = str(dev)
+        if dev.type == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(dev)
+            info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(dev).total_memory / 2**30, 1)
+        else:
+            info["cpu_threads"] = torch.get_num_threads()
+    except (RuntimeError, ValueError) as exc:
+        info["device_error"] = str(exc)
+    path = Path(args.model) if args.model else default_bundle_path()
+    try:
+        info["model"] = load_bundle(path).card()
+    except BundleError as exc:
+        info["model_error"] = str(exc)
+    print(json.dumps(info, indent=2))
+    return 0 if "model" in info and "device_error" not in info else 2
+
+
+# --------------------------------------------------------------------------
+@contextlib.contextmanager
+def _event_stream(target: Optional[str]):
+    if not target:
+        yield None
+    elif target == "-":
+        yield sys.stderr
+    else:
+        with open(target, "w", encoding="utf-8") as f:
+            yield f
+
+
+def _bar(case_id: str, disabled: bool):
+    if disabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=100, desc=case_id, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

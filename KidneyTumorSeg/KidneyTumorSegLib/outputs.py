@@ -1,0 +1,89 @@
+"""The files written for one segmented case.
+
+``<outdir>/<case>/``:
+
+* ``<case>.label.nii.gz``: KiTS labels 0/1/2, uint8, on the input grid
+* ``<case>.seg.nrrd``: Slicer segmentation (Kidney left / right, Kidney tumor)
+* ``<case>.report.json``: kidneys, tumor candidates, messages, timings, model
+* ``<case>.preview.png``: axial and coronal views through the largest tumor
+
+Every file is written atomically. Nothing is written unless all targets are
+free (or ``overwrite``), so a refused run leaves the folder as it was.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional
+
+import numpy as np
+
+from .atomic import check_not_input, exists_message
+from .findings import CascadeResult, segment_map
+from .terminology import SEG_NRRD_SEGMENTS
+from .volume import Volume
+
+SUFFIXES = {
+    "label": ".label.nii.gz",
+    "segmentation": ".seg.nrrd",
+    "report": ".report.json",
+    "preview": ".preview.png",
+}
+
+
+def case_output_paths(outdir: os.PathLike, case_id: str) -> Dict[str, Path]:
+    folder = Path(outdir) / case_id
+    return {k: folder / f"{case_id}{s}" for k, s in SUFFIXES.items()}
+
+
+def check_outputs_free(paths: Dict[str, Path], overwrite: bool, inputs: Iterable[os.PathLike] = ()) -> None:
+    """Raise before anything is written if a target exists (without overwrite) or is an input."""
+    for p in paths.values():
+        check_not_input(p, inputs)
+        if p.exists() and not overwrite:
+            raise FileExistsError(exists_message(p))
+
+
+def write_case_outputs(
+    result: CascadeResult,
+    image: Volume,
+    outdir: os.PathLike,
+    case_id: str,
+    overwrite: bool = False,
+    preview: bool = True,
+    extra_report: Optional[Dict[str, Any]] = None,
+    inputs: Iterable[os.PathLike] = (),
+) -> Dict[str, Path]:
+    """Write the case's files; returns their paths by kind (see module docstring)."""
+    from .preview import write_preview
+    from .writers import write_json, write_labelmap, write_seg_nrrd
+
+    paths = case_output_paths(outdir, case_id)
+    if not preview:
+        paths.pop("preview")
+    check_outputs_free(paths, overwrite, inputs)
+    paths["label"].parent.mkdir(parents=True, exist_ok=True)
+    write_labelmap(result.label, paths["label"], overwrite=overwrite)
+    seg = result.label.with_array(segment_map(result.label.array, result.sides.array))
+    write_seg_nrrd(seg, paths["segmentation"], SEG_NRRD_SEGMENTS, overwrite=overwrite)
+    report = dict(case=case_id, source=str(image.meta.get("source", "")), **result.report())
+    report["outputs"] = {k: p.name for k, p in paths.items()}
+    if extra_report:
+        report.update(extra_report)
+    write_json(report, paths["report"], overwrite=overwrite)
+    if preview:
+        can_img = result.canonical_image
+        can_lab = result.canonical_label
+        focus = _largest_kept_tumor_centre(result, can_img)
+        write_preview(can_img, can_lab, paths["preview"], focus=focus, overwrite=overwrite)
+    return paths
+
+
+def _largest_kept_tumor_centre(result: CascadeResult, can: Volume):
+    """Canonical ``(k, j, i)`` index of the largest kept tumor's centre, or ``None``."""
+    kept = [c for c in result.tumors if c.kept]
+    if not kept or can is None:
+        return None
+    biggest = max(kept, key=lambda c: c.volume_ml)
+    i, j, k = np.rint(can.world_to_index(np.asarray(biggest.centre_lps_mm))).astype(int)
+    return (int(k), int(j), int(i))

@@ -1,0 +1,216 @@
+"""The cascade's logic, driven by exact predictors built from reference labels."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from KidneyTumorSegLib.cascade import RoiWorld, run_cascade
+from KidneyTumorSegLib.config import PostprocessConfig, StageConfig
+from KidneyTumorSegLib.findings import apply_candidate_choice, segment_map
+from KidneyTumorSegLib.geometry import canonical_reorient
+from KidneyTumorSegLib.metrics import case_metrics
+from KidneyTumorSegLib.reference import FalseCandidate, ReferencePredictor, reference_predictors
+from KidneyTumorSegLib.volume import Volume
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def stages(fine=(2.5, 1.6, 1.6), tumor=(2.5, 1.0, 1.0), coarse=(3.4, 3.4, 3.4), keep=2):
+    return {
+        "roi": StageConfig("coarse", "roi", spacing=coarse, margin_mm=15.0, keep_components=keep),
+        "kidney": StageConfig("kidney", "kidney", spacing=fine, keep_components=keep),
+        "tumor": StageConfig("tumor", "tumor", spacing=tumor, mask_outside=True, margin_mm=10.0),
+    }
+
+
+def _ellipsoid(shape, spacing_zyx, centre_mm, radii_mm):
+    k, j, i = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    d = ((k * spacing_zyx[0] - centre_mm[0]) / radii_mm[0]) ** 2
+    d = d + ((j * spacing_zyx[1] - centre_mm[1]) / radii_mm[1]) ** 2
+    d = d + ((i * spacing_zyx[2] - centre_mm[2]) / radii_mm[2]) ** 2
+    return d <= 1.0
+
+
+def toy_case(shape=(40, 120, 160), spacing_zyx=(3.0, 1.5, 1.5), kidneys=("right", "left"), tumors=True, direction=None):
+    """Body ellipse with two kidney ellipsoids and tumors; identity direction unless given."""
+    extent = np.array(shape) * np.array(spacing_zyx)
+    img = np.full(shape, -1000, np.int16)
+    body = _ellipsoid(shape, spacing_zyx, extent / 2, (extent[0], extent[1] * 0.45, extent[2] * 0.45))
+    img[body] = 40
+    lab = np.zeros(shape, np.uint8)
+    cz, cy = extent[0] / 2, extent[1] * 0.55
+    xs = {"right": extent[2] * 0.3, "left": extent[2] * 0.7}  # LPS: +x (higher i) is the patient's left
+    for side in kidneys:
+        lab[_ellipsoid(shape, spacing_zyx, (cz, cy, xs[side]), (30, 22, 18))] = 1
+    if tumors:
+        if "left" in kidneys:
+            lab[_ellipsoid(shape, spacing_zyx, (cz + 12, cy, xs["left"] + 12), (12, 12, 12))] = 2
+        if "right" in kidneys:
+            lab[_ellipsoid(shape, spacing_zyx, (cz - 15, cy + 5, xs["right"] - 5), (8, 8, 8))] = 2
+    sp = (spacing_zyx[2], spacing_zyx[1], spacing_zyx[0])
+    image = Volume(img, spacing=sp, origin=(-100.0, -80.0, 300.0))
+    label = Volume(lab, spacing=sp, origin=(-100.0, -80.0, 300.0))
+    if direction is not None:
+        # store the same anatomy with another axis order and direction (as KiTS19 does)
+        image, label = _restore(image, direction), _restore(label, direction)
+    return image, label
+
+
+def _restore(vol: Volume, direction) -> Volume:
+    """The same world content stored in an array whose direction is ``direction`` (signed permutation)."""
+    target = Volume(np.zeros((1, 1, 1), vol.array.dtype), direction=tuple(np.asarray(direction).ravel()))
+    rec = canonical_reorient(target)
+    # build the stored array so that its canonical form equals vol
+    inv_shape = tuple(np.array(vol.shape)[np.argsort(rec.perm)])
+    rec_full = type(rec)(rec.perm, rec.flip, inv_shape)
+    stored = rec_full.invert(vol.array)
+    stored_vol = Volume(stored, spacing=(1, 1, 1), direction=target.direction)
+    probe = rec_full.volume(stored_vol)
+    # fix spacing/origin so that the canonical view has vol's geometry
+    sp_perm = np.zeros(3)
+    for n in range(3):
+        sp_perm[2 - rec.perm[n]] = vol.spacing[2 - n]
+    stored_vol = Volume(stored, spacing=tuple(sp_perm), direction=target.direction)
+    probe = rec_full.volume(stored_vol)
+    shift = np.asarray(vol.origin) - np.asarray(probe.origin)
+    out = Volume(stored, spacing=tuple(sp_perm), origin=tuple(np.asarray(stored_vol.origin) + shift), direction=target.direction)
+    assert np.allclose(rec_full.volume(out).origin, vol.origin)
+    return out
+
+
+def _dice(a, b):
+    a, b = a.astype(bool), b.astype(bool)
+    return 2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def test_native_spacing_reproduces_reference_exactly():
+    image, label = toy_case()
+    sp = image.spacing_zyx
+    st = stages(fine=sp, tumor=sp)
+    res = run_cascade(image, st, reference_predictors(label, tumor_probability=1.0))
+    assert res.status == "ok"
+    assert res.label.same_grid(image)
+    assert np.array_equal(res.label.array, label.array)
+    assert sorted(k.side for k in res.kidneys) == ["left", "right"]
+    assert [c.kept for c in res.tumors] == [True, True]
+
+
+@pytest.mark.parametrize("direction", [
+    np.eye(3),
+    np.array([[0, 0, 1], [0, 1, 0], [-1, 0, 0]], float),  # KiTS19: slices on the first array axis
+    np.diag([-1.0, -1.0, 1.0]),  # RAS-stored axes
+])
+def test_resampled_stages_match_reference_within_resampling_error(direction):
+    image, label = toy_case(direction=direction)
+    res = run_cascade(image, stages(), reference_predictors(label, tumor_probability=1.0))
+    assert res.label.same_grid(image)
+    m = case_metrics(res.label.array, label.array, image.spacing_zyx)
+    # resampling to 1.6 mm and back moves boundaries by well under a voxel
+    assert m["kidney_dice"] > 0.98
+    assert m["tumor_dice"] > 0.95
+    left = [k for k in res.kidneys if k.side == "left"][0]
+    # the left kidney is at higher LPS x
+    assert left.centre_lps_mm[0] > [k for k in res.kidneys if k.side == "right"][0].centre_lps_mm[0]
+
+
+def test_stage4_keeps_confident_and_rejects_weak_candidates():
+    image, label = toy_case()
+    left_kidney = np.argwhere(label.array == 1)
+    # a false candidate inside the left kidney, reported with probability 0.6
+    k, j, i = left_kidney[len(left_kidney) // 3]
+    centre = tuple(image.index_to_world([i, j, k]))
+    preds = reference_predictors(label, tumor_probability=1.0, extra=[FalseCandidate(centre, 5.0, 0.6)])
+    res = run_cascade(image, stages(), preds, PostprocessConfig(candidate_threshold=0.8))
+    kept = [c for c in res.tumors if c.kept]
+    rejected = [c for c in res.tumors if not c.kept]
+    assert len(kept) == 2 and len(rejected) == 1
+    assert rejected[0].mean_probability == pytest.approx(0.6, abs=0.05)
+    assert np.all(res.label.array[res.candidates.array == rejected[0].id] != 2)
+    # a lower threshold keeps it
+    res2 = run_cascade(image, stages(), preds, PostprocessConfig(candidate_threshold=0.5))
+    assert sum(c.kept for c in res2.tumors) == 3
+    # the annotator's choice: add the rejected candidate, drop a kept one
+    lab = apply_candidate_choice(res, {rejected[0].id, kept[0].id})
+    assert np.all(lab[res.candidates.array == rejected[0].id] == 2)
+    assert not np.any(lab[res.candidates.array == kept[1].id] == 2)
+
+
+def test_one_kidney():
+    image, label = toy_case(kidneys=("left",))
+    res = run_cascade(image, stages(), reference_predictors(label, tumor_probability=1.0))
+    assert [k.side for k in res.kidneys] == ["left"]
+    assert any("one kidney found (left)" in m for m in res.messages)
+    seg = segment_map(res.label.array, res.sides.array)
+    assert set(np.unique(seg)) == {0, 1, 3}
+
+
+def test_horseshoe_kidney_is_one_component_split_in_segments():
+    image, label = toy_case(kidneys=(), tumors=False)
+    sp = image.spacing_zyx
+    extent = np.array(image.shape) * np.array(sp)
+    lab = np.zeros(image.shape, np.uint8)
+    lab[_ellipsoid(image.shape, sp, (extent[0] / 2, extent[1] * 0.55, extent[2] / 2), (25, 15, 80))] = 1
+    label = label.with_array(lab)
+    res = run_cascade(image, stages(), reference_predictors(label))
+    assert [k.side for k in res.kidneys] == ["horseshoe"]
+    assert any("horseshoe" in m for m in res.messages)
+    seg = segment_map(res.label.array, res.sides.array)
+    assert (seg == 1).sum() > 0 and (seg == 2).sum() > 0
+
+
+def test_kidney_at_edge_of_field_of_view():
+    image, label = toy_case()
+    # cut the scan through the left kidney
+    cut = 50
+    image = image.with_array(image.array[:, :, :-cut].copy())
+    label = label.with_array(label.array[:, :, :-cut].copy())
+    assert label.array[..., -1].any()
+    res = run_cascade(image, stages(), reference_predictors(label, tumor_probability=1.0))
+    left = [k for k in res.kidneys if k.side == "left"][0]
+    assert left.touches_fov_edge
+    assert any("edge of the scan" in m for m in res.messages)
+    assert _dice(res.label.array > 0, label.array > 0) > 0.98
+
+
+def test_no_kidney_gives_empty_result_and_message():
+    image, label = toy_case(kidneys=(), tumors=False)
+    res = run_cascade(image, stages(), reference_predictors(label))
+    assert res.status == "no_kidney"
+    assert not res.label.array.any()
+    assert "no kidney found" in res.messages[0]
+
+
+def test_user_roi_replaces_stage_one():
+    image, label = toy_case()
+    lo = image.index_to_world([0, 0, 0])
+    hi = image.index_to_world(np.array(image.shape[::-1]) - 1)
+    # a box around the left half only (higher x): the right kidney is left out
+    mid = (lo[0] + hi[0]) / 2
+    roi = RoiWorld((mid, lo[1], lo[2]), (hi[0], hi[1], hi[2]))
+
+    class Fail:
+        def predict(self, vol):
+            raise AssertionError("stage 1 must not run when a ROI is given")
+
+    preds = dict(reference_predictors(label, tumor_probability=1.0), roi=Fail())
+    res = run_cascade(image, stages(), preds, roi=roi)
+    assert [k.side for k in res.kidneys] == ["left"]
+
+
+@pytest.mark.parametrize("case", ["case_00061", "case_00110", pytest.param("case_00000", marks=pytest.mark.slow)])
+def test_real_kits19_label_geometry(case):
+    path = SHARED / "kits19-labels" / f"{case}.nii.gz"
+    if not path.exists():
+        pytest.skip("../shared/data/kits19-labels is absent (only in the development workspace)")
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(path))
+    label = Volume(sitk.GetArrayFromImage(img), img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+    image = label.with_array(np.where(label.array > 0, 150, 0).astype(np.int16))
+    res = run_cascade(image, stages(), reference_predictors(label, tumor_probability=1.0))
+    assert res.label.same_grid(label)
+    m = case_metrics(res.label.array, label.array, label.spacing_zyx)
+    assert m["kidney_dice"] > 0.97, m
+    assert m["tumor_dice"] > 0.93, m
