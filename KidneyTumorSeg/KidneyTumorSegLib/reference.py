@@ -41,7 +41,8 @@ class ReferencePredictor:
     extra: List[FalseCandidate] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        mask = np.isin(self.reference.array, list(self.labels)).astype(np.float32)
+        # uint8 keeps a 512x512x1000 reference at 260 MB; Resample interpolates it into float32
+        mask = np.isin(self.reference.array, list(self.labels)).astype(np.uint8)
         self._ref = _to_sitk(self.reference.with_array(mask))
 
     def predict(self, vol: Volume) -> np.ndarray:

@@ -1,0 +1,93 @@
+"""Model bundles: manifest, hashes, safe loading, clear errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from KidneyTumorSegLib.bundle import MANIFEST, BundleError, load_bundle
+from helpers_bundle import make_tiny_bundle
+
+
+def test_bundle_round_trip_and_card(tmp_path):
+    b = make_tiny_bundle(tmp_path / "m", ensemble=2)
+    again = load_bundle(tmp_path / "m")
+    assert set(again.stages) == {"roi", "kidney", "tumor"}
+    assert again.stages["tumor"].weights == ("tumor_0.safetensors", "tumor_1.safetensors")
+    assert again.stages["tumor"].mask_outside is True
+    assert again.stages["kidney"].spacing == (4.0, 3.0, 3.0)
+    models = again.build_models("kidney")
+    assert len(models) == 2 and not models[0].training
+    sd0 = b.load_state_dicts("kidney")[0]
+    for k, v in models[0].state_dict().items():
+        assert torch.equal(v, sd0[k])
+    card = again.card()
+    assert card["stages"]["tumor"]["ensemble"] == 2
+    manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
+    assert manifest["schema_version"] == 1 and len(manifest["files"]) == 6
+    assert all(len(h) == 64 for h in manifest["files"].values())
+
+
+def test_bundle_refuses_to_overwrite(tmp_path):
+    make_tiny_bundle(tmp_path / "m")
+    with pytest.raises(FileExistsError, match="use --overwrite"):
+        make_tiny_bundle(tmp_path / "m")
+    make_tiny_bundle(tmp_path / "m", seed=1, overwrite=True)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_wrong_hash_names_the_file(tmp_path):
+    make_tiny_bundle(tmp_path / "m")
+    w = tmp_path / "m" / "kidney_0.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"kidney_0\.safetensors: SHA-256 mismatch"):
+        load_bundle(tmp_path / "m")
+
+
+def test_missing_weight_file_names_the_file(tmp_path):
+    make_tiny_bundle(tmp_path / "m")
+    (tmp_path / "m" / "tumor_0.safetensors").unlink()
+    with pytest.raises(BundleError, match=r"tumor_0\.safetensors: weight file listed in the manifest is missing"):
+        load_bundle(tmp_path / "m")
+
+
+def test_unknown_schema_version(tmp_path):
+    make_tiny_bundle(tmp_path / "m")
+    mp = tmp_path / "m" / MANIFEST
+    data = json.loads(mp.read_text())
+    data["schema_version"] = 99
+    mp.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=r"manifest\.json: unknown schema version 99"):
+        load_bundle(tmp_path / "m")
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(BundleError, match="model bundle folder not found"):
+        load_bundle(tmp_path / "nope")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / MANIFEST).write_text("{not json")
+    with pytest.raises(BundleError, match="manifest is not valid JSON"):
+        load_bundle(tmp_path / "x")
+
+
+def test_weights_that_do_not_fit_the_architecture(tmp_path):
+    make_tiny_bundle(tmp_path / "m")
+    mp = tmp_path / "m" / MANIFEST
+    data = json.loads(mp.read_text())
+    data["stages"][1]["network"]["channels"] = [8, 16, 32]
+    mp.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=r"kidney_0\.safetensors: weights do not match"):
+        load_bundle(tmp_path / "m").build_models("kidney")
+
+
+def test_weights_are_not_unpickled(tmp_path):
+    # a pickle placed where safetensors is expected is rejected, never executed
+    make_tiny_bundle(tmp_path / "m")
+    w = tmp_path / "m" / "roi_0.safetensors"
+    torch.save({"x": torch.zeros(1)}, w)
+    with pytest.raises(BundleError, match="SHA-256 mismatch"):
+        load_bundle(tmp_path / "m")

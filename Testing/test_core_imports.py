@@ -1,0 +1,39 @@
+"""The core must not import Slicer, Qt, CTK or VTK (it runs without Slicer)."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+CORE = Path(__file__).resolve().parents[1] / "KidneyTumorSeg" / "KidneyTumorSegLib"
+FORBIDDEN = {"slicer", "qt", "ctk", "vtk", "vtkmodules", "mrml"}
+
+
+def test_core_source_imports_no_gui_toolkit():
+    offenders = []
+    for py in sorted(CORE.rglob("*.py")):
+        tree = ast.parse(py.read_text(encoding="utf-8"), filename=str(py))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for n in names:
+                if n.split(".")[0].lower() in FORBIDDEN:
+                    offenders.append(f"{py.name}:{node.lineno} imports {n}")
+    assert not offenders, offenders
+    assert len(list(CORE.glob("*.py"))) > 10
+
+
+def test_importing_every_core_module_loads_no_gui_toolkit():
+    mods = sorted(p.stem for p in CORE.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    code = (
+        "import sys, importlib\n"
+        f"for m in {mods!r}: importlib.import_module('KidneyTumorSegLib.' + m)\n"
+        f"bad = [m for m in sys.modules if m.split('.')[0].lower() in {sorted(FORBIDDEN)!r}]\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
