@@ -10,7 +10,7 @@ from KidneyTumorSegLib.networks import build_network
 TINY_NET = NetworkConfig(architecture="resunet", channels=(4, 8, 16), strides=(1, 2, 2), deep_supervision=False)
 
 
-def tiny_stages(patch=(16, 32, 32)):
+def tiny_stages(patch=(32, 64, 64)):
     return [
         StageConfig("coarse", "roi", network=TINY_NET, spacing=(6.0, 6.0, 6.0), patch_size=patch, norm_mean=0.0, norm_std=500.0),
         StageConfig("kidney", "kidney", network=TINY_NET, spacing=(4.0, 3.0, 3.0), patch_size=patch, norm_mean=0.0, norm_std=500.0),

@@ -127,18 +127,8 @@ def run_cascade(
     next_id = 1
     for n, (side, mask_roi) in enumerate(kidneys_masks):
         progress("tumor", n / len(kidneys_masks), f"tumors in the {side} kidney")
-        kbox_roi = _tight_box(mask_roi)
-        margin_vox = [tstage.margin_mm / s for s in spacing]
-        kbox_roi = expand_box(kbox_roi, margin_vox)  # may leave the ROI/scan: padded with mask_value
-        kbox = tuple((a + r0, b + r0) for (a, b), (r0, _) in zip(kbox_roi, roi_box))
-        kcrop = Crop(kbox, can.shape)
-        kvol = kcrop.volume(can, fill=tstage.mask_value)
-        kmask = Crop(kbox_roi, mask_roi.shape).apply(mask_roi, fill=False)
-        allowed = _dilate_mm(kmask, tstage.mask_dilation_mm, spacing)
-        if tstage.mask_outside:
-            arr = kvol.array.copy()
-            arr[~allowed] = np.asarray(tstage.mask_value).astype(arr.dtype)
-            kvol = kvol.with_array(arr)
+        kc = kidney_crop(can, mask_roi, tuple(r0 for r0, _ in roi_box), tstage)
+        kbox, kbox_roi, kvol, kmask, allowed = kc.box, kc.box_in_mask, kc.volume, kc.mask, kc.allowed
         tprob = _predict_on_grid(kvol, tstage, predictors["tumor"])
         tprob[~allowed] = 0.0
         # stage 4: candidates
@@ -208,6 +198,45 @@ def run_cascade(
 
 
 # --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KidneyCrop:
+    """Stage 3's input for one kidney (canonical full-resolution grid).
+
+    ``box``: the crop in the canonical image's index space ``(k, j, i)``;
+    ``box_in_mask``: the same box relative to the kidney mask's array;
+    ``volume``: the crop in HU, outside the dilated kidney set to the stage's
+    ``mask_value`` when ``mask_outside``; ``mask``: the kidney on the crop;
+    ``allowed``: the dilated kidney, where tumor candidates may lie.
+    """
+
+    box: Box
+    box_in_mask: Box
+    volume: Volume
+    mask: np.ndarray
+    allowed: np.ndarray
+
+
+def kidney_crop(can: Volume, mask: np.ndarray, offset: Sequence[int], stage: StageConfig) -> KidneyCrop:
+    """Crop ``can`` around the kidney ``mask`` (an array placed at ``offset`` in ``can``).
+
+    Report 000's stage 3 input: the kidney's box plus ``stage.margin_mm``,
+    with everything outside the kidney (dilated by ``stage.mask_dilation_mm``)
+    set to ``stage.mask_value`` (-1024 HU). Training builds its tumor-stage
+    samples with this same function.
+    """
+    spacing = can.spacing_zyx
+    box_in_mask = expand_box(_tight_box(mask), [stage.margin_mm / s for s in spacing])
+    box = tuple((a + o, b + o) for (a, b), o in zip(box_in_mask, offset))
+    vol = Crop(box, can.shape).volume(can, fill=stage.mask_value)
+    kmask = Crop(box_in_mask, mask.shape).apply(mask, fill=False)
+    allowed = _dilate_mm(kmask, stage.mask_dilation_mm, spacing)
+    if stage.mask_outside:
+        arr = vol.array.copy()
+        arr[~allowed] = np.asarray(stage.mask_value).astype(arr.dtype)
+        vol = vol.with_array(arr)
+    return KidneyCrop(box, box_in_mask, vol, kmask, allowed)  # type: ignore[arg-type]
+
+
 def _predict_on_grid(vol: Volume, stage: StageConfig, predictor) -> np.ndarray:
     """Foreground probability of ``stage`` on ``vol``'s own grid (float32, (k, j, i)).
 
