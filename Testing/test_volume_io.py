@@ -1,81 +1,24 @@
-"""Reading CTs and label maps: formats, geometry, DICOM, KiTS folders, bad input, case discovery."""
+"""Reading CTs and label maps: formats, geometry, DICOM, KiTS folders, bad input, re-exports.
+
+CT checks are tested in test_validate.py, case discovery in test_cases.py.
+"""
 from __future__ import annotations
 
 import logging
-import re
-from pathlib import Path
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from helpers_ct import (
+    KITS_DIRECTION, assert_same_geometry, ct_array, ct_volume, shared, write_dicom_series, write_image,
+    write_image_sitk,
+)
+from KidneyTumorSegLib import cases, formats, validate
 from KidneyTumorSegLib import volume_io as vio
 from KidneyTumorSegLib.volume import InputError, Volume
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-# A rotated, non-unit grid: catches any axis swap or lost direction.
-ANGLE = np.deg2rad(20)
-ROTATED = (np.cos(ANGLE), -np.sin(ANGLE), 0.0, np.sin(ANGLE), np.cos(ANGLE), 0.0, 0.0, 0.0, 1.0)
-KITS_DIRECTION = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0)  # KiTS19: index axis i (array axis 2) runs along z
-
-
-def shared(name: str) -> Path:
-    p = SHARED / name
-    if not p.exists():
-        pytest.skip(f"reference data {p} is absent (it sits beside the repository in ../shared/data)")
-    return p
-
-
-def ct_array(shape=(12, 20, 24), seed=0) -> np.ndarray:
-    """int16 HU phantom [k, j, i]: air, a soft-tissue body with noise, a bone block."""
-    rng = np.random.default_rng(seed)
-    arr = np.full(shape, -1000, np.int16)
-    k, j, i = shape
-    arr[:, j // 4: 3 * j // 4, i // 4: 3 * i // 4] = 40
-    arr[:, j // 2: j // 2 + 3, i // 2: i // 2 + 3] = 700
-    return (arr + rng.integers(-20, 20, shape)).astype(np.int16)
-
-
-def ct_volume(**kw) -> Volume:
-    geo = dict(spacing=(0.8, 0.7, 2.5), origin=(-120.5, 33.25, -410.0), direction=ROTATED)
-    geo.update(kw)
-    return Volume(ct_array(), **geo)
-
-
-def write_image(vol: Volume, path: Path) -> Path:
-    sitk.WriteImage(vio.volume_to_sitk(vol), str(path), useCompression=path.suffix != ".nii")
-    return path
-
-
-def write_dicom_series(folder: Path, vol: Volume, modality="CT", uid="1.2.826.0.1.3680043.2.1125.101",
-                       description="test series", patient_id="KTS-1") -> Path:
-    """A minimal DICOM series written by SimpleITK (GDCM), one file per slice, identity direction."""
-    folder.mkdir(parents=True, exist_ok=True)
-    img = vio.volume_to_sitk(vol)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    tags = {
-        "0008|0060": modality, "0020|000e": uid, "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
-        "0008|103e": description, "0010|0020": patient_id, "0020|0037": "1\\0\\0\\0\\1\\0",
-        "0018|0050": str(vol.spacing[2]),
-    }
-    for k in range(vol.shape[0]):
-        sl = img[:, :, k]
-        for tag, value in tags.items():
-            sl.SetMetaData(tag, value)
-        sl.SetMetaData("0020|0032", "\\".join(f"{c:.6f}" for c in img.TransformIndexToPhysicalPoint((0, 0, k))))
-        sl.SetMetaData("0020|0013", str(k + 1))
-        sl.SetMetaData("0008|0018", f"{uid}.{k + 1}")
-        writer.SetFileName(str(folder / f"s{uid[-3:]}_{k:03d}.dcm"))
-        writer.Execute(sl)
-    return folder
-
-
-def assert_same_geometry(a: Volume, b: Volume, atol=1e-5):
-    assert a.shape == b.shape
-    np.testing.assert_allclose(a.spacing, b.spacing, atol=atol)
-    np.testing.assert_allclose(a.origin, b.origin, atol=atol)
-    np.testing.assert_allclose(a.direction, b.direction, atol=atol)
 
 
 # --------------------------------------------------------------------------
@@ -175,11 +118,6 @@ def test_4d_with_one_singleton_axis_is_squeezed(tmp_path):
     two = sitk.JoinSeries([vio.volume_to_sitk(vol)] * 2)
     with pytest.raises(InputError, match=r"is a 4D image of size \(24, 20, 12, 2\)"):
         vio.read_volume(write_image_sitk(two, tmp_path / "two.mha"))
-
-
-def write_image_sitk(img: sitk.Image, path: Path) -> Path:
-    sitk.WriteImage(img, str(path))
-    return path
 
 
 # --------------------------------------------------------------------------
@@ -312,114 +250,28 @@ def test_non_ct_modality(tmp_path):
         vio.read_volume(folder)
     assert str(err.value) == msg
     assert vio.read_volume(folder, validate=False).meta["modality"] == "MR"
-    # The same check serves volumes from Slicer that carry a modality.
-    with pytest.raises(InputError, match="is a PT series"):
-        vio.validate_ct(ct_volume(meta={"modality": "PT", "source": "pet"}))
-
-
-@pytest.mark.parametrize("shift,message", [
-    (2000, "its intensities range from {lo} to {hi}, but a CT has air near -1000 HU"),  # raw, no rescale
-    (-2000, "its intensities range from {lo} to {hi}, so nothing is as dense as soft tissue"),
-])
-def test_intensities_not_hu(shift, message):
-    arr = ct_array() + shift
-    vol = Volume(arr, spacing=(0.8, 0.8, 3.0), meta={"source": "x.nrrd"})
-    expected = "'x.nrrd' does not look like a CT in Hounsfield units: " + message.format(lo=arr.min(), hi=arr.max())
-    with pytest.raises(InputError) as err:
-        vio.validate_ct(vol)
-    assert str(err.value).startswith(expected)
-
-
-def test_unsigned_storage_with_intercept_is_fine():
-    # GDCM applies the rescale intercept: uint16 storage arrives as signed HU; a
-    # float CT (after a resampling, say) is fine too.
-    vol = Volume(ct_array().astype(np.float32), spacing=(0.8, 0.8, 3.0), origin=(1, 2, 3))
-    assert vio.validate_ct(vol) == []
-
-
-@pytest.mark.parametrize("spacing", [(0.8, 0.8, 200.0), (0.001, 0.8, 3.0)])
-def test_absurd_spacing(spacing):
-    vol = Volume(ct_array(), spacing=spacing, meta={"source": "s.nii"})
-    with pytest.raises(InputError, match=r"^'s.nii' has implausible voxel spacing .* mm \(x, y, z\)"):
-        vio.validate_ct(vol)
-
-
-def test_warnings_for_odd_but_usable_scans():
-    arr = ct_array()
-    arr[arr == arr.max()] = 12000  # one metal voxel
-    vol = Volume(arr, spacing=(2.5, 0.8, 8.0), origin=(1, 2, 3), meta={"source": "odd"})
-    w = vio.validate_ct(vol)
-    assert "'odd': thick slices (8 mm); results are less accurate above 5 mm" in w
-    assert "'odd': unusual pixel size 2.5 x 0.8 mm for a CT" in w
-    assert any("extreme intensities" in x for x in w)
-    # KiTS19 layout: the slice axis is i, found from the direction, not assumed to be k.
-    kits = Volume(ct_array(), spacing=(3.0, 0.8, 0.8), direction=KITS_DIRECTION, origin=(1, 2, 3))
-    assert not any("thick" in x or "pixel size" in x for x in vio.validate_ct(kits))
-    default = Volume(ct_array())
-    assert any("default geometry" in x for x in vio.validate_ct(default))
 
 
 def test_folder_without_images(tmp_path):
     (tmp_path / "readme.txt").write_text("hi")
     with pytest.raises(InputError, match="the folder holds no DICOM series and no KiTS imaging.nii.gz"):
         vio.read_volume(tmp_path)
-    with pytest.raises(InputError, match=f"^no CT images found in '{tmp_path}'"):
-        vio.find_cases(tmp_path)
 
 
 # --------------------------------------------------------------------------
-# find_cases
+# Module layout
 # --------------------------------------------------------------------------
-def test_find_cases_in_a_mixed_folder(tmp_path):
-    vol = ct_volume()
-    write_image(vol, tmp_path / "b_scan.nii.gz")
-    write_image(vol, tmp_path / "a_scan.nrrd")
-    write_image(vol, tmp_path / "c.mhd")  # its .raw file is not a case
-    (tmp_path / "case_00003").mkdir()
-    write_image(vol, tmp_path / "case_00003" / "imaging.nii.gz")
-    write_dicom_series(tmp_path / "dicom_patient", ct_volume(direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)))
-    (tmp_path / "empty_dir").mkdir()
-    (tmp_path / "notes.txt").write_text("x")
-    (tmp_path / "a_scan.seg.nrrd").write_text("an output, not a case")
-    (tmp_path / ".tmp-1234.nii.gz").write_text("a temporary file")
-    cases = vio.find_cases(tmp_path)
-    assert cases == [
-        ("a_scan", tmp_path / "a_scan.nrrd"),
-        ("b_scan", tmp_path / "b_scan.nii.gz"),
-        ("c", tmp_path / "c.mhd"),
-        ("case_00003", tmp_path / "case_00003"),
-        ("dicom_patient", tmp_path / "dicom_patient"),
-    ]
-    assert vio.find_cases(str(tmp_path / "*_scan.*")) == cases[:2]
-    assert vio.find_cases(tmp_path / "b_scan.nii.gz") == [("b_scan", tmp_path / "b_scan.nii.gz")]
-    assert vio.find_cases(tmp_path / "dicom_patient") == [("dicom_patient", tmp_path / "dicom_patient")]
-    for case_id, path in cases:
-        assert vio.read_volume(path).shape == vol.shape, case_id
+def test_reexports_keep_the_old_import_paths():
+    from KidneyTumorSegLib.volume_io import case_id_for, find_cases, is_kits_case, validate_ct  # noqa: F401
+    assert vio.validate_ct is validate.validate_ct
+    assert (vio.find_cases, vio.case_id_for, vio.is_kits_case) == (cases.find_cases, cases.case_id_for, cases.is_kits_case)
+    assert (vio.image_suffix, vio.dicom_series) == (formats.image_suffix, formats.dicom_series)
+    assert (vio.KITS_IMAGE, vio.KITS_LABEL, vio.MIN_SPACING_MM) == ("imaging.nii.gz", "segmentation.nii.gz", 0.05)
+    assert all(hasattr(vio, name) for name in vio.__all__)
 
 
-def test_find_cases_disambiguates_ids_and_names_the_spec(tmp_path):
-    vol = ct_volume()
-    write_image(vol, tmp_path / "x.nii.gz")
-    write_image(vol, tmp_path / "x.nrrd")
-    write_image(vol, tmp_path / "x_2.mha")
-    ids = [c for c, _ in vio.find_cases(tmp_path)]
-    assert ids == ["x", "x_3", "x_2"]  # x.nrrd cannot become x_2: that name is taken
-    pattern = str(tmp_path / "nothing*.nii.gz")
-    with pytest.raises(InputError, match="^" + re.escape(f"no CT images found in '{pattern}'")):
-        vio.find_cases(pattern)
-    with pytest.raises(InputError, match="no such file or folder: '/no/such/path.nii.gz'"):
-        vio.find_cases("/no/such/path.nii.gz")
-
-
-def test_case_id_for():
-    assert vio.case_id_for("data/case_00001.nii.gz") == "case_00001"
-    assert vio.case_id_for("data/CT.Scan.NRRD") == "CT.Scan"
-    assert vio.case_id_for("a/b.v2.mha") == "b.v2"
-    assert vio.image_suffix("x.NII.GZ") == ".nii.gz" and vio.image_suffix("x.txt") == ""
-
-
-def test_validate_ct_on_a_volume_without_source():
-    # Volumes built from Slicer arrays carry no path; messages still read well.
-    with pytest.raises(InputError, match="^the image is empty: every voxel has the value 0$"):
-        vio.validate_ct(Volume(np.zeros((4, 5, 6), np.int16)))
-    assert vio.validate_ct(Volume(ct_array(), spacing=(0.8, 0.8, 3.0), origin=(1, 2, 3))) == []
+@pytest.mark.parametrize("first", ["cases", "validate", "formats", "volume_io"])
+def test_modules_import_in_any_order(first):
+    # A fresh interpreter, so an import cycle between the split modules would show.
+    code = f"import KidneyTumorSegLib.{first}; from KidneyTumorSegLib.volume_io import find_cases, validate_ct"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
