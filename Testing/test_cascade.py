@@ -214,3 +214,21 @@ def test_real_kits19_label_geometry(case):
     m = case_metrics(res.label.array, label.array, label.spacing_zyx)
     assert m["kidney_dice"] > 0.97, m
     assert m["tumor_dice"] > 0.93, m
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_phantoms_with_default_spacings_reproduce_reference(seed):
+    from KidneyTumorSegLib.phantom import make_phantom
+    from KidneyTumorSegLib.presets import default_stages
+
+    ph = make_phantom(seed=seed, shape=(48, 192, 192), spacing=(1.8, 1.8, 4.0), n_tumors=2)
+    st = {s.role: s for s in default_stages()}
+    res = run_cascade(ph.image, st, reference_predictors(ph.label, tumor_probability=1.0))
+    assert res.status == "ok" and res.label.same_grid(ph.image)
+    m = case_metrics(res.label.array, ph.label.array, ph.image.spacing_zyx)
+    # the only differences are resampling to the stage grids and back
+    assert m["kidney_dice"] > 0.97, m
+    assert m["tumor_dice"] > 0.9, m
+    n_ref = int(len(ph.info["tumors"])) if "tumors" in ph.info else None
+    if n_ref is not None:
+        assert sum(c.kept for c in res.tumors) == n_ref

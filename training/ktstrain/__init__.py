@@ -1,0 +1,1 @@
+"""Headless training of the KidneyTumorSeg cascade (builds on KidneyTumorSegLib, reimplements nothing)."""
