@@ -37,3 +37,15 @@ def test_importing_every_core_module_loads_no_gui_toolkit():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_core_and_training_parse_as_python_39():
+    """Slicer 5.8 runs Python 3.9: no newer syntax (match, parenthesised context managers...)."""
+    roots = [CORE, CORE.parents[1] / "training" / "ktstrain"]
+    for root in roots:
+        for py in sorted(root.rglob("*.py")):
+            ast.parse(py.read_text(encoding="utf-8"), filename=str(py), feature_version=(3, 9))
+            # annotations are evaluated lazily everywhere, so "X | None" and "list[int]" stay harmless on 3.9
+            text = py.read_text(encoding="utf-8")
+            if "def " in text and py.name not in ("__init__.py", "__main__.py"):
+                assert "from __future__ import annotations" in text or "->" not in text, py

@@ -173,7 +173,7 @@ def run_cascade(
             volume_ml=round(float((kmask & ~kept_mask).sum()) * ml, 3),
             volume_with_tumor_ml=round(float(kidney_full.sum()) * ml, 3),
             centre_lps_mm=_centre_world(kvol, kmask),
-            touches_fov_edge=_touches_edge(kbox_roi, mask_roi, roi_box, can.shape),
+            touches_fov_edge=_touches_edge(mask_roi, roi_box, can.shape),
         ))
     timings["tumor"] = time.perf_counter() - t
     progress("tumor", 1.0, "")
@@ -257,7 +257,10 @@ def _predict_on_grid(vol: Volume, stage: StageConfig, predictor) -> np.ndarray:
 def _stage_roi(can: Volume, stage: StageConfig, predictor) -> Optional[Box]:
     rec = resample_record(can.shape, can.spacing_zyx, stage.spacing)
     coarse = rec.volume(can, array=rec.apply(can.array.astype(np.float32), order=1))
-    probs = np.asarray(predictor.predict(coarse))
+    # only the body can hold a kidney: skipping the air around it saves windows (the padding is air too)
+    body = _body_box(coarse.array, stage.mask_value)
+    sub = Crop(body, coarse.shape).volume(coarse, fill=stage.mask_value)
+    probs = np.asarray(predictor.predict(sub))
     fg = probs[stage.foreground_channel] >= stage.threshold
     comps = _largest_components(fg, stage.keep_components, stage.min_component_ml, coarse.voxel_volume_ml())
     if not comps:
@@ -265,12 +268,20 @@ def _stage_roi(can: Volume, stage: StageConfig, predictor) -> Optional[Box]:
     factor = np.array(can.shape, float) / np.array(coarse.shape, float)
     boxes = []
     for m in comps:
-        b = _tight_box(m)
+        b = tuple((a + o, e + o) for (a, e), (o, _) in zip(_tight_box(m), body))
         boxes.append(tuple((int(np.floor(a * f)), int(np.ceil(e * f))) for (a, e), f in zip(b, factor)))
     lo = [min(b[n][0] for b in boxes) for n in range(3)]
     hi = [max(b[n][1] for b in boxes) for n in range(3)]
     margin = [stage.margin_mm / s for s in can.spacing_zyx]
     return expand_box(tuple(zip(lo, hi)), margin, shape=can.shape)
+
+
+def _body_box(coarse: np.ndarray, air_hu: float) -> Box:
+    """Box ``(k, j, i)`` around everything denser than air (> -500 HU) plus two voxels; the whole array if none."""
+    dense = coarse > max(-500.0, air_hu + 1.0)
+    if not dense.any():
+        return tuple((0, n) for n in coarse.shape)  # type: ignore[return-value]
+    return expand_box(_tight_box(dense), (2, 2, 2), shape=coarse.shape)
 
 
 def _largest_components(mask: np.ndarray, keep: int, min_ml: float, voxel_ml: float) -> List[np.ndarray]:
@@ -382,7 +393,8 @@ def _centre_world(vol: Volume, mask: np.ndarray) -> Tuple[float, float, float]:
     return tuple(round(float(v), 2) for v in vol.index_to_world([i, j, k]))  # type: ignore[return-value]
 
 
-def _touches_edge(kbox_roi: Box, mask_roi: np.ndarray, roi_box: Box, shape) -> bool:
+def _touches_edge(mask_roi: np.ndarray, roi_box: Box, shape) -> bool:
+    """Whether the kidney reaches the scan's first or last voxel on any axis."""
     b = _tight_box(mask_roi)
     for n in range(3):
         lo = b[n][0] + roi_box[n][0]
