@@ -1,0 +1,134 @@
+"""``kidneytumorseg-train`` (also ``python -m ktstrain``; ``torchrun ... -m ktstrain train`` for DDP).
+
+::
+
+    kidneytumorseg-train train --config training/configs/kidney.json --data kits19/data --out runs/ --fold 0
+    kidneytumorseg-train train --config training/configs/tumor.json --data phantoms/ --synthetic 40 --out runs/
+    kidneytumorseg-train train ... --resume                 # continue a killed run
+    kidneytumorseg-train preprocess --config ... --data ... --cache runs/cache
+    kidneytumorseg-train export --roi runs/coarse_fold0 --kidney runs/kidney_fold0 --tumor runs/tumor_fold* -o my_model
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+log = logging.getLogger("ktstrain")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kidneytumorseg-train", description="Train the KidneyTumorSeg cascade headless.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one stage")
+    t.add_argument("--config", required=True, help="stage configuration JSON (training/configs/*.json)")
+    t.add_argument("--data", required=True, help="KiTS-layout folder (case_XXXXX/imaging.nii.gz + segmentation.nii.gz)")
+    t.add_argument("--out", required=True, help="runs folder; the run goes to <out>/<stage>_fold<k>")
+    t.add_argument("--fold", default="0", help="fold 0-4, or 'all' (train on every case, no validation)")
+    t.add_argument("--splits", help="split file to honour (default <out>/splits.json, created if absent)")
+    t.add_argument("--cache", help="preprocessing cache folder (default <out>/cache)")
+    t.add_argument("--synthetic", type=int, default=0, help="first generate this many phantoms into --data")
+    t.add_argument("--synthetic-seed", type=int, default=10000, help="seed of the first generated phantom")
+    t.add_argument("--epochs", type=int, help="override the configuration's epochs")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--workers", type=int, default=1, help="preprocessing processes")
+    t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="start over in a run folder that has checkpoints")
+    t.add_argument("--tensorboard", action="store_true")
+    t.add_argument("--no-progress", action="store_true")
+
+    pp = sub.add_parser("preprocess", help="only build the stage's preprocessing cache")
+    pp.add_argument("--config", required=True)
+    pp.add_argument("--data", required=True)
+    pp.add_argument("--cache", required=True)
+    pp.add_argument("--workers", type=int, default=1)
+
+    e = sub.add_parser("export", help="write the model bundle the core loads")
+    for role in ("roi", "kidney", "tumor"):
+        e.add_argument(f"--{role}", nargs="+", default=[], help=f"run folder(s) of the {role} stage (several = ensemble)")
+    e.add_argument("-o", "--output", required=True)
+    e.add_argument("--which", default="final", choices=["final", "best", "latest"])
+    e.add_argument("--name", default="")
+    e.add_argument("--version", default="0")
+    e.add_argument("--description", default="")
+    e.add_argument("--data-description", default="", help="what the model was trained on (provenance)")
+    e.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    from KidneyTumorSegLib.bundle import BundleError
+    from KidneyTumorSegLib.volume import InputError
+
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "preprocess":
+            return _preprocess(args)
+        return _export(args)
+    except (InputError, BundleError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 1
+
+
+def _cases(data: str, synthetic: int = 0, seed: int = 10000):
+    from .data import discover_cases
+
+    root = Path(data)
+    if synthetic:
+        from KidneyTumorSegLib.phantom import write_phantom_cases
+
+        existing = sorted(root.glob("case_*")) if root.is_dir() else []
+        todo = synthetic - len(existing)
+        if todo > 0:
+            log.info("generating %d phantom(s) into %s", todo, root)
+            write_phantom_cases(root, todo, seed0=seed + len(existing), start_index=len(existing),
+                                randomize_intensity=True)
+    return discover_cases(root)
+
+
+def _train(args) -> int:
+    from .config import load_config
+    from .train import train_stage
+
+    cfg = load_config(args.config)
+    cases = _cases(args.data, args.synthetic, args.synthetic_seed)
+    fold = args.fold if args.fold == "all" else int(args.fold)
+    out = Path(args.out)
+    run = out / f"{cfg.stage.name}_fold{fold}"
+    train_stage(cfg, cases, run, Path(args.cache) if args.cache else out / "cache", fold=fold,
+                splits_path=Path(args.splits) if args.splits else None, resume=args.resume, device=args.device,
+                overwrite=args.overwrite, workers=args.workers, epochs=args.epochs,
+                show_progress=not args.no_progress and sys.stderr.isatty(), tensorboard=args.tensorboard)
+    log.info("finished: %s", run)
+    return 0
+
+
+def _preprocess(args) -> int:
+    from .config import load_config
+    from .preprocess import preprocess_stage
+
+    cfg = load_config(args.config)
+    res = preprocess_stage(_cases(args.data), cfg.stage, Path(args.cache), cfg.preprocess, workers=args.workers)
+    log.info("cache %s: %d processed, %d reused", res.cache_dir, len(res.processed), len(res.reused))
+    return 0
+
+
+def _export(args) -> int:
+    from .export import export_bundle
+
+    b = export_bundle({"roi": args.roi, "kidney": args.kidney, "tumor": args.tumor}, Path(args.output), which=args.which,
+                      name=args.name, version=args.version, description=args.description, data=args.data_description,
+                      overwrite=args.overwrite)
+    log.info("bundle written: %s (%s)", b.path, ", ".join(f"{r}: {len(s.weights)} model(s)" for r, s in b.stages.items()))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""One training configuration file per stage (JSON).
+
+::
+
+    {
+      "role": "kidney",                     # roi | kidney | tumor
+      "stage": {"spacing": [3.22, 1.62, 1.62], "network": {"channels": [16, 32, 64, 128, 256]}},
+      "train": {"epochs": 300, "batch_size": 2, "loss": "dice_ce", ...},
+      "augment": {"p_rotation": 0.2, ...},
+      "preprocess": {"kidney_extra_margin_mm": 30},
+      "label_map": {"mapping": {"0": 0, "1": 1, "2": 2, "3": 0}, "cyst_labels": [3]}
+    }
+
+``stage`` overrides the core's default stage of that role
+(``KidneyTumorSegLib.presets``) field by field (``network`` too), so a
+configuration states only what differs; the result is the core's own
+``StageConfig`` that the exported bundle carries.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from KidneyTumorSegLib.config import NetworkConfig, StageConfig, from_dict, to_dict
+from KidneyTumorSegLib.presets import default_stages
+
+from .augment import AugmentConfig
+from .data import LabelMap
+from .preprocess import PreprocessOptions
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings of one stage (see ``losses``, ``schedules``)."""
+
+    epochs: int = 300
+    iterations_per_epoch: int = 250
+    batch_size: int = 2
+    num_workers: int = 2
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.99
+    nesterov: bool = True
+    scheduler: str = "poly"
+    scheduler_params: Dict[str, Any] = field(default_factory=dict)
+    loss: str = "dice_ce"
+    loss_params: Dict[str, Any] = field(default_factory=dict)
+    ds_decay: Optional[Dict[str, Any]] = None
+    ds_downsample: str = "nearest"
+    grad_clip: float = 12.0
+    fg_fraction: float = 0.33
+    hard_negative_fraction: float = 0.1
+    val_every: int = 10
+    checkpoint_every: int = 10
+    keep_last: int = 3
+    seed: int = 0
+    precision: str = "auto"
+    n_folds: int = 5
+    val_overlap: float = 0.25
+
+
+@dataclass(frozen=True)
+class StageTraining:
+    stage: StageConfig
+    train: TrainSettings
+    augment: AugmentConfig
+    preprocess: PreprocessOptions
+    label_map: LabelMap
+    source: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "role": self.stage.role,
+            "stage": to_dict(self.stage),
+            "train": to_dict(self.train),
+            "augment": self.augment.to_dict(),
+            "preprocess": self.preprocess.to_dict(),
+            "label_map": self.label_map.to_dict(),
+        }
+
+
+def _merge_stage(base: StageConfig, over: Dict[str, Any]) -> StageConfig:
+    over = dict(over)
+    net = over.pop("network", None)
+    merged = to_dict(base)
+    if net:
+        merged["network"] = dict(merged["network"], **net)
+    merged.update(over)
+    return from_dict(StageConfig, merged)
+
+
+def parse_config(data: Dict[str, Any]) -> StageTraining:
+    """Validate and complete a configuration dict (unknown keys are errors)."""
+    known = {"role", "stage", "train", "augment", "preprocess", "label_map", "comment"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown configuration key(s): {', '.join(unknown)}")
+    role = data.get("role")
+    presets = {s.role: s for s in default_stages()}
+    if role not in presets:
+        raise ValueError(f"configuration role must be one of {sorted(presets)}, got {role!r}")
+    stage = _merge_stage(presets[role], data.get("stage", {}))
+    train = from_dict(TrainSettings, data.get("train", {}))
+    augment = AugmentConfig.from_dict(data.get("augment", {}))
+    pre = data.get("preprocess", {})
+    pre_names = {f.name for f in fields(PreprocessOptions)} - {"label_map"}
+    bad = sorted(set(pre) - pre_names)
+    if bad:
+        raise ValueError(f"unknown preprocess option(s): {', '.join(bad)}")
+    label_map = LabelMap.from_dict(data.get("label_map"))
+    options = PreprocessOptions(**dict(pre, label_map=label_map))
+    return StageTraining(stage, train, augment, options, label_map, source=dict(data))
+
+
+def load_config(path) -> StageTraining:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"configuration file not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+    try:
+        return parse_config(data)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc

@@ -1,0 +1,86 @@
+"""Export trained stages as the model bundle the core loads.
+
+Each stage takes one or more run folders (several = an ensemble, e.g. the
+five folds); the bundle records SHA-256s (written by the core's
+``save_bundle``) and provenance: data, split, configuration, commit, epochs
+and validation scores of every member.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from KidneyTumorSegLib.bundle import Bundle, save_bundle
+from KidneyTumorSegLib.config import PostprocessConfig, StageConfig, from_dict
+from KidneyTumorSegLib.presets import DEFAULT_POSTPROCESS
+
+from .checkpoint import load_checkpoint
+
+CHECKPOINTS = {"final": "checkpoint_final.pt", "best": "checkpoint_best.pt", "latest": "checkpoint_latest.pt"}
+
+
+def git_commit(path: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=str(path), capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def export_bundle(
+    runs: Mapping[str, Sequence[Path]],
+    out: Path,
+    which: str = "final",
+    postprocess: PostprocessConfig = DEFAULT_POSTPROCESS,
+    name: str = "",
+    version: str = "0",
+    description: str = "",
+    data: str = "",
+    overwrite: bool = False,
+) -> Bundle:
+    """Bundle the ``which`` checkpoint of each run; ``runs`` maps role -> run folders."""
+    if which not in CHECKPOINTS:
+        raise ValueError(f"which must be one of {sorted(CHECKPOINTS)}, got {which!r}")
+    stages: List[StageConfig] = []
+    weights: Dict[str, list] = {}
+    members: Dict[str, list] = {}
+    for role in ("roi", "kidney", "tumor"):
+        folders = [Path(p) for p in runs.get(role, ())]
+        if not folders:
+            if role == "roi":
+                continue
+            raise ValueError(f"no training run given for the {role!r} stage")
+        stage = None
+        for folder in folders:
+            path = folder / CHECKPOINTS[which]
+            state = load_checkpoint(path)
+            st = from_dict(StageConfig, state["stage"])
+            if st.role != role:
+                raise ValueError(f"{path}: is a {st.role!r} stage, given for {role!r}")
+            if stage is not None and (st.network != stage.network or st.spacing != stage.spacing or st.window != stage.window):
+                raise ValueError(f"{path}: ensemble members of stage {role!r} differ in network, spacing or window")
+            stage = stage or st
+            weights.setdefault(role, []).append(state["model"])
+            cfg = state.get("config", {})
+            members.setdefault(role, []).append({
+                "run": folder.name, "checkpoint": path.name, "epoch": int(state["epoch"]) + 1,
+                "epochs_planned": int(state.get("epochs", 0)), "fold": state.get("fold"),
+                "validation": state.get("val", {}), "train_cases": len(state.get("train_cases", [])),
+                "val_cases": len(state.get("val_cases", [])), "loss": cfg.get("train", {}).get("loss"),
+            })
+        stage = _with_provenance(stage, members[role], data)
+        stages.append(stage)
+    repo = Path(__file__).resolve().parents[2]
+    provenance = {"data": data, "commit": git_commit(repo), "trained_with": "ktstrain", "members": members}
+    return save_bundle(out, stages, weights, postprocess, name=name or Path(out).name, version=version,
+                       description=description, provenance=provenance, overwrite=overwrite)
+
+
+def _with_provenance(stage: StageConfig, members: list, data: str) -> StageConfig:
+    from dataclasses import replace
+
+    return replace(stage, provenance={"data": data, "ensemble": members}, weights=())
+
+

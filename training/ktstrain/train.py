@@ -1,0 +1,241 @@
+"""Train one stage of the cascade.
+
+Everything that decides a step is a function of ``(seed, epoch, index)``:
+the patch sampler draws patch ``index`` of ``epoch`` from its own RNG and
+the augmentation of step ``s`` uses a generator seeded from
+``(seed, epoch, s, rank)``. With the model, optimiser, scheduler, scaler and
+global RNG states in the checkpoint, ``--resume`` continues a killed run
+exactly where its last checkpoint left it (a test checks the weights).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from KidneyTumorSegLib.config import RuntimeConfig, to_dict
+from KidneyTumorSegLib.device import autocast_dtype, resolve_device
+from KidneyTumorSegLib.inference import NetworkPredictor
+from KidneyTumorSegLib.networks import build_network
+
+from .augment import augment_batch
+from .checkpoint import CheckpointManager, capture_rng, load_checkpoint, restore_rng
+from .config import StageTraining
+from .data import Case
+from .distributed import World, all_mean, barrier, init_world
+from .logs import TrainingLog
+from .losses import build_training_loss
+from .preprocess import StageCache, preprocess_stage
+from .sampler import PatchSampler, stage_target
+from .schedules import build_optimizer, build_scheduler
+from .splits import fold_cases, get_or_create_splits
+
+log = logging.getLogger(__name__)
+
+
+def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    return (int(seed) * 1_000_003 + int(epoch) * 10_007 + int(step) * 101 + int(rank)) % (2**63 - 1)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * float(np.logical_and(a, b).sum()) / s
+
+
+def validate(model: torch.nn.Module, cache: StageCache, stage, device: str, overlap: float = 0.25) -> Dict[str, float]:
+    """Stage Dice on whole validation items with the real inference engine (no TTA).
+
+    The roi and kidney stages report kidney Dice (label > 0), the tumor
+    stage tumor Dice (label 2), as the KiTS19 metrics define them.
+    """
+    was_training = model.training
+    model.eval()
+    runtime = RuntimeConfig(device=device, tta=1, overlap=overlap, sw_batch_size=2)
+    predictor = NetworkPredictor(stage, [model], runtime)
+    scores: List[float] = []
+    try:
+        for item in cache.items:
+            probs = predictor.predict(np.asarray(item.image()))
+            pred = probs[stage.foreground_channel] >= stage.threshold
+            scores.append(_dice(pred, stage_target(np.asarray(item.label()), stage.role) > 0))
+    finally:
+        model.train(was_training)
+    name = "tumor_dice" if stage.role == "tumor" else "kidney_dice"
+    return {name: float(np.mean(scores))} if scores else {}
+
+
+def train_stage(
+    cfg: StageTraining,
+    cases: Sequence[Case],
+    run_dir: Path,
+    cache_root: Path,
+    fold: Any = 0,
+    splits_path: Optional[Path] = None,
+    resume: bool = False,
+    device: str = "auto",
+    overwrite: bool = False,
+    workers: int = 1,
+    epochs: Optional[int] = None,
+    show_progress: bool = True,
+    tensorboard: bool = False,
+) -> Path:
+    """Train ``cfg``'s stage on ``cases``; returns the run folder.
+
+    The run folder gets ``config.json``, ``training_log.csv``,
+    ``progress.png`` and ``checkpoint_{latest,best,final,epochNNNN}.pt``; each
+    checkpoint carries the final ``StageConfig`` (with the training data's
+    intensity statistics) that ``export`` writes into the bundle.
+    """
+    world = init_world(device)
+    run_dir = Path(run_dir)
+    ts = cfg.train
+    n_epochs = int(epochs or ts.epochs)
+    dev = resolve_device(device if not world.distributed or device == "cpu" else f"cuda:{world.local_rank}")
+    ids = [c.case_id for c in cases]
+    splits_path = Path(splits_path) if splits_path else run_dir.parent / "splits.json"
+    if world.is_main:
+        folds = get_or_create_splits(splits_path, ids, n_folds=ts.n_folds, seed=ts.seed)
+    barrier(world)
+    if not world.is_main:
+        folds = get_or_create_splits(splits_path, ids, n_folds=ts.n_folds, seed=ts.seed)
+    part = fold_cases(folds, fold)
+
+    # preprocessing (main rank first, so the others only read the cache)
+    if world.is_main:
+        pre = preprocess_stage(cases, cfg.stage, cache_root, cfg.preprocess, workers=workers)
+    barrier(world)
+    if not world.is_main:
+        pre = preprocess_stage(cases, cfg.stage, cache_root, cfg.preprocess, workers=1)
+    train_cache = StageCache(pre.cache_dir, part["train"])
+    val_cache = StageCache(pre.cache_dir, part["val"]) if part["val"] else None
+    stats = train_cache.intensity_statistics(cfg.stage.window)
+    stage = stats.apply(cfg.stage) if cfg.stage.normalization == "zscore" else cfg.stage
+
+    # model, optimisation
+    torch.manual_seed(ts.seed)
+    model = build_network(stage.network).to(dev)
+    opt = build_optimizer(model, ts.optimizer, lr=ts.lr, weight_decay=ts.weight_decay, momentum=ts.momentum,
+                          nesterov=ts.nesterov)
+    sched = build_scheduler(opt, ts.scheduler, max_epochs=n_epochs, **ts.scheduler_params)
+    amp = autocast_dtype(dev, ts.precision)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    loss_fn = build_training_loss(ts.loss, ts.loss_params, ds_decay=ts.ds_decay, downsample=ts.ds_downsample)
+    ckpt = CheckpointManager(run_dir, keep_last=ts.keep_last, every=ts.checkpoint_every)
+
+    start_epoch, best = 0, -math.inf
+    if resume:
+        path = ckpt.latest()
+        if path is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir}")
+        state = load_checkpoint(path, map_location="cpu")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng(state["rng"])
+        start_epoch, best = int(state["epoch"]) + 1, float(state.get("best", -math.inf))
+        log.info("resuming %s after epoch %d (%s)", run_dir, start_epoch - 1, path.name)
+        if world.is_main:
+            ckpt.discard_after(start_epoch - 1)
+    elif world.is_main and (run_dir / "checkpoint_latest.pt").exists() and not overwrite:
+        raise FileExistsError(f"output exists: {run_dir} has checkpoints (use --resume to continue, --overwrite to start over)")
+    net = model
+    if world.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        from KidneyTumorSegLib.writers import write_json
+
+        write_json(dict(cfg.to_dict(), final_stage=to_dict(stage), fold=fold, splits=str(splits_path),
+                        train_cases=part["train"], val_cases=part["val"]), run_dir / "config.json", overwrite=True)
+        tlog = TrainingLog(run_dir, resume_epoch=start_epoch - 1 if resume else None, overwrite=overwrite,
+                           tensorboard=tensorboard)
+
+    per_rank = ts.iterations_per_epoch * ts.batch_size
+    sampler = PatchSampler(train_cache, stage, samples_per_epoch=per_rank * world.size, fg_fraction=ts.fg_fraction,
+                           hard_negative_fraction=ts.hard_negative_fraction, seed=ts.seed)
+    indices = list(range(world.rank, per_rank * world.size, world.size))
+    spacing = stage.spacing
+    for epoch in range(start_epoch, n_epochs):
+        t0 = time.perf_counter()
+        sampler.set_epoch(epoch)
+        lr = sched.start_epoch(epoch)
+        loss_fn.set_epoch(epoch, n_epochs)
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(sampler, indices), batch_size=ts.batch_size,
+                                             shuffle=False, num_workers=ts.num_workers,
+                                             pin_memory=dev.type == "cuda", drop_last=True)
+        net.train()
+        losses = []
+        bar = _bar(show_progress and world.is_main, len(loader), f"{stage.name} epoch {epoch + 1}/{n_epochs}")
+        for step, batch in enumerate(loader):
+            img = batch["image"].to(dev, non_blocking=True)
+            lab = batch["label"].to(dev, non_blocking=True).long()
+            gen = torch.Generator(device=dev)
+            gen.manual_seed(_step_seed(ts.seed, epoch, step, world.rank))
+            img, lab = augment_batch(img, lab, cfg.augment, generator=gen, spacing=spacing)
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                out = net(img)
+            loss = loss_fn(_float(out), lab)
+            scaler.scale(loss).backward()
+            if ts.grad_clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), ts.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            losses.append(float(loss.detach()))
+            if bar is not None:
+                bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        train_loss = all_mean(float(np.mean(losses)) if losses else float("nan"), world, dev)
+        sched.end_epoch(epoch, train_loss)
+        last = epoch == n_epochs - 1
+        if not world.is_main:
+            continue
+        row: Dict[str, Any] = {"lr": lr, "train_loss": train_loss}
+        is_best = False
+        if val_cache is not None and ((epoch + 1) % ts.val_every == 0 or last):
+            scores = validate(model, val_cache, stage, str(dev), ts.val_overlap)
+            row.update(scores)
+            metric = next(iter(scores.values()), -math.inf)
+            if metric > best:
+                best, is_best = metric, True
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        tlog.append(epoch, **row)
+        log.info("%s epoch %d: %s", stage.name, epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
+        if (epoch + 1) % ts.checkpoint_every == 0 or last or is_best:
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "scaler": scaler.state_dict(), "rng": capture_rng(), "best": best, "stage": to_dict(stage),
+                     "config": cfg.to_dict(), "fold": str(fold), "val": {k: v for k, v in row.items() if k.endswith("dice")},
+                     "train_cases": list(part["train"]), "val_cases": list(part["val"]), "epochs": n_epochs}
+            ckpt.save(state, epoch, is_best=is_best, final=last)
+    barrier(world)
+    return run_dir
+
+
+def _float(out):
+    """Network outputs in float32 for the loss (autocast may give bf16)."""
+    if isinstance(out, torch.Tensor):
+        return out.float()
+    if isinstance(out, (list, tuple)):
+        return type(out)(_float(o) for o in out)
+    if isinstance(out, dict):
+        return {k: _float(v) for k, v in out.items()}
+    return out
+
+
+def _bar(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
