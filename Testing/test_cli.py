@@ -53,12 +53,14 @@ def test_segment_writes_all_outputs_on_the_input_grid(phantom_dir, fg_bundle, tm
     before = _digest(phantom_dir)
     events = tmp_path / "events.jsonl"
     out = tmp_path / "out"
-    rc = main(["segment", str(case), "-o", str(out), "--model", str(fg_bundle), "--device", "cpu", "--events", str(events)])
+    rc = main(["segment", str(case), "-o", str(out), "--model", str(fg_bundle), "--device", "cpu", "--events", str(events),
+               "--save-candidates"])
     assert rc == 0
     assert _digest(phantom_dir) == before  # the input is untouched
     folder = out / "case_00000"
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["case_00000.label.nii.gz", "case_00000.preview.png", "case_00000.report.json", "case_00000.seg.nrrd"]
+    assert names == ["case_00000.candidates.nii.gz", "case_00000.label.nii.gz", "case_00000.preview.png",
+                     "case_00000.report.json", "case_00000.seg.nrrd"]
     img = sitk.ReadImage(str(case / "imaging.nii.gz"))
     lab = sitk.ReadImage(str(folder / "case_00000.label.nii.gz"))
     assert lab.GetSize() == img.GetSize()
@@ -70,6 +72,8 @@ def test_segment_writes_all_outputs_on_the_input_grid(phantom_dir, fg_bundle, tm
     assert report["status"] == "ok" and report["kidneys"]
     for c in report["tumor_candidates"]:
         assert set(c) >= {"side", "volume_ml", "axial_diameter_mm", "diameter_3d_mm", "mean_probability", "kept"}
+    cand = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "case_00000.candidates.nii.gz")))
+    assert sorted(set(np.unique(cand)) - {0}) == sorted(c["id"] for c in report["tumor_candidates"])
     import slicerio
 
     seg = slicerio.read_segmentation(str(folder / "case_00000.seg.nrrd"))
@@ -88,7 +92,8 @@ def test_segment_writes_all_outputs_on_the_input_grid(phantom_dir, fg_bundle, tm
     assert main(["segment", str(case), "-o", str(out), "--model", str(fg_bundle), "--device", "cpu"]) == 1
     assert _digest(out) == snap
     # with --overwrite it runs again and gives the same result
-    assert main(["segment", str(case), "-o", str(out), "--model", str(fg_bundle), "--device", "cpu", "--overwrite"]) == 0
+    assert main(["segment", str(case), "-o", str(out), "--model", str(fg_bundle), "--device", "cpu", "--overwrite",
+                 "--save-candidates"]) == 0
     again = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "case_00000.label.nii.gz")))
     assert np.array_equal(again, sitk.GetArrayFromImage(lab))
 

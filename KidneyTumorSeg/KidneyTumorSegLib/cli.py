@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--roi", type=_floats(6), metavar="X0,Y0,Z0,X1,Y1,Z1", help="region of interest in LPS mm; replaces stage 1")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("--no-preview", action="store_true", help="do not write the PNG preview")
+    s.add_argument("--save-candidates", action="store_true", help="also write <case>.candidates.nii.gz (tumor candidate ids)")
     s.add_argument("--events", help="write machine-readable progress events to this file ('-' = stderr)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -151,7 +152,12 @@ def cmd_segment(args) -> int:
 
             t0 = time.perf_counter()
             try:
-                check_outputs_free(case_output_paths(args.output, case_id), args.overwrite, input_paths)
+                targets = case_output_paths(args.output, case_id)
+                if args.no_preview:
+                    targets.pop("preview")
+                if not args.save_candidates:
+                    targets.pop("candidates")
+                check_outputs_free(targets, args.overwrite, input_paths)
                 image = read_volume(path)
                 for w in validate_ct(image):
                     log.warning("%s: %s", case_id, w)
@@ -162,7 +168,7 @@ def cmd_segment(args) -> int:
                 extra = {"model": seg.bundle.card()["name"], "model_version": seg.bundle.version, "device": str(seg.device),
                          "tta": tta, "seconds": round(time.perf_counter() - t0, 2)}
                 outs = write_case_outputs(result, image, args.output, case_id, overwrite=args.overwrite,
-                                          preview=not args.no_preview, extra_report=extra, inputs=input_paths)
+                                          preview=not args.no_preview, candidates=args.save_candidates, extra_report=extra, inputs=input_paths)
                 progress("write", 1.0, "done")
             except (InputError, FileExistsError, ValueError, RuntimeError, OSError) as exc:
                 failed += 1

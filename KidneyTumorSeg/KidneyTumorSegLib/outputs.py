@@ -6,6 +6,9 @@
 * ``<case>.seg.nrrd``: Slicer segmentation (Kidney left / right, Kidney tumor)
 * ``<case>.report.json``: kidneys, tumor candidates, messages, timings, model
 * ``<case>.preview.png``: axial and coronal views through the largest tumor
+* ``<case>.candidates.nii.gz`` (optional): every tumor candidate's id (kept
+  or rejected, as in the report), uint16, so an annotator can add a rejected
+  candidate or remove a kept one
 
 Every file is written atomically. Nothing is written unless all targets are
 free (or ``overwrite``), so a refused run leaves the folder as it was.
@@ -28,6 +31,7 @@ SUFFIXES = {
     "segmentation": ".seg.nrrd",
     "report": ".report.json",
     "preview": ".preview.png",
+    "candidates": ".candidates.nii.gz",
 }
 
 
@@ -51,6 +55,7 @@ def write_case_outputs(
     case_id: str,
     overwrite: bool = False,
     preview: bool = True,
+    candidates: bool = False,
     extra_report: Optional[Dict[str, Any]] = None,
     inputs: Iterable[os.PathLike] = (),
 ) -> Dict[str, Path]:
@@ -61,6 +66,8 @@ def write_case_outputs(
     paths = case_output_paths(outdir, case_id)
     if not preview:
         paths.pop("preview")
+    if not candidates:
+        paths.pop("candidates")
     check_outputs_free(paths, overwrite, inputs)
     paths["label"].parent.mkdir(parents=True, exist_ok=True)
     write_labelmap(result.label, paths["label"], overwrite=overwrite)
@@ -71,6 +78,8 @@ def write_case_outputs(
     if extra_report:
         report.update(extra_report)
     write_json(report, paths["report"], overwrite=overwrite)
+    if candidates:
+        write_candidates(result.candidates, paths["candidates"], overwrite=overwrite)
     if preview:
         can_img = result.canonical_image
         can_lab = result.canonical_label
@@ -87,3 +96,14 @@ def _largest_kept_tumor_centre(result: CascadeResult, can: Volume):
     biggest = max(kept, key=lambda c: c.volume_ml)
     i, j, k = np.rint(can.world_to_index(np.asarray(biggest.centre_lps_mm))).astype(int)
     return (int(k), int(j), int(i))
+
+
+def write_candidates(cand: Volume, path: Path, overwrite: bool = False) -> None:
+    """The uint16 candidate-id map as NIfTI, atomically."""
+    import SimpleITK as sitk
+
+    from .atomic import atomic_write
+    from .volume_io import volume_to_sitk
+
+    img = volume_to_sitk(cand.with_array(cand.array.astype(np.uint16)))
+    atomic_write(path, lambda tmp: sitk.WriteImage(img, tmp, True), overwrite=overwrite)
