@@ -118,6 +118,8 @@ def train_stage(
     stage = stats.apply(cfg.stage) if cfg.stage.normalization == "zscore" else cfg.stage
 
     # model, optimisation
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch sizes: let cuDNN pick the fastest kernels
     torch.manual_seed(ts.seed)
     model = build_network(stage.network).to(dev)
     opt = build_optimizer(model, ts.optimizer, lr=ts.lr, weight_decay=ts.weight_decay, momentum=ts.momentum,

@@ -1,0 +1,106 @@
+"""Evaluate a model bundle (default: the shipped one) the way issue 3 asks.
+
+1. 10 random phantoms with seeds 0..9 (training used seeds >= 10000);
+2. phantoms shaped by real KiTS19 label maps of cases >= 150 (training used
+   cases < 150), geometry and kidney/tumor shapes from the real labels;
+3. the real abdominal CT (no labels): kidneys found, their side, volume and
+   position, and whether any tumor is called.
+
+Prints KiTS19 Dice per case and the medians, and writes everything (the
+predictions, metrics CSVs, the real CT's preview PNG) under ``--work``.
+
+    python training/evaluate_default.py --work eval-default [--model BUNDLE] [--kits 6]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+KITS_EVAL = ["00152", "00153", "00161", "00162", "00163", "00164", "00166", "00167", "00168", "00169"]
+
+
+def sh(*args) -> None:
+    print("$", " ".join(str(a) for a in args), flush=True)
+    subprocess.run([str(a) for a in args], check=False)
+
+
+def evaluate_folder(pred: Path, gt: Path, csv: Path):
+    from KidneyTumorSegLib.evaluate import evaluate
+
+    rows, summary = evaluate(pred, gt, out_csv=csv, overwrite=True)
+    # a case the model wrote nothing for (no kidney found) scores 0, not "missing"
+    for cid in summary.get("missing_predictions", []):
+        rows.append({"case_id": cid, "kidney_dice": 0.0, "tumor_dice": 0.0, "composite": 0.0})
+    return sorted(rows, key=lambda r: r["case_id"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default="eval-default")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--phantoms", type=int, default=10)
+    ap.add_argument("--kits", type=int, default=6)
+    ap.add_argument("--tta", type=int, default=1)
+    args = ap.parse_args()
+    work = Path(args.work)
+    model = ["--model", args.model] if args.model else []
+    exe = [sys.executable, "-m", "KidneyTumorSegLib"]
+    common = model + ["--device", "cpu", "--tta", str(args.tta), "--overwrite", "--no-progress"]
+
+    groups = {}
+    ph = work / "phantoms"
+    if not ph.exists():
+        sh(*exe, "phantom", ph, "-n", args.phantoms, "--seed", 0)
+    sh(*exe, "segment", ph, "-o", work / "pred_phantoms", *common)
+    groups["random phantoms (seeds 0..%d)" % (args.phantoms - 1)] = evaluate_folder(work / "pred_phantoms", ph, work / "phantoms.csv")
+
+    kits_dir = SHARED / "kits19-labels"
+    if kits_dir.is_dir() and args.kits:
+        kp = work / "kits_phantoms"
+        for n, case in enumerate(KITS_EVAL[: args.kits]):
+            dst = kp / f"case_{case}"
+            if not dst.exists():
+                tmp = kp / f"tmp_{case}"
+                sh(*exe, "phantom", tmp, "--seed", 30000 + n, "--kits-label", kits_dir / f"case_{case}.nii.gz")
+                (tmp / "case_00000").rename(dst)
+                tmp.rmdir()
+        sh(*exe, "segment", kp, "-o", work / "pred_kits", *common)
+        groups["phantoms shaped by KiTS19 labels"] = evaluate_folder(work / "pred_kits", kp, work / "kits.csv")
+
+    for name, rows in groups.items():
+        print(f"\n== {name}")
+        print(f"{'case':12s} {'kidney Dice':>11s} {'tumor Dice':>10s} {'composite':>9s}")
+        for r in rows:
+            print(f"{r['case_id']:12s} {r['kidney_dice']:11.4f} {r['tumor_dice']:10.4f} {r['composite']:9.4f}")
+        if rows:
+            print(f"median: kidney {statistics.median(r['kidney_dice'] for r in rows):.4f}, "
+                  f"tumor {statistics.median(r['tumor_dice'] for r in rows):.4f}; "
+                  f"mean: kidney {statistics.mean(r['kidney_dice'] for r in rows):.4f}, "
+                  f"tumor {statistics.mean(r['tumor_dice'] for r in rows):.4f}")
+
+    real = SHARED / "real-abdominal-ct-dicom"
+    if real.is_dir():
+        out = work / "pred_real"
+        sh(*exe, "segment", real, "-o", out, *common)
+        reports = list(out.glob("*/*.report.json"))
+        print("\n== real abdominal CT (no labels)")
+        if not reports:
+            print("no report written (see the messages above)")
+        for rp in reports:
+            rep = json.loads(rp.read_text())
+            for k in rep["kidneys"]:
+                print(f"kidney {k['side']}: {k['volume_ml']:.0f} mL (with tumor {k['volume_with_tumor_ml']:.0f} mL), "
+                      f"centre LPS {k['centre_lps_mm']}")
+            print(f"tumors kept: {rep['kept_tumors']}, candidates: {len(rep['tumor_candidates'])}")
+            print("messages:", "; ".join(rep["messages"]))
+            print("preview:", rp.with_name(rp.name.replace(".report.json", ".preview.png")))
+
+
+if __name__ == "__main__":
+    main()
