@@ -49,3 +49,15 @@ def test_core_and_training_parse_as_python_39():
             text = py.read_text(encoding="utf-8")
             if "def " in text and py.name not in ("__init__.py", "__main__.py"):
                 assert "from __future__ import annotations" in text or "->" not in text, py
+
+
+def test_modules_the_slicer_process_imports_do_not_load_torch():
+    """Slicer's own process only converts geometry, runs the core in a subprocess and reads events."""
+    code = (
+        "import sys\n"
+        "import KidneyTumorSegLib.slicer_geometry, KidneyTumorSegLib.background, KidneyTumorSegLib.findings_table\n"
+        "import KidneyTumorSegLib.events, KidneyTumorSegLib.terminology\n"
+        "sys.exit(1 if 'torch' in sys.modules else 0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, "torch was imported: " + out.stderr

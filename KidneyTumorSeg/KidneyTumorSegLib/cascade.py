@@ -33,7 +33,7 @@ from . import measure
 from .config import PostprocessConfig, StageConfig
 from .findings import CascadeResult, Candidate, Kidney
 from .geometry import Box, Crop, canonical_reorient, expand_box, resample_record
-from .volume import InputError, Volume
+from .volume import InputError, RoiWorld, Volume  # noqa: F401 (RoiWorld is part of this module's API)
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,6 @@ Progress = Callable[[str, float, str], None]  # (stage, fraction of that stage 0
 
 class NoKidneyFound(InputError):
     pass
-
-
-@dataclass(frozen=True)
-class RoiWorld:
-    """An axis-aligned box in LPS mm that replaces stage 1 (e.g. a Slicer markups ROI)."""
-
-    lo: Tuple[float, float, float]
-    hi: Tuple[float, float, float]
 
 
 def _noop(stage: str, fraction: float, message: str = "") -> None:

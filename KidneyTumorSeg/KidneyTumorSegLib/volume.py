@@ -91,3 +91,11 @@ class Volume:
             and np.allclose(self.origin, other.origin, atol=tol)
             and np.allclose(self.direction, other.direction, atol=tol)
         )
+
+
+@dataclass(frozen=True)
+class RoiWorld:
+    """An axis-aligned box in LPS mm that replaces stage 1 (e.g. a Slicer markups ROI)."""
+
+    lo: Vec3
+    hi: Vec3

@@ -1,0 +1,113 @@
+"""Findings rows from a real cascade report (reference predictors on a phantom)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from KidneyTumorSegLib.cascade import run_cascade
+from KidneyTumorSegLib.config import PostprocessConfig, StageConfig
+from KidneyTumorSegLib.findings import apply_candidate_choice
+from KidneyTumorSegLib.findings_table import TABLE_COLUMNS, findings_markdown, findings_rows, kept_ids_after
+from KidneyTumorSegLib.phantom import make_phantom
+from KidneyTumorSegLib.reference import FalseCandidate, reference_predictors
+
+STAGES = {
+    "roi": StageConfig("coarse", "roi", spacing=(5.0, 5.0, 5.0), margin_mm=15.0),
+    "kidney": StageConfig("kidney", "kidney", spacing=(5.0, 2.5, 2.5)),
+    "tumor": StageConfig("tumor", "tumor", spacing=(5.0, 2.5, 2.5), mask_outside=True, margin_mm=10.0),
+}
+
+
+@pytest.fixture(scope="module")
+def run():
+    """A two-kidney phantom with one true tumor and one false candidate the oracle scores 0.6 (rejected)."""
+    ph = make_phantom(11, shape=(48, 128, 128), spacing=(2.5, 2.5, 5.0), n_tumors=1, n_cysts=0, kidneys="both")
+    kidney = np.argwhere(ph.label.array == 1)
+    k, j, i = kidney[len(kidney) // 2]
+    false = FalseCandidate(tuple(ph.label.index_to_world([i, j, k])), 6.0, 0.6)
+    res = run_cascade(ph.image, STAGES, reference_predictors(ph.label, tumor_probability=1.0, extra=[false]),
+                      PostprocessConfig(candidate_threshold=0.8), keep_canonical=False)
+    report = json.loads(json.dumps(dict(case="phantom", **res.report())))  # exactly what <case>.report.json holds
+    return res, report
+
+
+def test_rows_list_kidneys_then_candidates_with_their_measurements(run):
+    res, report = run
+    rows = findings_rows(report)
+    names = [n for n, _ in TABLE_COLUMNS]
+    assert all(set(names) <= set(r) for r in rows)
+    kidneys = [r for r in rows if r["Type"] == "Kidney"]
+    tumors = [r for r in rows if r["Type"] == "Tumor candidate"]
+    assert rows == kidneys + tumors
+    assert sorted(r["Side"] for r in kidneys) == ["Left", "Right"]
+    voxel_ml = res.label.voxel_volume_ml()
+    for r in kidneys:
+        side = 1 if r["Side"] == "Left" else 2
+        measured = np.count_nonzero((res.label.array == 1) & (res.sides.array == side)) * voxel_ml
+        assert r["Volume (mL)"] == pytest.approx(measured, abs=0.01)
+        assert r["Id"] is None and r["Status"] is None and r["candidate_id"] is None
+    assert [r["Status"] for r in tumors].count("rejected") == 1 and "kept" in [r["Status"] for r in tumors]
+    assert [r["candidate_id"] for r in tumors] == sorted(c.id for c in res.tumors)
+    for r in tumors:
+        c = next(c for c in res.tumors if c.id == r["candidate_id"])
+        assert r["Id"] == str(c.id) and r["Side"] == c.side.capitalize()
+        assert r["Volume (mL)"] == pytest.approx(np.count_nonzero(res.candidates.array == c.id) * voxel_ml, abs=0.01)
+        assert r["Axial diameter (mm)"] == pytest.approx(c.axial_diameter_mm, abs=0.05)
+        assert r["3D diameter (mm)"] == pytest.approx(c.diameter_3d_mm, abs=0.05)
+        assert 0 < r["Axial diameter (mm)"] <= r["3D diameter (mm)"]
+        assert r["Mean probability"] == pytest.approx(c.mean_probability, abs=5e-4)
+        assert r["Status"] == ("kept" if c.kept else "rejected")
+    rejected = next(r for r in tumors if r["Status"] == "rejected")
+    assert rejected["Mean probability"] == pytest.approx(0.6, abs=0.05)
+
+
+def test_column_types_match_the_values(run):
+    _, report = run
+    kinds = {"string": str, "int": int, "float": float}
+    for row in findings_rows(report):
+        for name, kind in TABLE_COLUMNS:
+            assert row[name] is None or isinstance(row[name], kinds[kind]), (name, row[name])
+
+
+def test_kept_ids_after_adding_and_removing(run):
+    res, report = run
+    kept = {c.id for c in res.tumors if c.kept}
+    rejected = {c.id for c in res.tumors if not c.kept}
+    assert kept_ids_after(report) == kept
+    added = kept_ids_after(report, add=rejected)
+    assert added == kept | rejected
+    one = sorted(kept)[0]
+    assert kept_ids_after(report, add=rejected, remove=[one]) == (kept | rejected) - {one}
+    # the new choice applied to the label map: the added candidate becomes tumor, the removed one does not
+    label = apply_candidate_choice(res, added - {one})
+    assert np.all(label[res.candidates.array == sorted(rejected)[0]] == 2)
+    assert not np.any(label[res.candidates.array == one] == 2)
+    with pytest.raises(ValueError, match="no tumor candidate with id 999"):
+        kept_ids_after(report, add=[999])
+    with pytest.raises(ValueError, match="both added and removed"):
+        kept_ids_after(report, add=[one], remove=[one])
+
+
+def test_rows_keep_their_order_when_a_status_changes(run):
+    _, report = run
+    before = findings_rows(report)
+    edited = json.loads(json.dumps(report))
+    for c in edited["tumor_candidates"]:
+        c["kept"] = not c["kept"]
+    after = findings_rows(edited)
+    assert [r["candidate_id"] for r in after] == [r["candidate_id"] for r in before]
+    assert [r["Status"] for r in after if r["Status"]] == [
+        "kept" if s == "rejected" else "rejected" for s in (r["Status"] for r in before) if s]
+
+
+def test_markdown_and_empty_report(run):
+    _, report = run
+    text = findings_markdown(report).splitlines()
+    assert text[0] == "| " + " | ".join(n for n, _ in TABLE_COLUMNS) + " |"
+    assert len(text) == 2 + len(findings_rows(report))
+    assert "| Tumor candidate |" in findings_markdown(report) and "rejected" in findings_markdown(report)
+    assert findings_rows({"status": "no_kidney", "kidneys": [], "tumor_candidates": []}) == []
+    assert findings_rows({}) == []
+    assert kept_ids_after({}) == set()
