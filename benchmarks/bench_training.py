@@ -70,7 +70,7 @@ from ktstrain.augment import augment_batch  # noqa: E402
 from ktstrain.config import StageTraining, load_config  # noqa: E402
 from ktstrain.losses import build_training_loss  # noqa: E402
 from ktstrain.schedules import build_optimizer  # noqa: E402
-from ktstrain.train import _step_seed  # noqa: E402  (the real loop's per-step augmentation seed)
+from ktstrain.train import _step_seed, training_step  # noqa: E402  (the real loop's seed and step)
 
 log = logging.getLogger("bench_training")
 
@@ -117,27 +117,8 @@ class Trainer:
         self.model.train()
 
     def step(self, img: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
-        self.opt.zero_grad(set_to_none=True)
-        with torch.autocast(self.dev.type, dtype=self.amp, enabled=self.amp is not None):
-            out = self.model(img)
-        loss = self.loss_fn(_float(out), lab)
-        self.scaler.scale(loss).backward()
-        if self.grad_clip:
-            self.scaler.unscale_(self.opt)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        return loss
-
-
-def _float(out):
-    if isinstance(out, torch.Tensor):
-        return out.float()
-    if isinstance(out, (list, tuple)):
-        return type(out)(_float(o) for o in out)
-    if isinstance(out, dict):
-        return {k: _float(v) for k, v in out.items()}
-    return out
+        return training_step(self.model, self.model, img, lab, self.opt, self.scaler, self.loss_fn, self.amp,
+                             self.grad_clip)
 
 
 def _sync(dev: torch.device) -> None:

@@ -182,16 +182,7 @@ def train_stage(
             gen = torch.Generator(device=dev)
             gen.manual_seed(_step_seed(ts.seed, epoch, step, world.rank))
             img, lab = augment_batch(img, lab, cfg.augment, generator=gen, spacing=spacing)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                out = net(img)
-            loss = loss_fn(_float(out), lab)
-            scaler.scale(loss).backward()
-            if ts.grad_clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), ts.grad_clip)
-            scaler.step(opt)
-            scaler.update()
+            loss = training_step(net, model, img, lab, opt, scaler, loss_fn, amp, ts.grad_clip)
             losses.append(float(loss.detach()))
             if bar is not None:
                 bar.set_postfix(loss=f"{np.mean(losses):.4f}")
@@ -222,6 +213,25 @@ def train_stage(
             ckpt.save(state, epoch, is_best=is_best, final=last)
     barrier(world)
     return run_dir
+
+
+def training_step(net, model, img, lab, opt, scaler, loss_fn, amp, grad_clip: float) -> torch.Tensor:
+    """One optimiser step (autocast forward, float32 loss, scaled backward, clipping); returns the loss.
+
+    ``net`` is what runs the forward pass (the DDP wrapper when distributed),
+    ``model`` the bare module whose gradients are clipped.
+    """
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast(img.device.type, dtype=amp, enabled=amp is not None):
+        out = net(img)
+    loss = loss_fn(_float(out), lab)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    return loss
 
 
 def _float(out):
