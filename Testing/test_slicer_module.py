@@ -1,11 +1,13 @@
 """Checks of the 3D Slicer module's files that need no Slicer.
 
-The module (``KidneyTumorSeg/KidneyTumorSeg.py``) imports ``slicer``, so it is
-read as text and AST here: its ``self.ui.<name>`` widgets exist in the .ui,
-its parameter-node fields and the .ui's ``SlicerParameterName`` properties
-match one to one (with widget types the parameter-node wrapper can bind), it
-compiles and parses as Python 3.9, the CMake lists name every core file, and
-its dependency list has pyproject.toml's bounds.
+The module (``KidneyTumorSeg/KidneyTumorSeg.py``) and its Slicer-side helpers
+(``KidneyTumorSeg/KidneyTumorSegSlicer/``) import ``slicer``, so they are read
+as text and AST here: their ``self.ui.<name>`` widgets exist in the .ui, the
+parameter-node fields and the .ui's ``SlicerParameterName`` properties match
+one to one (with widget types the parameter-node wrapper can bind), every file
+compiles and parses as Python 3.9 and stays small, the CMake lists name every
+file, and the dependency list has pyproject.toml's bounds. The logic's
+Slicer-free paths run against stand-ins for ``slicer`` and ``qt`` (real vtk).
 
 Written as ``unittest`` cases so that the same file runs under pytest and,
 through ``slicer_add_python_unittest``, inside Slicer, where one more case
@@ -28,6 +30,8 @@ MODULE_FILE = MODULE_DIR / "KidneyTumorSeg.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "KidneyTumorSeg.ui"
 ICON_FILE = MODULE_DIR / "Resources" / "Icons" / "KidneyTumorSeg.png"
 LIB_DIR = MODULE_DIR / "KidneyTumorSegLib"
+SLICER_DIR = MODULE_DIR / "KidneyTumorSegSlicer"  # the module's Slicer-side helpers
+DEPENDENCIES_FILE = SLICER_DIR / "dependencies.py"
 MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
 TOP_CMAKE = ROOT / "CMakeLists.txt"
 PARAMETER_CLASS = "KidneyTumorSegParameterNode"
@@ -45,6 +49,17 @@ BINDABLE = {
 
 def _module_source() -> str:
     return MODULE_FILE.read_text(encoding="utf-8")
+
+
+def _module_files() -> List[Path]:
+    """KidneyTumorSeg.py and the files of its KidneyTumorSegSlicer package."""
+    return [MODULE_FILE] + sorted(SLICER_DIR.rglob("*.py"))
+
+
+def _ui_references() -> Set[str]:
+    """Names used as ``self.ui.<name>`` in any of the module's files."""
+    return {name for path in _module_files()
+            for name in re.findall(r"self\.ui\.(\w+)", path.read_text(encoding="utf-8"))}
 
 
 def _module_tree() -> ast.Module:
@@ -110,11 +125,12 @@ def _cmake_list(text: str, variable: str) -> List[str]:
     return [line.split("#")[0].strip() for line in match.group(1).splitlines() if line.split("#")[0].strip()]
 
 
-def _module_constant(name: str):
-    for node in _module_tree().body:
+def _dependency_constant(name: str):
+    tree = ast.parse(DEPENDENCIES_FILE.read_text(encoding="utf-8"), filename=str(DEPENDENCIES_FILE))
+    for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == name for t in node.targets):
             return ast.literal_eval(node.value)
-    raise AssertionError(f"{name} not found in {MODULE_FILE.name}")
+    raise AssertionError(f"{name} not found in {DEPENDENCIES_FILE.name}")
 
 
 def _pyproject_dependencies() -> List[str]:
@@ -131,10 +147,10 @@ def _pyproject_dependencies() -> List[str]:
 
 class UiTest(unittest.TestCase):
     def test_every_referenced_widget_exists_in_the_ui(self):
-        referenced = set(re.findall(r"self\.ui\.(\w+)", _module_source()))
+        referenced = _ui_references()
         self.assertTrue(referenced, "the module references no self.ui widgets")
         missing = sorted(referenced - set(_ui_widgets()))
-        self.assertEqual(missing, [], f"widgets used in {MODULE_FILE.name} but absent from {UI_FILE.name}")
+        self.assertEqual(missing, [], f"widgets used in the module's files but absent from {UI_FILE.name}")
 
     def test_every_parameter_field_has_a_bound_widget(self):
         missing = sorted(set(_parameter_fields()) - set(_ui_parameter_names()))
@@ -185,14 +201,43 @@ class UiTest(unittest.TestCase):
 
 
 class ModuleSourceTest(unittest.TestCase):
+    # the module file stays a thin template; each helper file stays small and single-purpose
+    MAX_MODULE_LINES = 700
+    MAX_HELPER_LINES = 300
+
+    def test_helper_package_exists(self):
+        names = {p.name for p in SLICER_DIR.glob("*.py")}
+        self.assertTrue({"__init__.py", "dependencies.py", "models.py", "results.py", "candidates.py",
+                         "sampledata.py", "runs.py"} <= names, sorted(names))
+
     def test_compiles(self):
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:  # no __pycache__ in the source tree
-            py_compile.compile(str(MODULE_FILE), cfile=str(Path(tmp) / "KidneyTumorSeg.pyc"), doraise=True)
+            for n, path in enumerate(_module_files()):
+                with self.subTest(file=path.name):
+                    py_compile.compile(str(path), cfile=str(Path(tmp) / f"{n}.pyc"), doraise=True)
 
     def test_parses_as_python_3_9(self):
-        ast.parse(_module_source(), filename=str(MODULE_FILE), feature_version=(3, 9))
+        for path in _module_files():
+            with self.subTest(file=path.name):
+                ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
+
+    def test_files_stay_small(self):
+        for path in _module_files():
+            limit = self.MAX_MODULE_LINES if path == MODULE_FILE else self.MAX_HELPER_LINES
+            with self.subTest(file=path.name):
+                lines = len(path.read_text(encoding="utf-8").splitlines())
+                self.assertLess(lines, limit, f"{path.name} has {lines} lines: split it")
+
+    def test_core_does_not_import_the_slicer_helpers(self):
+        offenders = []
+        for path in sorted(LIB_DIR.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                offenders += [f"{path.name}:{node.lineno}" for n in names if n.split(".")[0] == SLICER_DIR.name]
+        self.assertEqual(offenders, [], "the core must run without Slicer")
 
     def test_template_order(self):
         names = [n.name for n in _module_tree().body if isinstance(n, (ast.ClassDef, ast.FunctionDef))]
@@ -222,9 +267,11 @@ class CMakeTest(unittest.TestCase):
         self.assertIsNone(re.search(r"file\s*\(\s*GLOB", text, re.I), "core files must be listed by name, not globbed")
         listed = [s.replace("${MODULE_NAME}", "KidneyTumorSeg") for s in _cmake_list(text, "MODULE_PYTHON_SCRIPTS")]
         self.assertIn("KidneyTumorSeg.py", listed)
-        on_disk = sorted(str(p.relative_to(MODULE_DIR)).replace("\\", "/") for p in LIB_DIR.rglob("*.py")
+        on_disk = sorted(str(p.relative_to(MODULE_DIR)).replace("\\", "/")
+                         for folder in (LIB_DIR, SLICER_DIR) for p in folder.rglob("*.py")
                          if "__pycache__" not in p.parts)
-        self.assertEqual(sorted(set(on_disk) - set(listed)), [], "core files missing from MODULE_PYTHON_SCRIPTS")
+        self.assertTrue(any(s.startswith("KidneyTumorSegSlicer/") for s in on_disk))
+        self.assertEqual(sorted(set(on_disk) - set(listed)), [], "files missing from MODULE_PYTHON_SCRIPTS")
         self.assertEqual(sorted(s for s in listed if not (MODULE_DIR / s).is_file()), [],
                          "MODULE_PYTHON_SCRIPTS lists files that do not exist")
         self.assertEqual(len(listed), len(set(listed)), "a file is listed twice")
@@ -260,14 +307,14 @@ class CMakeTest(unittest.TestCase):
 
 class DependencyTest(unittest.TestCase):
     def test_module_requirements_match_pyproject(self):
-        module = set(_module_constant("CORE_REQUIREMENTS")) | {_module_constant("TORCH_REQUIREMENT")}
+        module = set(_dependency_constant("CORE_REQUIREMENTS")) | {_dependency_constant("TORCH_REQUIREMENT")}
         pyproject = set(_pyproject_dependencies())
         self.assertEqual(sorted(module - pyproject), [], "in the module but not in pyproject.toml")
         self.assertEqual(sorted(pyproject - module), [], "in pyproject.toml but not in the module")
 
     def test_torch_is_installed_through_the_pytorch_extension(self):
-        self.assertNotIn(_module_constant("TORCH_REQUIREMENT"), _module_constant("CORE_REQUIREMENTS"))
-        self.assertIn("PyTorchUtils.PyTorchUtilsLogic()", _module_source())
+        self.assertNotIn(_dependency_constant("TORCH_REQUIREMENT"), _dependency_constant("CORE_REQUIREMENTS"))
+        self.assertIn("PyTorchUtils.PyTorchUtilsLogic()", DEPENDENCIES_FILE.read_text(encoding="utf-8"))
 
 
 def _in_slicer() -> bool:
@@ -281,7 +328,7 @@ class SlicerUiTest(unittest.TestCase):
 
         widget = slicer.util.loadUI(str(UI_FILE))
         names = slicer.util.childWidgetVariables(widget)
-        for name in sorted(set(re.findall(r"self\.ui\.(\w+)", _module_source()))):
+        for name in sorted(_ui_references()):
             self.assertTrue(hasattr(names, name), name)
 
 
@@ -359,8 +406,18 @@ class _RoiNode:
         return tuple(self.size)
 
 
+def _forget_slicer_helpers() -> None:
+    """Drop imported KidneyTumorSegSlicer modules (they hold the stand-ins they were imported with)."""
+    for name in [m for m in sys.modules if m.split(".")[0] == SLICER_DIR.name]:
+        del sys.modules[name]
+
+
 def _load_module_with_stubs(home: Path):
-    """Import KidneyTumorSeg.py against minimal slicer / qt stand-ins; returns the module."""
+    """Import KidneyTumorSeg.py against minimal slicer / qt stand-ins; returns the module.
+
+    As Slicer does for a scripted module, the module's folder goes on sys.path, so that
+    ``KidneyTumorSegSlicer`` (imported with the same stand-ins) is found next to it.
+    """
     import contextlib
     import importlib.util
     import types
@@ -405,6 +462,9 @@ def _load_module_with_stubs(home: Path):
     stubs = {"qt": qt, "slicer": slicer, "slicer.util": util, "slicer.i18n": i18n,
              "slicer.ScriptedLoadableModule": slm, "slicer.parameterNodeWrapper": pnw}
     sys.modules.update(stubs)
+    _forget_slicer_helpers()
+    if str(MODULE_DIR) not in sys.path:
+        sys.path.insert(0, str(MODULE_DIR))
     spec = importlib.util.spec_from_file_location("KidneyTumorSeg_stubbed", MODULE_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -419,6 +479,7 @@ class LogicWithoutSlicerTest(unittest.TestCase):
         import tempfile
 
         cls._saved = {name: sys.modules.get(name) for name in _STUBBED}
+        cls._saved_path = list(sys.path)
         cls._home = tempfile.TemporaryDirectory(prefix="kts-slicer-")
         home = Path(cls._home.name)
         (home / "tmp").mkdir()
@@ -428,9 +489,15 @@ class LogicWithoutSlicerTest(unittest.TestCase):
             sys.executable)
         cls.kts = _load_module_with_stubs(home)
         cls.logic = cls.kts.KidneyTumorSegLogic()
+        # the helper modules, as imported by the module under the stand-ins
+        cls.dependencies = sys.modules["KidneyTumorSegSlicer.dependencies"]
+        cls.candidates = sys.modules["KidneyTumorSegSlicer.candidates"]
+        cls.results = sys.modules["KidneyTumorSegSlicer.results"]
 
     @classmethod
     def tearDownClass(cls):
+        _forget_slicer_helpers()
+        sys.path[:] = cls._saved_path
         for name, module in cls._saved.items():
             if module is None:
                 sys.modules.pop(name, None)
@@ -447,11 +514,33 @@ class LogicWithoutSlicerTest(unittest.TestCase):
     def tearDown(self):
         self._tmp.cleanup()
 
+    # -- layout ------------------------------------------------------------------
+
+    def test_scripting_api_is_kept(self):
+        """The module's names that scripts use, whichever KidneyTumorSegSlicer file implements them."""
+        for name in ("missingRequirements", "ensureDependencies", "defaultModelPath", "userModelsFolder",
+                     "availableModels", "modelProblem", "modelImportTarget", "importModel", "gpuMemoryWarning",
+                     "segment", "startSegmentation", "cancel", "showSegmentation", "showSegmentation3D",
+                     "candidateOfRow", "setCandidateKept", "getParameterNode"):
+            self.assertTrue(callable(getattr(self.logic, name, None)), name)
+        for name in ("registerSampleData", "loadPhantomSample", "phantomSamplePaths", "ensurePhantomSample",
+                     "SegmentationRun", "REF_INPUT", "REF_FINDINGS", "SEGMENT_TUMOR"):
+            self.assertTrue(hasattr(self.kts, name), name)
+
+    def test_helpers_find_the_module_folder(self):
+        import os
+
+        runs = sys.modules["KidneyTumorSegSlicer.runs"]
+        sampledata = sys.modules["KidneyTumorSegSlicer.sampledata"]
+        # the background process imports KidneyTumorSegLib from the module's folder
+        self.assertEqual(runs.processEnvironment()["PYTHONPATH"].split(os.pathsep)[0], str(MODULE_DIR))
+        self.assertTrue((Path(sampledata._ICONS_PATH) / ICON_FILE.name).is_file())
+
     # -- dependencies ----------------------------------------------------------
 
     def test_requirements_are_checked_against_installed_versions(self):
         self.assertEqual(self.kts.KidneyTumorSegLogic.missingRequirements(), [])
-        satisfied = self.kts._requirementSatisfied
+        satisfied = self.dependencies.requirementSatisfied
         self.assertTrue(satisfied("numpy>=1.0"))
         self.assertFalse(satisfied("numpy>=999"))
         self.assertFalse(satisfied("no-such-distribution-kts>=1"))
@@ -601,12 +690,12 @@ class LogicWithoutSlicerTest(unittest.TestCase):
         kidneys = ["kidney_left", "kidney_right"]
         spacing = (3.0, 1.0, 1.0)
 
-        removed = self.kts._candidateUpdates(arrays, tumor, False, "kidney_tumor", kidneys, spacing)
+        removed = self.candidates.candidateUpdates(arrays, tumor, False, "kidney_tumor", kidneys, spacing)
         self.assertFalse(removed["kidney_tumor"].any())
         self.assertTrue((removed["kidney_left"] == (left | tumor)).all())  # far from the right kidney
         self.assertTrue((removed["kidney_right"] == right).all())
 
-        added = self.kts._candidateUpdates(arrays, rejected, True, "kidney_tumor", kidneys, spacing)
+        added = self.candidates.candidateUpdates(arrays, rejected, True, "kidney_tumor", kidneys, spacing)
         self.assertTrue((added["kidney_tumor"] == (tumor | rejected)).all())
         self.assertTrue((added["kidney_right"] == (right & ~rejected)).all())
         self.assertTrue((added["kidney_left"] == left).all())
@@ -618,7 +707,7 @@ class LogicWithoutSlicerTest(unittest.TestCase):
         for cols in (slice(3, 37), slice(15, 25)):  # touching both kidneys; too far for the box's margin
             between = np.zeros(shape, bool)
             between[:, :, cols] = True
-            split = self.kts._assignToNearestKidney(between, {"l": left, "r": right_only}, (1.0, 1.0, 1.0), margin=2)
+            split = self.candidates.assignToNearestKidney(between, {"l": left, "r": right_only}, (1.0, 1.0, 1.0), margin=2)
             near_left = between.copy()
             near_left[:, :, 20:] = False  # column 19.5 is as far from both
             self.assertTrue((split["l"] == (left | near_left)).all(), cols)
@@ -627,7 +716,7 @@ class LogicWithoutSlicerTest(unittest.TestCase):
     def test_report_follows_the_edit(self):
         report = {"tumor_candidates": [{"id": 1, "volume_ml": 30.0, "kept": True},
                                        {"id": 2, "volume_ml": 1.5, "kept": False}], "kept_tumors": 1}
-        edited = self.kts._reportWithKept(report, {2}, 1, False)
+        edited = self.candidates.reportWithKept(report, {2}, 1, False)
         self.assertEqual([c["kept"] for c in edited["tumor_candidates"]], [False, True])
         self.assertEqual((edited["kept_tumors"], edited["total_tumor_volume_ml"]), (1, 1.5))
         self.assertEqual(edited["manual_changes"], [{"candidate": 1, "kept": False}])
@@ -669,7 +758,7 @@ class LogicWithoutSlicerTest(unittest.TestCase):
             ],
         }
         node = TableNode()
-        self.kts._writeFindings(node, report)
+        self.results.writeFindings(node, report)
         table = node.table
         self.assertTrue(node.locked)
         self.assertEqual(table.GetNumberOfRows(), 4)

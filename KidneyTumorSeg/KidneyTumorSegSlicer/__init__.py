@@ -1,0 +1,17 @@
+"""Slicer-side helpers of the KidneyTumorSeg module (they may use slicer, qt and vtk).
+
+The module file ``KidneyTumorSeg.py`` keeps Slicer's template (module, sample data,
+parameter node, widget, logic, test) and delegates to these files:
+
+- ``dependencies``: pip requirements and their installation (PyTorch through its extension)
+- ``models``: model bundles (the shipped default, the user models folder, import)
+- ``sampledata``: the synthetic phantom in the Sample Data module
+- ``runs``: one background run (input export, ROI, the PythonSlicer process's environment)
+- ``nodes``: node references and segment ids that tie a result together
+- ``results``: loading a finished run into the scene; the findings table
+- ``candidates``: adding back or removing a tumor candidate
+- ``gpu``: the GPU memory warning
+- ``panel``: widget helpers that hold no state
+
+Unlike the core (``KidneyTumorSegLib``), nothing here runs without Slicer.
+"""

@@ -1,0 +1,126 @@
+"""Model bundles in Slicer: the shipped default, the user models folder, and importing a bundle into it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import List, Tuple
+
+import slicer
+from slicer.i18n import tr as _
+
+
+def defaultModelPath() -> str:
+    from KidneyTumorSegLib.bundle import default_bundle_path
+
+    return str(default_bundle_path())
+
+
+def userModelsFolder() -> Path:
+    """``<Slicer user settings folder>/KidneyTumorSeg/models``: imported model bundles."""
+    settingsDir = os.path.dirname(slicer.app.slicerUserSettingsFilePath)
+    return Path(settingsDir) / "KidneyTumorSeg" / "models"
+
+
+def availableModels() -> List[Tuple[str, str]]:
+    """(label, folder) of the shipped default model and every bundle in the user models folder."""
+    default = defaultModelPath()
+    label = _("Default model") if (Path(default) / "manifest.json").is_file() else _("Default model (not installed)")
+    models = [(label, default)]
+    folder = userModelsFolder()
+    if folder.is_dir():
+        for sub in sorted(folder.iterdir()):
+            if (sub / "manifest.json").is_file():
+                models.append((sub.name, str(sub)))
+    return models
+
+
+def modelProblem(modelPath: str) -> str:
+    """Why ``modelPath`` cannot be used (empty when it looks usable; hashes are checked at run time)."""
+    if not modelPath:
+        return _("Select a model.")
+    if not (Path(modelPath) / "manifest.json").is_file():
+        if Path(modelPath) == Path(defaultModelPath()):
+            return _("No model: the default model is not installed. Import a model bundle with 'Import model…'.")
+        return _("No model: {path} has no manifest.json. Import a model bundle with 'Import model…'.").format(path=modelPath)
+    return ""
+
+
+def modelImportTarget(source: str) -> Path:
+    """Where ``importModel(source)`` will put the bundle (its manifest's name)."""
+    with _bundleSource(source) as folder:
+        return userModelsFolder() / _safeFolderName(_manifestName(folder))
+
+
+def importModel(source: str, overwrite: bool = False) -> Path:
+    """Verify a model bundle (every SHA-256) and copy it into the user models folder.
+
+    ``source``: a bundle folder, its manifest.json, or a .zip of the folder.
+    Returns the new folder. Raises the core's ``BundleError`` for a bad bundle and
+    ``FileExistsError`` when a model of that name exists and ``overwrite`` is False.
+    """
+    from KidneyTumorSegLib.bundle import MANIFEST, load_bundle
+
+    with _bundleSource(source) as folder:
+        bundle = load_bundle(folder)
+        target = userModelsFolder() / _safeFolderName(_manifestName(folder))
+        if target.exists() and not overwrite:
+            raise FileExistsError(_("A model named '{name}' is already imported: {path}").format(
+                name=target.name, path=target))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.import-", dir=target.parent))
+        try:
+            for name in [MANIFEST] + sorted(bundle.files):
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(folder / name, staging / name)
+            load_bundle(staging)  # the copy is checked too before it replaces anything
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return target
+
+
+class _bundleSource:
+    """Context manager: the bundle folder behind ``source`` (folder, manifest.json or .zip, extracted to a temp dir)."""
+
+    def __init__(self, source: str):
+        self.source = Path(source)
+        self._tmp = None
+
+    def __enter__(self) -> Path:
+        src = self.source
+        if src.is_dir():
+            return src
+        if src.name == "manifest.json":
+            return src.parent
+        if src.suffix.lower() == ".zip":
+            self._tmp = Path(tempfile.mkdtemp(prefix="KidneyTumorSeg-import-", dir=slicer.app.temporaryPath))
+            shutil.unpack_archive(str(src), str(self._tmp))
+            found = sorted(p.parent for p in self._tmp.rglob("manifest.json"))
+            if len(found) != 1:
+                raise ValueError(_("{path}: expected one model bundle (manifest.json) in the archive, found {n}").format(
+                    path=src, n=len(found)))
+            return found[0]
+        raise ValueError(_("{path}: not a model bundle folder, manifest.json or .zip archive").format(path=src))
+
+    def __exit__(self, *exc) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def _manifestName(folder: Path) -> str:
+    try:
+        name = json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("name")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    return str(name or folder.name)
+
+
+def _safeFolderName(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    return cleaned or "model"

@@ -1,0 +1,141 @@
+"""A finished run's files in the scene: the segmentation, the candidate map and the findings table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Optional
+
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+
+from .nodes import ATTR_REPORT, REF_CANDIDATES, REF_FINDINGS, REF_INPUT, placeBesides, removeNodeWithDependents, \
+    replaceSegments
+
+
+def loadResults(run, outputs: Dict[str, str]) -> None:
+    """Bring the finished ``run``'s files into the scene (the only place a run changes the scene).
+
+    ``outputs``: the core's output paths by kind ("segmentation", "candidates", "report", ...).
+    Sets ``run.segmentationNode``, ``run.tableNode`` and ``run.messages``.
+    """
+    report = json.loads(Path(outputs["report"]).read_text(encoding="utf-8"))
+    volumeNode = run.volumeNode
+    if volumeNode.GetScene() is None:
+        raise RuntimeError(_("The input volume was removed from the scene during the run."))
+    segmentation = run.outputSegmentation
+    if segmentation is not None and segmentation.GetScene() is None:
+        segmentation = None  # removed during the run: make a new one
+    loaded = candidates = None
+    try:
+        loaded = slicer.util.loadSegmentation(str(outputs["segmentation"]))
+        candidates = slicer.util.loadLabelVolume(str(outputs["candidates"]), {
+            "name": slicer.mrmlScene.GenerateUniqueName(f"{volumeNode.GetName()} tumor candidates"), "show": False})
+    except Exception:
+        removeNodeWithDependents(loaded)
+        removeNodeWithDependents(candidates)
+        raise
+    if segmentation is None:
+        segmentation = slicer.mrmlScene.AddNewNodeByClass(
+            "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(f"{volumeNode.GetName()} kidneys"))
+        segmentation.CreateDefaultDisplayNodes()
+    try:
+        replaceSegments(segmentation, loaded)
+    finally:
+        removeNodeWithDependents(loaded)
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+    segmentation.SetNodeReferenceID(REF_INPUT, volumeNode.GetID())
+    segmentation.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+    candidates.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+    removeNodeWithDependents(segmentation.GetNodeReference(REF_CANDIDATES))
+    segmentation.SetNodeReferenceID(REF_CANDIDATES, candidates.GetID())
+
+    table = segmentation.GetNodeReference(REF_FINDINGS)
+    if table is None:
+        table = slicer.mrmlScene.AddNewNodeByClass(
+            "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName(f"{volumeNode.GetName()} findings"))
+        segmentation.SetNodeReferenceID(REF_FINDINGS, table.GetID())
+    writeFindings(table, report)
+
+    for node in (segmentation, table, candidates):
+        placeBesides(node, volumeNode)
+    showSegmentation(segmentation, volumeNode, run.show3D)
+    run.segmentationNode = segmentation
+    run.tableNode = table
+    run.messages = list(report.get("messages", []))
+
+
+def showSegmentation(segmentation, volumeNode, show3D: bool = False) -> None:
+    """Show the segmentation over ``volumeNode`` in the slice views, and in 3D when asked."""
+    slicer.util.setSliceViewerLayers(background=volumeNode)
+    display = segmentation.GetDisplayNode()
+    if display is not None:
+        display.SetVisibility(True)
+        display.SetVisibility2D(True)
+    showSegmentation3D(segmentation, show3D)
+
+
+def showSegmentation3D(segmentation, show3D: bool) -> None:
+    if show3D:
+        segmentation.CreateClosedSurfaceRepresentation()
+    display = segmentation.GetDisplayNode()
+    if display is not None:
+        display.SetVisibility3D(bool(show3D))
+
+
+def candidateOfRow(table, row: int) -> Optional[Dict]:
+    """``{"id", "kept"}`` of the tumor candidate in findings-table ``row``, or None for another row."""
+    report = json.loads(table.GetAttribute(ATTR_REPORT) or "{}")
+    from KidneyTumorSegLib.findings_table import findings_rows
+
+    rows = findings_rows(report)
+    if not 0 <= row < len(rows):
+        return None
+    candidateId = rows[row].get("candidate_id")
+    if candidateId in (None, ""):
+        return None
+    for candidate in report.get("tumor_candidates", []):
+        if candidate["id"] == int(candidateId):
+            return {"id": int(candidate["id"]), "kept": bool(candidate["kept"])}
+    return None
+
+
+def writeFindings(table, report: Dict) -> None:
+    """Fill ``table`` with the core's findings rows and keep the report with it."""
+    from KidneyTumorSegLib.findings_table import TABLE_COLUMNS, findings_rows
+
+    rows = findings_rows(report)
+    vtkTable = vtk.vtkTable()
+    for name, kind in TABLE_COLUMNS:
+        values = [row.get(name) for row in rows]
+        # numbers stay numeric where every row has one; a column with gaps (kidney rows have no
+        # diameter or probability) is text, so the gaps show empty rather than "nan"
+        column = _vtkColumn(kind if all(v is not None for v in values) else "string")
+        column.SetName(name)
+        for value in values:
+            _appendValue(column, value)
+        vtkTable.AddColumn(column)
+    wasModifying = table.StartModify()
+    table.SetAndObserveTable(vtkTable)
+    table.SetAttribute(ATTR_REPORT, json.dumps(report))
+    table.SetLocked(True)
+    table.EndModify(wasModifying)
+
+
+def _vtkColumn(kind: str):
+    """A VTK array for a findings column of type "int", "float" or "string"."""
+    if kind == "int":
+        return vtk.vtkIntArray()
+    if kind == "float":
+        return vtk.vtkDoubleArray()
+    return vtk.vtkStringArray()
+
+
+def _appendValue(column, value) -> None:
+    if isinstance(column, vtk.vtkStringArray):
+        column.InsertNextValue("" if value is None else str(value))
+    elif isinstance(column, vtk.vtkIntArray):
+        column.InsertNextValue(0 if value is None else int(value))
+    else:
+        column.InsertNextValue(float("nan") if value is None else float(value))

@@ -1,0 +1,189 @@
+"""One run of the core in Slicer: its state, its inputs (volume, ROI, PythonSlicer setup) and polling its process.
+
+Nothing here adds to the scene: the caller's ``loadResults(run, outputs)`` does, once a run has succeeded.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+
+
+class SegmentationRun:
+    """One background run: its settings, process, progress and outcome.
+
+    ``status``: "running", "done", "failed" or "cancelled". Nothing is added to
+    the scene before the process has finished successfully.
+    """
+
+    def __init__(self, volumeNode, options: Dict, workDir: Path, outputSegmentation=None, show3D=False):
+        self.volumeNode = volumeNode
+        self.options = options
+        self.workDir = workDir
+        self.outputSegmentation = outputSegmentation
+        self.show3D = show3D
+        self.process = None
+        self.timer = None
+        self.status = "running"
+        self.error = ""
+        self.fraction = 0.0
+        self.stageText = ""
+        self.messages: List[str] = []
+        self.segmentationNode = None
+        self.tableNode = None
+        self.progressCallback: Optional[Callable[[float, str], None]] = None
+        self.finishCallback: Optional[Callable[["SegmentationRun"], None]] = None
+
+
+def prepareWork(volumeNode, roiNode, modelPath: str, device: str, quality: str, candidateThreshold: float,
+                keepComponents: int) -> Tuple[Path, Dict]:
+    """A new temporary folder holding the exported input, and the core's arguments for it.
+
+    ``device``: "auto", "cpu" or "cuda"; ``quality``: "fast" or "full" (12 test-time
+    augmentations). The folder is removed again when the export fails.
+    """
+    workDir = Path(tempfile.mkdtemp(prefix="KidneyTumorSeg-", dir=slicer.app.temporaryPath))
+    try:
+        inputPath = workDir / "input.nrrd"
+        exportVolume(volumeNode, inputPath)
+        options = dict(
+            input_path=str(inputPath), output_dir=str(workDir / "out"), model=modelPath, device=device,
+            tta=12 if quality == "full" else 1, candidate_threshold=float(candidateThreshold),
+            keep_components=int(keepComponents), roi=roiInVolumeFrame(roiNode, volumeNode), save_candidates=True,
+            python=pythonSlicerExecutable(), env=processEnvironment(),
+        )
+    except Exception:
+        shutil.rmtree(workDir, ignore_errors=True)
+        raise
+    return workDir, options
+
+
+def poll(run: SegmentationRun, loadResults: Callable[[SegmentationRun, Dict[str, str]], None]) -> None:
+    """One timer tick of a background run: report progress; when the process has ended, load or fail."""
+    if run.status != "running":
+        return
+    try:
+        _pollOnce(run, loadResults)
+    except Exception as exc:  # an error in a timer slot must end the run, not repeat every tick
+        logging.exception("KidneyTumorSeg: the run failed")
+        run.timer.stop()
+        if run.process is not None and run.process.running:
+            run.process.cancel()
+        finish(run, "failed", str(exc))
+
+
+def _pollOnce(run: SegmentationRun, loadResults) -> None:
+    from KidneyTumorSegLib.events import STAGE_TITLES
+
+    for event in run.process.poll():
+        if event.get("event") != "progress":
+            continue
+        run.fraction = float(event.get("fraction", run.fraction))
+        title = STAGE_TITLES.get(event.get("stage", ""), event.get("stage", ""))
+        message = event.get("message") or ""
+        run.stageText = title if not message or message == title else f"{title}: {message}"
+        if run.progressCallback:
+            run.progressCallback(run.fraction, run.stageText)
+    if run.process.running:
+        return
+    run.timer.stop()
+    outputs = run.process.outputs
+    if run.process.returncode != 0 or not outputs:
+        finish(run, "failed", run.process.error_message() or
+               _("the segmentation process stopped with exit status {code}").format(code=run.process.returncode))
+        return
+    loadResults(run, outputs)
+    finish(run, "done")
+
+
+def cancel(run: SegmentationRun) -> None:
+    """Stop ``run``; the scene is left exactly as it was before it started."""
+    if run.status != "running":
+        return
+    if run.timer is not None:
+        run.timer.stop()
+    if run.process is not None:
+        run.process.cancel()
+    finish(run, "cancelled")
+
+
+def finish(run: SegmentationRun, status: str, error: str = "") -> None:
+    """End ``run`` with ``status`` ("done", "failed", "cancelled"): remove its folder, then call back once."""
+    run.status = status
+    run.error = error
+    shutil.rmtree(run.workDir, ignore_errors=True)
+    if run.finishCallback:
+        run.finishCallback(run)
+
+
+def exportVolume(volumeNode, path: Path) -> None:
+    """Write the volume's voxels and geometry (its own frame, RAS to LPS) as NRRD, leaving the node untouched."""
+    import SimpleITK as sitk
+    from KidneyTumorSegLib.slicer_geometry import volume_from_slicer
+    from KidneyTumorSegLib.validate import validate_ct
+    from KidneyTumorSegLib.volume_io import volume_to_sitk
+
+    ijkToRas = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(ijkToRas)
+    volume = volume_from_slicer(slicer.util.arrayFromVolume(volumeNode), slicer.util.arrayFromVTKMatrix(ijkToRas),
+                                meta={"source": volumeNode.GetName()})
+    for warning in validate_ct(volume):  # raises InputError with the core's message for unusable input
+        logging.warning("KidneyTumorSeg: %s", warning)
+    sitk.WriteImage(volume_to_sitk(volume), str(path), False)
+
+
+def roiInVolumeFrame(roiNode, volumeNode):
+    """The ROI box in the input volume's own frame (the frame the core segments in), or None."""
+    if roiNode is None:
+        return None
+    import numpy as np
+    from KidneyTumorSegLib.slicer_geometry import roi_from_slicer
+
+    objectToWorld = vtk.vtkMatrix4x4()
+    roiNode.GetObjectToWorldMatrix(objectToWorld)
+    matrix = slicer.util.arrayFromVTKMatrix(objectToWorld)
+    transform = volumeNode.GetParentTransformNode()
+    if transform is not None:
+        if not transform.IsTransformToWorldLinear():
+            raise ValueError(_("The input volume is under a non-linear transform: harden it first."))
+        worldToVolume = vtk.vtkMatrix4x4()
+        transform.GetMatrixTransformFromWorld(worldToVolume)
+        matrix = slicer.util.arrayFromVTKMatrix(worldToVolume) @ matrix
+    scale = np.linalg.norm(matrix[:3, :3], axis=0)  # non-zero: a transform of an ROI is invertible
+    axes = matrix[:3, :3] / scale
+    return roi_from_slicer(matrix[:3, 3], np.asarray(roiNode.GetSize()) * scale, axes)
+
+
+def pythonSlicerExecutable() -> str:
+    """PythonSlicer, the launcher of Slicer's own Python (same packages, no GUI)."""
+    exe = shutil.which("PythonSlicer")
+    if exe:
+        return exe
+    name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+    candidate = os.path.join(slicer.app.slicerHome, "bin", name)
+    if os.path.isfile(candidate):
+        return candidate
+    raise RuntimeError(_("PythonSlicer was not found next to Slicer ({path}).").format(path=candidate))
+
+
+def processEnvironment() -> Dict[str, str]:
+    """Environment of the background process: the module's folder first on PYTHONPATH, for KidneyTumorSegLib."""
+    env = dict(os.environ)
+    # this package sits in the module's folder, next to KidneyTumorSegLib
+    moduleDir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (moduleDir, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def logProgress(event: Dict) -> None:
+    """Progress of a blocking run goes to the log (events as in KidneyTumorSegLib.events)."""
+    if event.get("event") == "progress" and event.get("stage_fraction") == 0.0:
+        logging.info("KidneyTumorSeg: %3.0f%% %s", 100 * float(event.get("fraction", 0.0)), event.get("message", ""))
