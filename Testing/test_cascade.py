@@ -11,7 +11,7 @@ from KidneyTumorSegLib.config import PostprocessConfig, StageConfig
 from KidneyTumorSegLib.findings import apply_candidate_choice, segment_map
 from KidneyTumorSegLib.geometry import canonical_reorient
 from KidneyTumorSegLib.metrics import case_metrics
-from KidneyTumorSegLib.reference import FalseCandidate, ReferencePredictor, reference_predictors
+from KidneyTumorSegLib.reference import FalseCandidate, reference_predictors
 from KidneyTumorSegLib.volume import Volume
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

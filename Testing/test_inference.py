@@ -27,14 +27,6 @@ from KidneyTumorSegLib.tta import TRANSFORMS, tta_transforms
 from KidneyTumorSegLib.volume import InputError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors gain nothing from threads, and on a shared machine OpenMP
-    # barriers make every small op wait for a descheduled thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 CPU = RuntimeConfig(device="cpu")

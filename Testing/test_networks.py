@@ -16,14 +16,6 @@ from KidneyTumorSegLib.networks import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors gain nothing from threads, and on a shared machine OpenMP
-    # barriers make every small op wait for a descheduled thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 SMALL = dict(channels=(4, 8, 16, 32), strides=(1, 2, 2, 2))

@@ -58,7 +58,6 @@ class TimedReference:
 
 def child(args) -> None:
     t_all = time.perf_counter()
-    import numpy as np
     import torch
 
     from KidneyTumorSegLib.cascade import run_cascade
@@ -121,7 +120,6 @@ def child(args) -> None:
 
 def make_inputs(tmp: Path, args):
     """Phantom (image + label) and a random-weight default bundle in ``tmp``."""
-    import numpy as np
     import torch
 
     from KidneyTumorSegLib.bundle import save_bundle

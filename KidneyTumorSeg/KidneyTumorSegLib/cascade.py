@@ -120,7 +120,7 @@ def run_cascade(
     for n, (side, mask_roi) in enumerate(kidneys_masks):
         progress("tumor", n / len(kidneys_masks), f"tumors in the {side} kidney")
         kc = kidney_crop(can, mask_roi, tuple(r0 for r0, _ in roi_box), tstage)
-        kbox, kbox_roi, kvol, kmask, allowed = kc.box, kc.box_in_mask, kc.volume, kc.mask, kc.allowed
+        kbox, kvol, kmask, allowed = kc.box, kc.volume, kc.mask, kc.allowed
         tprob = _predict_on_grid(kvol, tstage, predictors["tumor"])
         tprob[~allowed] = 0.0
         # stage 4: candidates

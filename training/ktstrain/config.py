@@ -19,11 +19,11 @@ configuration states only what differs; the result is the core's own
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
-from KidneyTumorSegLib.config import NetworkConfig, StageConfig, from_dict, to_dict
+from KidneyTumorSegLib.config import StageConfig, from_dict, to_dict
 from KidneyTumorSegLib.presets import default_stages
 
 from .augment import AugmentConfig

@@ -7,10 +7,9 @@ and validation scores of every member.
 """
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Sequence
 
 from KidneyTumorSegLib.bundle import Bundle, save_bundle
 from KidneyTumorSegLib.config import PostprocessConfig, StageConfig, from_dict

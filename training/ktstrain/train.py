@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -28,7 +27,7 @@ from .augment import augment_batch
 from .checkpoint import CheckpointManager, capture_rng, load_checkpoint, restore_rng
 from .config import StageTraining
 from .data import Case
-from .distributed import World, all_mean, barrier, init_world
+from .distributed import all_mean, barrier, init_world
 from .logs import TrainingLog
 from .losses import build_training_loss
 from .preprocess import StageCache, preprocess_stage
