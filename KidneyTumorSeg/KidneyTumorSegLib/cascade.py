@@ -129,26 +129,28 @@ def run_cascade(
         kept_mask = np.zeros(kmask.shape, bool)
         vox_ml = kvol.voxel_volume_ml()
         if ncomp:
+            # one pass over the crop for all components: an untrained or uncertain model can give hundreds
             means = ndimage.mean(tprob, cc, index=np.arange(1, ncomp + 1))
             counts = np.bincount(cc.ravel(), minlength=ncomp + 1)[1:]
-            for c in range(1, ncomp + 1):
-                m = cc == c
+            kept_flags = np.zeros(ncomp + 1, bool)
+            for c, sl in enumerate(ndimage.find_objects(cc), start=1):
+                sub = cc[sl] == c
                 vol_ml = float(counts[c - 1]) * vox_ml
                 score = float(means[c - 1])
                 kept = score >= post.candidate_threshold and vol_ml >= post.min_candidate_ml
-                bbox = _tight_box(m)
-                sub = m[tuple(slice(a, b) for a, b in bbox)]
-                centre = _centre_world(kvol, m)
+                kept_flags[c] = kept
+                k_idx, j_idx, i_idx = (np.mean(a) + s.start for a, s in zip(np.nonzero(sub), sl))
+                centre = tuple(round(float(v), 2) for v in kvol.index_to_world([i_idx, j_idx, k_idx]))
                 candidates.append(Candidate(
-                    id=next_id, kidney_index=n, side=side, volume_ml=round(vol_ml, 3),
+                    id=next_id + c - 1, kidney_index=n, side=side, volume_ml=round(vol_ml, 3),
                     axial_diameter_mm=round(measure.max_axial_diameter_mm(sub, spacing), 2),
                     diameter_3d_mm=round(measure.max_diameter_3d_mm(sub, spacing), 2),
                     mean_probability=round(score, 4), kept=bool(kept), centre_lps_mm=centre,
                 ))
-                _paste(cand_map, kbox, np.where(m, next_id, 0).astype(np.uint16))
-                if kept:
-                    kept_mask |= m
-                next_id += 1
+            ids = np.where(cc > 0, cc.astype(np.int64) + (next_id - 1), 0).astype(np.uint16)
+            _paste(cand_map, kbox, ids)
+            kept_mask = kept_flags[cc]
+            next_id += ncomp
         # merge: the kidney component, then kept tumors on top
         kidney_full = kmask | kept_mask
         _paste(label, kbox, np.where(kmask, 1, 0).astype(np.uint8))
