@@ -98,6 +98,43 @@ def test_resume_continues_exactly(phantoms, tmp_path):
     assert [r["train_loss"] for r in _log(full)] == [r["train_loss"] for r in _log(part)]
 
 
+def test_init_starts_from_another_runs_weights(phantoms, runs, tmp_path):
+    torch.set_num_threads(1)
+    _, done = runs
+    src = load_checkpoint(done["kidney"] / "checkpoint_final.pt")["model"]
+    # one epoch at a negligible learning rate: the weights must still be the source run's
+    cfg = tiny_config("kidney", epochs=1, lr=1e-20, channels_last=True)
+    run = train_stage(cfg, phantoms, tmp_path / "warm", tmp_path / "cache", device="cpu", show_progress=False,
+                      init=done["kidney"])
+    state = load_checkpoint(run / "checkpoint_final.pt")
+    assert state["init_from"] == str(done["kidney"] / "checkpoint_final.pt")
+    for k, v in src.items():
+        assert torch.allclose(state["model"][k], v, rtol=0, atol=1e-12), k
+    assert json.loads((run / "config.json").read_text())["init_from"] == state["init_from"]
+    # a different architecture is refused before anything is written
+    other = parse_config({"role": "kidney", "stage": {"network": dict(TINY_NET, channels=[4, 8, 32]),
+                                                      "patch_size": [16, 32, 32], "spacing": [6.0, 4.0, 4.0]},
+                          "train": TRAIN})
+    with pytest.raises(ValueError, match="different network"):
+        train_stage(other, phantoms, tmp_path / "bad", tmp_path / "cache", device="cpu", show_progress=False,
+                    init=done["kidney"])
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(FileNotFoundError, match="no checkpoint_final.pt"):
+        train_stage(cfg, phantoms, tmp_path / "bad2", tmp_path / "cache", device="cpu", show_progress=False,
+                    init=tmp_path)
+
+
+def test_channels_last_trains_the_same_network(phantoms, tmp_path):
+    torch.set_num_threads(1)
+    a = train_stage(tiny_config("tumor", epochs=2), phantoms, tmp_path / "a", tmp_path / "cache", device="cpu",
+                    show_progress=False)
+    b = train_stage(tiny_config("tumor", epochs=2, channels_last=True), phantoms, tmp_path / "b", tmp_path / "cache",
+                    device="cpu", show_progress=False)
+    la = [float(r["train_loss"]) for r in _log(a)]
+    lb = [float(r["train_loss"]) for r in _log(b)]
+    assert la == pytest.approx(lb, rel=1e-3)  # only the memory layout differs
+
+
 def test_refuses_to_restart_over_a_run_without_flags(phantoms, runs):
     out, done = runs
     with pytest.raises(FileExistsError, match="use --resume"):

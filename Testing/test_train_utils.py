@@ -360,3 +360,19 @@ def test_checkpoint_manager_names_and_keeps_last_n(tmp_path):
     for e in range(5):
         every.save(state, e)
     assert list(every.epoch_files()) == [1, 3]
+
+
+def test_every_shipped_training_configuration_parses_and_keeps_the_method_spacings():
+    from pathlib import Path
+
+    from KidneyTumorSegLib.presets import default_stages
+    from ktstrain.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "training" / "configs"
+    paths = sorted(root.rglob("*.json"))
+    assert len(paths) >= 9
+    presets = {s.role: s for s in default_stages()}
+    for p in paths:
+        cfg = load_config(p)
+        assert cfg.stage.spacing == presets[cfg.stage.role].spacing, p  # the reports' spacings, CPU-sized or not
+        assert cfg.stage.window == presets[cfg.stage.role].window, p

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto")
     t.add_argument("--workers", type=int, default=1, help="preprocessing processes")
     t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    t.add_argument("--init", help="start from the weights of this checkpoint or run folder (new optimiser and schedule)")
     t.add_argument("--overwrite", action="store_true", help="start over in a run folder that has checkpoints")
     t.add_argument("--tensorboard", action="store_true")
     t.add_argument("--no-progress", action="store_true")
@@ -105,7 +106,8 @@ def _train(args) -> int:
     train_stage(cfg, cases, run, Path(args.cache) if args.cache else out / "cache", fold=fold,
                 splits_path=Path(args.splits) if args.splits else None, resume=args.resume, device=args.device,
                 overwrite=args.overwrite, workers=args.workers, epochs=args.epochs,
-                show_progress=not args.no_progress and sys.stderr.isatty(), tensorboard=args.tensorboard)
+                show_progress=not args.no_progress and sys.stderr.isatty(), tensorboard=args.tensorboard,
+                init=Path(args.init) if args.init else None)
     log.info("finished: %s", run)
     return 0
 

@@ -60,6 +60,7 @@ class TrainSettings:
     precision: str = "auto"
     n_folds: int = 5
     val_overlap: float = 0.25
+    channels_last: bool = False  # channels_last_3d memory format: ~1.7x faster 3D convolutions on CPU (benchmarks/)
 
 
 @dataclass(frozen=True)

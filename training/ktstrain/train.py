@@ -83,6 +83,7 @@ def train_stage(
     epochs: Optional[int] = None,
     show_progress: bool = True,
     tensorboard: bool = False,
+    init: Optional[Path] = None,
 ) -> Path:
     """Train ``cfg``'s stage on ``cases``; returns the run folder.
 
@@ -90,6 +91,10 @@ def train_stage(
     ``progress.png`` and ``checkpoint_{latest,best,final,epochNNNN}.pt``; each
     checkpoint carries the final ``StageConfig`` (with the training data's
     intensity statistics) that ``export`` writes into the bundle.
+
+    ``init`` (a checkpoint file or a run folder) starts a new run from that
+    run's weights with a fresh optimiser and schedule (warm start, fine-tuning);
+    the network must have the same architecture. ``resume`` ignores it.
     """
     world = init_world(device)
     run_dir = Path(run_dir)
@@ -121,6 +126,12 @@ def train_stage(
         torch.backends.cudnn.benchmark = True  # fixed patch sizes: let cuDNN pick the fastest kernels
     torch.manual_seed(ts.seed)
     model = build_network(stage.network).to(dev)
+    init_from = None
+    if init is not None and not resume:
+        init_from = load_init_weights(model, init)
+        log.info("initialised %s from %s", stage.name, init_from)
+    if ts.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
     opt = build_optimizer(model, ts.optimizer, lr=ts.lr, weight_decay=ts.weight_decay, momentum=ts.momentum,
                           nesterov=ts.nesterov)
     sched = build_scheduler(opt, ts.scheduler, max_epochs=n_epochs, **ts.scheduler_params)
@@ -155,7 +166,8 @@ def train_stage(
         from KidneyTumorSegLib.writers import write_json
 
         write_json(dict(cfg.to_dict(), final_stage=to_dict(stage), fold=fold, splits=str(splits_path),
-                        train_cases=part["train"], val_cases=part["val"]), run_dir / "config.json", overwrite=True)
+                        train_cases=part["train"], val_cases=part["val"], init_from=init_from),
+                   run_dir / "config.json", overwrite=True)
         tlog = TrainingLog(run_dir, resume_epoch=start_epoch - 1 if resume else None, overwrite=overwrite,
                            tensorboard=tensorboard)
 
@@ -181,6 +193,8 @@ def train_stage(
             gen = torch.Generator(device=dev)
             gen.manual_seed(_step_seed(ts.seed, epoch, step, world.rank))
             img, lab = augment_batch(img, lab, cfg.augment, generator=gen, spacing=spacing)
+            if ts.channels_last:
+                img = img.contiguous(memory_format=torch.channels_last_3d)
             loss = training_step(net, model, img, lab, opt, scaler, loss_fn, amp, ts.grad_clip)
             losses.append(float(loss.detach()))
             if bar is not None:
@@ -208,10 +222,36 @@ def train_stage(
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "scaler": scaler.state_dict(), "rng": capture_rng(), "best": best, "stage": to_dict(stage),
                      "config": cfg.to_dict(), "fold": str(fold), "val": {k: v for k, v in row.items() if k.endswith("dice")},
-                     "train_cases": list(part["train"]), "val_cases": list(part["val"]), "epochs": n_epochs}
+                     "train_cases": list(part["train"]), "val_cases": list(part["val"]), "epochs": n_epochs,
+                     "init_from": init_from}
             ckpt.save(state, epoch, is_best=is_best, final=last)
     barrier(world)
     return run_dir
+
+
+def load_init_weights(model: torch.nn.Module, init) -> str:
+    """Copy the weights of a checkpoint (file, or run folder: its final, else latest) into ``model``.
+
+    Returns the checkpoint's path. A different architecture is refused with
+    the names of the first mismatching tensors.
+    """
+    path = Path(init)
+    if path.is_dir():
+        found = [path / n for n in ("checkpoint_final.pt", "checkpoint_latest.pt") if (path / n).is_file()]
+        if not found:
+            raise FileNotFoundError(f"--init: no checkpoint_final.pt or checkpoint_latest.pt in {path}")
+        path = found[0]
+    elif not path.is_file():
+        raise FileNotFoundError(f"--init: checkpoint not found: {path}")
+    weights = load_checkpoint(path, map_location="cpu")["model"]
+    own = model.state_dict()
+    bad = sorted(k for k in set(own) | set(weights)
+                 if k not in own or k not in weights or tuple(own[k].shape) != tuple(weights[k].shape))
+    if bad:
+        raise ValueError(f"--init: {path} has a different network ({len(bad)} mismatching tensors, first: "
+                         f"{', '.join(bad[:3])})")
+    model.load_state_dict(weights)
+    return str(path)
 
 
 def training_step(net, model, img, lab, opt, scaler, loss_fn, amp, grad_clip: float) -> torch.Tensor:
