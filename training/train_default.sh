@@ -40,7 +40,7 @@ round2() {
     --out "$WORK/runs2" --cache "$WORK/runs/cache" --splits "$WORK/runs/splits.json" --init "$WORK/runs/$1_fold0" \
     --fold 0 --device cpu --no-progress ${RESUME:+--resume}
 }
-round2 kidney & round2 tumor & wait
+round2 kidney & k=$!; round2 tumor & t=$!; wait "$k"; wait "$t"  # either failing stops the script
 round2 coarse
 kidneytumorseg-train export --roi "$WORK/runs2/coarse_fold0" --kidney "$WORK/runs2/kidney_fold0" \
   --tumor "$WORK/runs2/tumor_fold0" -o KidneyTumorSeg/KidneyTumorSegLib/models/default \
