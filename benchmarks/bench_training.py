@@ -35,6 +35,7 @@ and ``met`` / ``MISSED``; on a CPU they are shown for reference only.
     python benchmarks/bench_training.py                                 # kidney stage, both modes
     python benchmarks/bench_training.py --mode compute --patch 128 128 128 --batch 2
     python benchmarks/bench_training.py --config training/configs/cpu/kidney.json --iters 5 --threads 1
+    python benchmarks/bench_training.py --mode compute --config training/configs/cpu/kidney.json --memory-format channels_last
     python benchmarks/bench_training.py --mode loader --data kits19/data --cases 20 --workers 8 --json out.json
 """
 from __future__ import annotations
@@ -103,10 +104,14 @@ def stage_for(cfg: StageTraining, patch: Optional[Sequence[int]], channels: Opti
 class Trainer:
     """Model, optimiser and loss as ``train_stage`` builds them; :meth:`step` is its inner loop body."""
 
-    def __init__(self, cfg: StageTraining, stage: StageConfig, dev: torch.device, amp: Optional[torch.dtype]):
+    def __init__(self, cfg: StageTraining, stage: StageConfig, dev: torch.device, amp: Optional[torch.dtype],
+                 channels_last: bool = False):
         ts = cfg.train
         torch.manual_seed(ts.seed)
         self.model = build_network(stage.network).to(dev)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
         self.opt = build_optimizer(self.model, ts.optimizer, lr=ts.lr, weight_decay=ts.weight_decay,
                                    momentum=ts.momentum, nesterov=ts.nesterov)
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
@@ -117,8 +122,15 @@ class Trainer:
         self.model.train()
 
     def step(self, img: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:  # as train_stage does after augmentation
+            img = img.contiguous(memory_format=torch.channels_last_3d)
         return training_step(self.model, self.model, img, lab, self.opt, self.scaler, self.loss_fn, self.amp,
                              self.grad_clip)
+
+
+def _channels_last(cfg: StageTraining, args) -> bool:
+    """``--memory-format``: the configuration's ``train.channels_last``, or forced on/off."""
+    return {"config": cfg.train.channels_last, "channels_last": True, "contiguous": False}[args.memory_format]
 
 
 def _sync(dev: torch.device) -> None:
@@ -161,7 +173,7 @@ def _rates(row: Dict[str, Any], its_per_s: Sequence[float]) -> None:
 # --------------------------------------------------------------------------
 def bench_compute(cfg: StageTraining, stage: StageConfig, dev: torch.device, amp, args) -> Dict[str, Any]:
     batch = args.batch or cfg.train.batch_size
-    tr = Trainer(cfg, stage, dev, amp)
+    tr = Trainer(cfg, stage, dev, amp, _channels_last(cfg, args))
     gen = torch.Generator(device=dev).manual_seed(0)
     img = torch.randn((batch, stage.network.in_channels) + stage.patch_size, generator=gen, device=dev)
     lab = torch.randint(0, 2, (batch,) + stage.patch_size, generator=gen, device=dev)  # binary stage target
@@ -179,6 +191,7 @@ def bench_compute(cfg: StageTraining, stage: StageConfig, dev: torch.device, amp
         rates.append(args.iters / dt)
         log.info("compute window %d/%d: %.3f it/s (loss %.4f)", r + 1, args.repeats, rates[-1], float(loss.detach()))
     row = _base_row("compute", stage, tr.model, batch)
+    row["memory_format"] = "channels_last_3d" if tr.channels_last else "contiguous"
     _rates(row, rates)
     row["peak_mb"], row["peak_kind"] = _peak_mb(dev)
     return row
@@ -265,7 +278,7 @@ def bench_loader(cfg: StageTraining, stage: StageConfig, dev: torch.device, amp,
     loader = torch.utils.data.DataLoader(sampler, batch_size=batch, shuffle=False, num_workers=workers,
                                          pin_memory=dev.type == "cuda", drop_last=True,
                                          persistent_workers=workers > 0)
-    tr = Trainer(cfg, stage, dev, amp)
+    tr = Trainer(cfg, stage, dev, amp, _channels_last(cfg, args))
     spacing = stage.spacing
     why_no_nvml = UtilSampler.available(dev)
     busy_source = "nvml" if why_no_nvml is None else ("events" if dev.type == "cuda" else None)
@@ -305,6 +318,7 @@ def bench_loader(cfg: StageTraining, stage: StageConfig, dev: torch.device, amp,
             waits.append(wait / wall)
             log.info("loader window %d/%d: %.3f it/s, data wait %.1f %%", r + 1, args.repeats, rates[-1], 100 * waits[-1])
     row = _base_row("loader", stage, tr.model, batch)
+    row["memory_format"] = "channels_last_3d" if tr.channels_last else "contiguous"
     _rates(row, rates)
     row.update(workers=workers, data_wait=statistics.median(waits), data_wait_all=[round(w, 4) for w in waits],
                cases=len(cases), cache_items=len(cache.items), phantom_s=round(t_gen, 2), preprocess_s=round(t_pre, 2),
@@ -398,6 +412,7 @@ def print_report(res: Dict[str, Any]) -> None:
                   f"phantoms {r['phantom_s']:.1f} s, preprocessing {r['preprocess_s']:.1f} s (not in the rates)")
             if r.get("nvml_unavailable"):
                 print(f"  GPU busy from CUDA events (upper bound), NVML unavailable: {r['nvml_unavailable']}")
+    print("memory format: " + ", ".join(f"{r['mode']} {r.get('memory_format', 'contiguous')}" for r in res["rows"]))
     print("targets (one H100, bf16):")
     for t in res["targets"]:
         if t["value"] is None:
@@ -424,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", help="auto (bf16 on a GPU, fp32 on CPU) | fp32 | bf16 | fp16")
     p.add_argument("--no-cudnn-benchmark", action="store_true", help="leave torch.backends.cudnn.benchmark off")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--memory-format", choices=["config", "contiguous", "channels_last"], default="config",
+                   help="network/input memory layout (default: the configuration's train.channels_last)")
     g = p.add_argument_group("loader mode")
     g.add_argument("--data", help="KiTS-layout folder to use instead of generated phantoms")
     g.add_argument("--cases", type=int, default=4, help="phantoms to generate (with --data: use the first N; 0 = all)")
