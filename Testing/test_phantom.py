@@ -148,6 +148,26 @@ def test_randomize_intensity_changes_only_intensities():
     assert b.info["randomize_intensity"] is True
 
 
+def _organ_voxels_touching_kidney(ph):
+    tis = np.asarray(ph.tissue)
+    kidney = np.isin(tis, list(KIDNEY_CODES))
+    shell = ndi.binary_dilation(kidney, iterations=1) & ~kidney
+    return int(np.isin(tis[shell], [T.LIVER, T.SPLEEN]).sum())
+
+
+def test_organ_contact_removes_the_fat_plane_and_nothing_else():
+    # 0: perirenal fat always separates liver and spleen from the kidneys (phantoms before the option)
+    sep = make_phantom(5, organ_contact=0.0, **SMALL)
+    touch = make_phantom(5, organ_contact=1.0, **SMALL)
+    assert _organ_voxels_touching_kidney(sep) == 0
+    assert _organ_voxels_touching_kidney(touch) > 20
+    assert touch.info["anatomy"]["left_contact"] == 1.0 and touch.info["organ_contact"] == 1.0
+    # the kidneys and lesions (the labels) do not move
+    assert np.array_equal(sep.label.array, touch.label.array)
+    with pytest.raises(InputError, match=r"organ_contact must be a probability in \[0, 1\], got 1.5"):
+        make_phantom(5, organ_contact=1.5, **SMALL)
+
+
 def test_default_geometry_is_realistic():
     for seed in range(20):
         shape, sp = scan_geometry(np.random.default_rng(seed), None, None)

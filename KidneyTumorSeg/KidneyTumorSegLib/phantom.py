@@ -101,7 +101,8 @@ def make_phantom(seed: int, shape: Optional[Sequence[int]] = None, spacing: Opti
                  n_tumors: Optional[int] = None, n_cysts: Optional[int] = None, kits_label: Optional[Volume] = None, *,
                  kidneys: Optional[str] = None, cyst_label: bool = False, randomize_intensity: bool = False,
                  tumor_diameter_mm: Tuple[float, float] = (10.0, 100.0), phase: Optional[object] = None,
-                 noise_sd: Optional[float] = None, z_supersample: Optional[int] = None) -> Phantom:
+                 noise_sd: Optional[float] = None, z_supersample: Optional[int] = None,
+                 organ_contact: float = 0.5) -> Phantom:
     """Generate one phantom; the same arguments give the same bytes.
 
     ``shape`` is the array shape ``(k, j, i)`` = (slices, rows, columns) and
@@ -118,7 +119,10 @@ def make_phantom(seed: int, shape: Optional[Sequence[int]] = None, spacing: Opti
     0, or 3 with ``cyst_label``. ``phase`` is "corticomedullary", "portal",
     "nephrographic" or a number in [0, 1]; ``noise_sd`` in HU;
     ``z_supersample`` (odd) paints that many sub-slices per slice for slice
-    partial volume (default 1 up to 2.5 mm slices, else 3).
+    partial volume (default 1 up to 2.5 mm slices, else 3). ``organ_contact``
+    is the probability, per kidney, that no perirenal fat plane separates it
+    from the liver or spleen (they touch, as often in real CT; 0 gives the
+    fat plane every time, as phantoms before this option had).
     """
     t_start = time.perf_counter()
     seed = _check_seed(seed)
@@ -132,7 +136,11 @@ def make_phantom(seed: int, shape: Optional[Sequence[int]] = None, spacing: Opti
             raise InputError(f"{name} must be an integer from 0 to {top}, got {v!r}")
     r_geo, r_anat, r_int, r_field, r_les = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
 
+    if not 0.0 <= float(organ_contact) <= 1.0:
+        raise InputError(f"organ_contact must be a probability in [0, 1], got {organ_contact!r}")
     A = sample_anatomy(r_anat)
+    for side in ("left", "right"):
+        A[f"{side}_contact"] = float(A[f"{side}_contact_u"] < float(organ_contact))
     I = sample_intensities(r_int, randomize_intensity, phase, noise_sd)
     lesion_hu = [sample_lesion_intensity(r_int, "tumor", I["mean"][T.CORTEX], randomize_intensity)
                  for _ in range(T.N_TUMOR_SLOTS)]
@@ -199,7 +207,9 @@ def make_phantom(seed: int, shape: Optional[Sequence[int]] = None, spacing: Opti
         label_p = np.repeat(label_c, sub, axis=0) if sub > 1 else label_c
         comps_p = find_kidneys(label_p, grid)
         tumors, _, n_cy = paint_label_kidneys(tissue, grid, label_p, comps_p, (sp[2] / sub, sp[1], sp[0]),
-                                              r_field, 0.5 * (A["left_cortex"] + A["right_cortex"]))
+                                              r_field, 0.5 * (A["left_cortex"] + A["right_cortex"]),
+                                              contact=[sd for sd in ("left", "right") if A[f"{sd}_contact"]],
+                                              midline_x=A["cx"])
         for les in tumors:
             les["side"] = "left" if les["centre_xyz"][0] > A["cx"] else "right"
         for c in comps:
@@ -257,6 +267,7 @@ def make_phantom(seed: int, shape: Optional[Sequence[int]] = None, spacing: Opti
         "cysts": [_jsonable(les) for les in cysts],
         "cyst_label": bool(cyst_label),
         "randomize_intensity": bool(randomize_intensity),
+        "organ_contact": float(organ_contact),
         "anatomy": _jsonable(A),
         "intensity": _jsonable({**I, "mean": {NAMES.get(k, str(k)): v for k, v in I["mean"].items()},
                                 "texture": {NAMES.get(k, str(k)): v for k, v in I["texture"].items()}}),

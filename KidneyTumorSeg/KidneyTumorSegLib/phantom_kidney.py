@@ -31,7 +31,7 @@ def kidney_frame(A: Dict[str, float], side: str) -> Dict[str, object]:
     R = rotation(eu, np.array([s * np.cos(ps), np.sin(ps), 0.0]))
     return {"side": side, "centre": c, "R": R, "radii": np.array([A[f"{side}_{k}"] for k in ("L", "W", "T")]),
             "bend": A[f"{side}_bend"], "cortex": A[f"{side}_cortex"], "sinus": A[f"{side}_sinus"],
-            "fat": A[f"{side}_fat"]}
+            "fat": A[f"{side}_fat"], "contact": bool(A.get(f"{side}_contact", False))}
 
 
 def _kidney_fields(K, X, Y, Z):
@@ -54,7 +54,10 @@ def paint_kidney(tissue: np.ndarray, grid: Grid, A: Dict[str, float], K: Dict[st
     tb = tissue[sl]
     m = np.float32(K["fat"])
     fe = (u / (L + m)) ** 2 + (v / (W + m)) ** 2 + (w / (Th + m)) ** 2 + np.float32(0.25) * box_field(rng, X, Y, Z, 20.0)
-    paint(tb, fe < 1, T.PERIRENAL, allowed_soft())
+    fat_ok = allowed_soft()
+    if K["contact"]:  # no fat plane: liver and spleen touch the capsule, as they often do in real CT
+        fat_ok[[T.LIVER, T.HEPVESSEL, T.SPLEEN]] = False
+    paint(tb, fe < 1, T.PERIRENAL, fat_ok)
     env = f < 1
     sf = np.float32(K["sinus"] / 0.42)
     sinus = ((u / (0.5 * L * sf)) ** 2 + ((v + 0.45 * W) / (0.55 * W * sf)) ** 2 + (w / (0.55 * Th * sf)) ** 2) < 1

@@ -64,9 +64,13 @@ def find_kidneys(label: np.ndarray, grid: Grid) -> List[Dict[str, object]]:
 
 
 def paint_label_kidneys(tissue: np.ndarray, grid: Grid, label: np.ndarray, comps: List[Dict[str, object]],
-                        spacing_zyx: Sequence[float], rng: np.random.Generator, cortex_mm: float
+                        spacing_zyx: Sequence[float], rng: np.random.Generator, cortex_mm: float,
+                        contact: Sequence[str] = (), midline_x: float = 0.0
                         ) -> Tuple[List[Dict[str, object]], int, int]:
     """Paint perirenal fat, kidney interior, tumours and cysts from ``label`` (same grid as ``tissue``).
+
+    Kidneys on a side in ``contact`` (right: x below ``midline_x``, LPS) get
+    no fat plane against the liver and spleen.
 
     Returns (tumour descriptions, number of tumours, number of cysts).
     """
@@ -80,7 +84,10 @@ def paint_label_kidneys(tissue: np.ndarray, grid: Grid, label: np.ndarray, comps
         tb = tissue[sl]
         organ = lab > 0
         dout = ndi.distance_transform_edt(~organ, sampling=sp).astype(np.float32)
-        fat = (dout > 0) & (dout < float(rng.uniform(8, 14))) & allowed_soft()[tb]
+        fat_ok = allowed_soft()
+        if ("right" if comp["centre_xyz"][0] < midline_x else "left") in contact:
+            fat_ok[[T.LIVER, T.HEPVESSEL, T.SPLEEN]] = False
+        fat = (dout > 0) & (dout < float(rng.uniform(8, 14))) & fat_ok[tb]
         tb[fat] = T.PERIRENAL
         din = ndi.distance_transform_edt(organ, sampling=sp).astype(np.float32)
         z, y, x = grid.z[sl[0]], grid.y[sl[1]], grid.x[sl[2]]

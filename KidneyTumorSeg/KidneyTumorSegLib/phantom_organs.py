@@ -94,7 +94,8 @@ def _liver(tissue, grid, A, rng):
 
 
 def _spleen(tissue, grid, A):
-    zz = 75.0
+    # its lower pole reaches down beside the left kidney's upper pole when they touch
+    zz = 75.0 - (A.get("spleen_drop_contact", 0.0) if A.get("left_contact") else 0.0)
     ac, bca, bcp = cavity(A, zz)
     s = A["spleen"]
     th = np.deg2rad(35)  # position on the posterolateral wall, measured from patient left towards the back

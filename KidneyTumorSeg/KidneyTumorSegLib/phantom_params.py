@@ -229,4 +229,9 @@ def sample_anatomy(rng: np.random.Generator) -> Dict[str, float]:
         })
     A["right_z"] = -_u(rng, 5, 25)
     A["left_z"] = A["right_z"] + _u(rng, 5, 25)
+    # drawn last so that the draws above do not depend on them: uniform numbers that
+    # ``make_phantom(organ_contact=p)`` compares with p (liver/spleen touch the kidney when u < p)
+    for side in ("left", "right"):
+        A[f"{side}_contact_u"] = float(rng.random())
+    A["spleen_drop_contact"] = _u(rng, 20, 45)  # how far the spleen sits lower when it touches the left kidney
     return A
