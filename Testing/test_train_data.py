@@ -124,6 +124,25 @@ def test_discover_kits_layouts(tmp_path, data_root):
         discover_cases(tmp_path / ".hidden")
 
 
+def test_several_data_folders_combine_and_duplicate_ids_are_refused(tmp_path, data_root):
+    import shutil
+
+    from ktstrain.cli import _cases
+
+    other = tmp_path / "more"
+    img, lab = make_case(4)
+    write_case(other / "case_00010", img, lab)
+    got = _cases([str(data_root), str(other)])
+    assert [c.case_id for c in got] == ["case_00000", "case_00001", "case_00002", "case_00010"]
+    assert got[-1].image_path == other / "case_00010" / "imaging.nii.gz"
+    shutil.copytree(data_root / "case_00001", other / "case_00001")
+    import re
+
+    with pytest.raises(InputError, match=re.escape(f"case id case_00001 is in two data folders: "
+                                                   f"'{data_root / 'case_00001'}' and '{other / 'case_00001'}'")):
+        _cases([str(data_root), str(other)])
+
+
 def test_discover_phantom_cases(tmp_path):
     from KidneyTumorSegLib.phantom import write_phantom_cases
 

@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one stage")
     t.add_argument("--config", required=True, help="stage configuration JSON (training/configs/*.json)")
-    t.add_argument("--data", required=True, help="KiTS-layout folder (case_XXXXX/imaging.nii.gz + segmentation.nii.gz)")
+    t.add_argument("--data", required=True, nargs="+",
+                   help="KiTS-layout folder(s) (case_XXXXX/imaging.nii.gz + segmentation.nii.gz); case ids must be unique")
     t.add_argument("--out", required=True, help="runs folder; the run goes to <out>/<stage>_fold<k>")
     t.add_argument("--fold", default="0", help="fold 0-4, or 'all' (train on every case, no validation)")
     t.add_argument("--splits", help="split file to honour (default <out>/splits.json, created if absent)")
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pp = sub.add_parser("preprocess", help="only build the stage's preprocessing cache")
     pp.add_argument("--config", required=True)
-    pp.add_argument("--data", required=True)
+    pp.add_argument("--data", required=True, nargs="+")
     pp.add_argument("--cache", required=True)
     pp.add_argument("--workers", type=int, default=1)
 
@@ -78,10 +79,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
 
 
-def _cases(data: str, synthetic: int = 0, seed: int = 10000):
+def _cases(data, synthetic: int = 0, seed: int = 10000):
+    """The cases of one or more data folders (``--synthetic`` generates into the first)."""
+    from .data import discover_cases
+    from KidneyTumorSegLib.volume import InputError
+
+    roots = [Path(d) for d in ([data] if isinstance(data, (str, Path)) else data)]
+    cases = _cases_of(roots[0], synthetic, seed)
+    for root in roots[1:]:
+        cases += discover_cases(root)
+    seen = {}
+    for c in cases:
+        if c.case_id in seen:
+            raise InputError(f"case id {c.case_id} is in two data folders: '{seen[c.case_id]}' and "
+                             f"'{Path(c.image_path).parent}'")
+        seen[c.case_id] = Path(c.image_path).parent
+    return sorted(cases, key=lambda c: c.case_id)
+
+
+def _cases_of(root: Path, synthetic: int = 0, seed: int = 10000):
     from .data import discover_cases
 
-    root = Path(data)
     if synthetic:
         from KidneyTumorSegLib.phantom import write_phantom_cases
 
