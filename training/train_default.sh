@@ -9,41 +9,56 @@ WORK=${1:-default-model-work}
 DATA=$WORK/phantoms
 KITS=../shared/data/kits19-labels
 mkdir -p "$DATA"
-# 24 random phantoms (seeds 10000..10023, intensity randomisation on) ...
-python3 - "$DATA" <<'PY'
+CONTACT=$WORK/phantoms-contact
+# 24 random phantoms (seeds 10000..10023, intensity randomisation on, perirenal fat always present) ...
+python3 - "$DATA" "$CONTACT" <<'PY'
 import sys
 from pathlib import Path
 from KidneyTumorSegLib.phantom import write_phantom_cases
-root = Path(sys.argv[1])
-have = len(list(root.glob("case_*")))
+root, contact = Path(sys.argv[1]), Path(sys.argv[2])
+have = len(list(root.glob("case_000[0-2]*")))
 if have < 24:
-    write_phantom_cases(root, 24 - have, seed0=10000 + have, start_index=have, randomize_intensity=True)
+    write_phantom_cases(root, 24 - have, seed0=10000 + have, start_index=have, randomize_intensity=True,
+                        organ_contact=0.0)
+# 12 more (seeds 10024..10035) where liver and spleen touch the kidneys with no fat plane, for round 3
+have = len(list(contact.glob("case_*")))
+if have < 12:
+    write_phantom_cases(contact, 12 - have, seed0=10024 + have, start_index=24 + have, randomize_intensity=True,
+                        organ_contact=1.0)
 PY
 # ... and 8 shaped by real KiTS19 label maps (cases < 150 with thick slices; evaluation uses cases >= 150)
 if [ -d "$KITS" ]; then
   n=100
   for c in 00004 00006 00007 00008 00009 00010 00011 00012; do
-    [ -d "$DATA/case_00$n" ] || kidneytumorseg phantom "$DATA/kits_$c" --seed $((20000 + 10#$c)) --kits-label "$KITS/case_$c.nii.gz"
+    [ -d "$DATA/case_00$n" ] || kidneytumorseg phantom "$DATA/kits_$c" --seed $((20000 + 10#$c)) --organ-contact 0 \
+      --kits-label "$KITS/case_$c.nii.gz"
     [ -d "$DATA/case_00$n" ] || mv "$DATA/kits_$c/case_00000" "$DATA/case_00$n"
     rmdir "$DATA/kits_$c" 2>/dev/null || true
     n=$((n + 1))
   done
 fi
-# round 1: 30/30/25 short epochs from scratch (about 45 minutes on 2 cores)
+# round 1: 30/30/25 short epochs from scratch on the first 32 phantoms, fold 0 (about 45 minutes on 2 cores)
 for stage in coarse kidney tumor; do
   kidneytumorseg-train train --config training/configs/cpu/$stage.json --data "$DATA" --out "$WORK/runs" \
     --fold 0 --device cpu --workers 2 --no-progress ${RESUME:+--resume}
 done
-# round 2: longer, from round 1's weights; two stages at a time on one thread each (faster than one on two)
-round2() {
-  OMP_NUM_THREADS=1 kidneytumorseg-train train --config training/configs/cpu/$1-continued.json --data "$DATA" \
-    --out "$WORK/runs2" --cache "$WORK/runs/cache" --splits "$WORK/runs/splits.json" --init "$WORK/runs/$1_fold0" \
-    --fold 0 --device cpu --no-progress ${RESUME:+--resume}
+# later rounds start from earlier weights; two stages at a time on one thread each (faster than one on two)
+more() {  # more CONFIG OUT INIT FOLD DATA...
+  local cfg=$1 out=$2 init=$3 fold=$4; shift 4
+  OMP_NUM_THREADS=1 kidneytumorseg-train train --config "training/configs/cpu/$cfg.json" --data "$@" \
+    --out "$WORK/$out" --cache "$WORK/runs/cache" --fold "$fold" --init "$WORK/$init" --device cpu --no-progress \
+    ${RESUME:+--resume}
 }
-round2 kidney & k=$!; round2 tumor & t=$!; wait "$k"; wait "$t"  # either failing stops the script
-round2 coarse
-kidneytumorseg-train export --roi "$WORK/runs2/coarse_fold0" --kidney "$WORK/runs2/kidney_fold0" \
+# round 2: kidney 100 and tumor 80 more epochs, same data and split (about 50 minutes)
+more kidney-continued runs2 runs/kidney_fold0 0 "$DATA" --splits "$WORK/runs/splits.json" & k=$!
+more tumor-continued runs2 runs/tumor_fold0 0 "$DATA" --splits "$WORK/runs/splits.json" & t=$!
+wait "$k"; wait "$t"  # either failing stops the script
+# round 3: ROI 40 and kidney 40 more epochs on all 44 phantoms (the tumor stage stays at round 2)
+more coarse-continued runs3 runs/coarse_fold0 all "$DATA" "$CONTACT" & c=$!
+more kidney-contact runs3 runs2/kidney_fold0 all "$DATA" "$CONTACT" & k=$!
+wait "$c"; wait "$k"
+kidneytumorseg-train export --roi "$WORK/runs3/coarse_foldall" --kidney "$WORK/runs3/kidney_foldall" \
   --tumor "$WORK/runs2/tumor_fold0" -o KidneyTumorSeg/KidneyTumorSegLib/models/default \
   --name kidneytumorseg-default-phantom-cpu --version 0.1 \
   --description "CPU-sized cascade trained on synthetic phantoms only (see README)" \
-  --data-description "32 synthetic phantoms (24 random, 8 shaped by KiTS19 label maps), fold 0 of 5"
+  --data-description "44 synthetic phantoms (36 random, 12 of them with liver/spleen touching the kidneys; 8 shaped by KiTS19 label maps)"
