@@ -56,7 +56,7 @@ def test_modules_the_slicer_process_imports_do_not_load_torch():
     code = (
         "import sys\n"
         "import KidneyTumorSegLib.slicer_geometry, KidneyTumorSegLib.background, KidneyTumorSegLib.findings_table\n"
-        "import KidneyTumorSegLib.events, KidneyTumorSegLib.terminology\n"
+        "import KidneyTumorSegLib.events, KidneyTumorSegLib.terminology, KidneyTumorSegLib.sample\n"
         "sys.exit(1 if 'torch' in sys.modules else 0)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -8,12 +8,11 @@ from typing import Tuple
 import slicer
 from slicer.i18n import tr as _
 
+from KidneyTumorSegLib import sample
+
 from .dependencies import ensureDependencies
 
 SAMPLE_NAME = "KidneyTumorSegPhantom"
-PHANTOM_SEED = 7
-PHANTOM_SHAPE = (96, 384, 384)  # array (k, j, i): slices, rows, columns
-PHANTOM_SPACING = (0.9, 0.9, 3.0)  # (x, y, z) mm, inside the range the default model is trained on
 # the module's Resources folder (this package sits next to KidneyTumorSeg.py)
 _ICONS_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "Icons")
 
@@ -23,7 +22,7 @@ def phantomSamplePaths() -> Tuple[Path, Path]:
     from KidneyTumorSegLib import __version__
 
     cache = Path(slicer.mrmlScene.GetCacheManager().GetRemoteCacheDirectory())
-    stem = f"{SAMPLE_NAME}-{__version__}-seed{PHANTOM_SEED}"
+    stem = f"{SAMPLE_NAME}-{__version__}-seed{sample.SEED}"
     return cache / f"{stem}.nrrd", cache / f"{stem}.label.nrrd"
 
 
@@ -36,11 +35,10 @@ def ensurePhantomSample() -> Tuple[Path, Path]:
         raise RuntimeError(_("The Python packages KidneyTumorSeg needs are not installed."))
     import SimpleITK as sitk
     from KidneyTumorSegLib.atomic import atomic_write
-    from KidneyTumorSegLib.phantom import make_phantom
     from KidneyTumorSegLib.volume_io import volume_to_sitk
 
     with slicer.util.WaitCursor():
-        phantom = make_phantom(PHANTOM_SEED, shape=PHANTOM_SHAPE, spacing=PHANTOM_SPACING, n_tumors=1)
+        phantom = sample.make_sample_phantom()
         # the label first: the CT's presence marks a complete pair
         for volume, path in ((phantom.label, labelPath), (phantom.image, imagePath)):
             image = volume_to_sitk(volume)
