@@ -174,7 +174,13 @@ def test_split_file_is_written_then_honoured_and_validated(tmp_path, caplog):
     write_splits(path, custom, overwrite=True)
     with caplog.at_level(logging.INFO):
         assert get_or_create_splits(path, CASES, 5, seed=0) == custom
-    assert "existing split file" in caplog.text
+    assert "existing split file" in caplog.text and "in no fold" not in caplog.text
+    # cases added to the data after the split was written are named, not silently dropped
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert get_or_create_splits(path, CASES + ["case_new1", "case_new0"], 5, seed=0) == custom
+    assert (f"2 of the {len(CASES) + 2} cases found are in no fold of {path} and will not be used: "
+            "case_new0, case_new1") in caplog.text
     assert fold_cases(custom, 0) == custom[0] and fold_cases(custom, "all")["train"] == CASES
     with pytest.raises(ValueError, match="fold 2 does not exist"):
         fold_cases(custom, 2)

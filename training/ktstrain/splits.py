@@ -158,6 +158,12 @@ def load_splits(path: Union[str, os.PathLike], case_ids: Optional[Sequence[str]]
     return validate_folds(doc, case_ids, source=str(path))
 
 
+def unused_cases(folds: Sequence[Fold], case_ids: Sequence[str]) -> List[str]:
+    """The ``case_ids`` that no fold trains or validates on (sorted)."""
+    named = {c for f in folds for part in ("train", "val") for c in f[part]}
+    return sorted(set(case_ids) - named)
+
+
 def get_or_create_splits(path: Union[str, os.PathLike], case_ids: Sequence[str], n_folds: int = 5, seed: int = 0,
                          tumor_volumes: Optional[Mapping[str, float]] = None) -> List[Fold]:
     """Honour the split file at ``path`` if it exists (validated against ``case_ids``); else make and write one."""
@@ -165,6 +171,12 @@ def get_or_create_splits(path: Union[str, os.PathLike], case_ids: Sequence[str],
     if path.exists():
         folds = load_splits(path, case_ids)
         logger.info("using the existing split file %s (%d folds)", path, len(folds))
+        unused = unused_cases(folds, case_ids)
+        if unused:
+            more = f" and {len(unused) - 10} more" if len(unused) > 10 else ""
+            logger.warning("%d of the %d cases found are in no fold of %s and will not be used: %s%s (pass a new "
+                           "--splits file to split them all)", len(unused), len(set(case_ids)), path,
+                           ", ".join(unused[:10]), more)
         return folds
     folds = make_folds(case_ids, n_folds, seed, tumor_volumes)
     write_splits(path, folds, seed=seed, stratified_by="tumor_volume" if tumor_volumes is not None else None)
