@@ -10,12 +10,13 @@ DATA=$WORK/phantoms
 KITS=../shared/data/kits19-labels
 mkdir -p "$DATA"
 CONTACT=$WORK/phantoms-contact
+LOWRES=$WORK/phantoms-lowres
 # 24 random phantoms (seeds 10000..10023, intensity randomisation on, perirenal fat always present) ...
-python3 - "$DATA" "$CONTACT" <<'PY'
+python3 - "$DATA" "$CONTACT" "$LOWRES" <<'PY'
 import sys
 from pathlib import Path
 from KidneyTumorSegLib.phantom import write_phantom_cases
-root, contact = Path(sys.argv[1]), Path(sys.argv[2])
+root, contact, lowres = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 have = len(list(root.glob("case_000[0-2]*")))
 if have < 24:
     write_phantom_cases(root, 24 - have, seed0=10000 + have, start_index=have, randomize_intensity=True,
@@ -25,6 +26,11 @@ have = len(list(contact.glob("case_*")))
 if have < 12:
     write_phantom_cases(contact, 12 - have, seed0=10024 + have, start_index=24 + have, randomize_intensity=True,
                         organ_contact=1.0)
+# 48 small ones (seeds 10100..10147; 288x288x80, 1.15-1.6 mm pixels, 2.5-5 mm slices; 2 s each) for round 3
+have = len(list(lowres.glob("case_*")))
+if have < 48:
+    write_phantom_cases(lowres, 48 - have, seed0=10100 + have, start_index=200 + have, randomize_intensity=True,
+                        organ_contact=0.5, shape=(80, 288, 288))
 PY
 # ... and 8 shaped by real KiTS19 label maps (cases < 150 with thick slices; evaluation uses cases >= 150)
 if [ -d "$KITS" ]; then
@@ -53,12 +59,14 @@ more() {  # more CONFIG OUT INIT FOLD DATA...
 more kidney-continued runs2 runs/kidney_fold0 0 "$DATA" --splits "$WORK/runs/splits.json" & k=$!
 more tumor-continued runs2 runs/tumor_fold0 0 "$DATA" --splits "$WORK/runs/splits.json" & t=$!
 wait "$k"; wait "$t"  # either failing stops the script
-# round 3: ROI 40 and kidney 40 more epochs on all 44 phantoms (the tumor stage stays at round 2)
-more coarse-continued runs3 runs/coarse_fold0 all "$DATA" "$CONTACT" & c=$!
-more kidney-contact runs3 runs2/kidney_fold0 all "$DATA" "$CONTACT" & k=$!
-wait "$c"; wait "$k"
+# round 3: every case, no validation (fold all). ROI: 40 more epochs from round 1 on the 44 full-size phantoms
+# (its own split file, runs3/splits.json); kidney and tumor: 40 more from round 2 on all 92 (round 2 overfitted).
+more coarse-continued runs3 runs/coarse_fold0 all "$DATA" "$CONTACT"
+more kidney-contact runs3 runs2/kidney_fold0 all "$DATA" "$CONTACT" "$LOWRES" --splits "$WORK/runs3/splits92.json" & k=$!
+more tumor-more runs3 runs2/tumor_fold0 all "$DATA" "$CONTACT" "$LOWRES" --splits "$WORK/runs3/splits92.json" & t=$!
+wait "$k"; wait "$t"
 kidneytumorseg-train export --roi "$WORK/runs3/coarse_foldall" --kidney "$WORK/runs3/kidney_foldall" \
-  --tumor "$WORK/runs2/tumor_fold0" -o KidneyTumorSeg/KidneyTumorSegLib/models/default \
+  --tumor "$WORK/runs3/tumor_foldall" -o KidneyTumorSeg/KidneyTumorSegLib/models/default \
   --name kidneytumorseg-default-phantom-cpu --version 0.1 \
   --description "CPU-sized cascade trained on synthetic phantoms only (see README)" \
-  --data-description "44 synthetic phantoms (36 random, 12 of them with liver/spleen touching the kidneys; 8 shaped by KiTS19 label maps)"
+  --data-description "92 synthetic phantoms (84 random: 12 with liver/spleen touching the kidneys, 48 small low-resolution; 8 shaped by KiTS19 label maps)"
