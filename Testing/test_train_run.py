@@ -111,6 +111,10 @@ def test_init_starts_from_another_runs_weights(phantoms, runs, tmp_path):
     for k, v in src.items():
         assert torch.allclose(state["model"][k], v, rtol=0, atol=1e-12), k
     assert json.loads((run / "config.json").read_text())["init_from"] == state["init_from"]
+    # the bundle's provenance names the run it started from
+    b = export_bundle({"roi": [done["roi"]], "kidney": [run], "tumor": [done["tumor"]]}, tmp_path / "model")
+    chain = b.provenance["members"]["kidney"][0]["init_from"]
+    assert chain == [{"checkpoint": state["init_from"], "epoch": 4, "train_cases": 2}]
     # a different architecture is refused before anything is written
     other = parse_config({"role": "kidney", "stage": {"network": dict(TINY_NET, channels=[4, 8, 32]),
                                                       "patch_size": [16, 32, 32], "spacing": [6.0, 4.0, 4.0]},

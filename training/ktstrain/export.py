@@ -68,6 +68,7 @@ def export_bundle(
                 "epochs_planned": int(state.get("epochs", 0)), "fold": state.get("fold"),
                 "validation": state.get("val", {}), "train_cases": len(state.get("train_cases", [])),
                 "val_cases": len(state.get("val_cases", [])), "loss": cfg.get("train", {}).get("loss"),
+                "init_from": _init_chain(state),
             })
         stage = _with_provenance(stage, members[role], data)
         stages.append(stage)
@@ -75,6 +76,24 @@ def export_bundle(
     provenance = {"data": data, "commit": git_commit(repo), "trained_with": "ktstrain", "members": members}
     return save_bundle(out, stages, weights, postprocess, name=name or Path(out).name, version=version,
                        description=description, provenance=provenance, overwrite=overwrite)
+
+
+def _init_chain(state) -> list:
+    """The checkpoints this run started from (``--init``), nearest first, as far as they are still on disk."""
+    chain, seen = [], set()
+    src = state.get("init_from")
+    while src and src not in seen and len(chain) < 20:
+        seen.add(src)
+        entry = {"checkpoint": src}
+        try:
+            prev = load_checkpoint(src, map_location="cpu")
+        except (OSError, RuntimeError, ValueError):  # moved or deleted since: record the path only
+            chain.append(entry)
+            break
+        entry.update(epoch=int(prev.get("epoch", -1)) + 1, train_cases=len(prev.get("train_cases", [])))
+        chain.append(entry)
+        src = prev.get("init_from")
+    return chain
 
 
 def _with_provenance(stage: StageConfig, members: list, data: str) -> StageConfig:
