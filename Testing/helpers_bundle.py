@@ -19,7 +19,7 @@ def tiny_stages(patch=(32, 64, 64)):
     ]
 
 
-def make_tiny_bundle(path, seed=0, ensemble=1, overwrite=False, fg_bias=None):
+def make_tiny_bundle(path, seed=0, ensemble=1, overwrite=False, fg_bias=None, limitations=""):
     """A bundle of randomly initialised tiny networks.
 
     ``fg_bias``: if given, the last layer's bias is set so that the network
@@ -41,4 +41,4 @@ def make_tiny_bundle(path, seed=0, ensemble=1, overwrite=False, fg_bias=None):
             members.append(net.state_dict())
         sds[st.role] = members
     return save_bundle(path, stages, sds, PostprocessConfig(), name="tiny-test", version="0", description="test bundle",
-                       provenance={"purpose": "tests"}, overwrite=overwrite)
+                       provenance={"purpose": "tests"}, overwrite=overwrite, limitations=limitations)

@@ -29,6 +29,26 @@ def test_bundle_round_trip_and_card(tmp_path):
     assert all(len(h) == 64 for h in manifest["files"].values())
 
 
+def test_model_limitations_travel_with_every_result(tmp_path):
+    from KidneyTumorSegLib.config import RuntimeConfig
+    from KidneyTumorSegLib.phantom import make_phantom
+    from KidneyTumorSegLib.pipeline import Segmenter
+
+    note = "trained on synthetic phantoms only; tumor calls unreliable"
+    make_tiny_bundle(tmp_path / "m", fg_bias=8.0, limitations=note)
+    b = load_bundle(tmp_path / "m")
+    assert b.limitations == note and b.card()["limitations"] == note
+    ph = make_phantom(5, shape=(32, 96, 96), spacing=(3.5, 3.5, 5.0), n_tumors=1)
+    result = Segmenter(b, RuntimeConfig(device="cpu")).segment(ph.image)
+    assert result.status == "ok"
+    assert result.messages[-1] == f"Model tiny-test: {note}"
+    assert result.report()["messages"][-1] == f"Model tiny-test: {note}"
+    # a bundle that states none adds nothing
+    make_tiny_bundle(tmp_path / "plain", fg_bias=8.0)
+    plain = Segmenter(load_bundle(tmp_path / "plain"), RuntimeConfig(device="cpu")).segment(ph.image)
+    assert not any(m.startswith("Model ") for m in plain.messages)
+
+
 def test_bundle_refuses_to_overwrite(tmp_path):
     make_tiny_bundle(tmp_path / "m")
     with pytest.raises(FileExistsError, match="use --overwrite"):

@@ -47,6 +47,7 @@ class Bundle:
     files: Dict[str, str]  # file name -> sha256
     provenance: Dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    limitations: str = ""  # what users must know before trusting the output (shown with every result)
 
     def stage(self, role: str) -> Optional[StageConfig]:
         return self.stages.get(role)
@@ -87,6 +88,7 @@ class Bundle:
             "name": self.name,
             "version": self.version,
             "description": self.description,
+            "limitations": self.limitations,
             "created": self.created,
             "path": str(self.path),
             "stages": {
@@ -168,6 +170,7 @@ def load_bundle(path: os.PathLike, verify: bool = True) -> Bundle:
         files=files,
         provenance=dict(data.get("provenance", {})),
         created=str(data.get("created", "")),
+        limitations=str(data.get("limitations", "")),
     )
     for s in stages:
         for w in s.weights:
@@ -188,6 +191,7 @@ def save_bundle(
     description: str = "",
     provenance: Optional[Dict[str, Any]] = None,
     overwrite: bool = False,
+    limitations: str = "",
 ) -> Bundle:
     """Write a bundle folder atomically: built in a temporary sibling, then renamed.
 
@@ -222,6 +226,7 @@ def save_bundle(
             "name": name or path.name,
             "version": version,
             "description": description,
+            "limitations": limitations,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "stages": [to_dict(s) for s in out_stages],
             "postprocess": to_dict(postprocess),

@@ -129,6 +129,9 @@ def cmd_segment(args) -> int:
             return 2
         events.emit("start", cases=len(cases), model=seg.bundle.name, device=str(seg.device))
         log.info("%d case(s); model %s; device %s; TTA %d", len(cases), seg.bundle.name, seg.device, tta)
+        note = f"Model {seg.bundle.name}: {seg.bundle.limitations}" if seg.bundle.limitations else ""
+        if note:
+            log.warning("%s", note)
         roi = None
         if args.roi:
             from .cascade import RoiWorld

@@ -64,5 +64,12 @@ class Segmenter:
         log.info("model %s on %s", self.bundle.name, self.device)
 
     def segment(self, image: Volume, roi: Optional[RoiWorld] = None, progress: Optional[Progress] = None) -> CascadeResult:
-        """Segment one CT volume (HU). See :func:`cascade.run_cascade`."""
-        return run_cascade(image, self.stages, self.predictors, self.post, roi=roi, progress=progress)
+        """Segment one CT volume (HU). See :func:`cascade.run_cascade`.
+
+        A segmentation's messages end with the model's limitations, when its
+        bundle states any, so every report (and the Slicer status line) shows them.
+        """
+        result = run_cascade(image, self.stages, self.predictors, self.post, roi=roi, progress=progress)
+        if result.status == "ok" and self.bundle.limitations:
+            result.messages.append(f"Model {self.bundle.name}: {self.bundle.limitations}")
+        return result

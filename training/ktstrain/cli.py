@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--version", default="0")
     e.add_argument("--description", default="")
     e.add_argument("--data-description", default="", help="what the model was trained on (provenance)")
+    e.add_argument("--limitations", default="", help="what users must know before trusting the output; shown with every result")
     e.add_argument("--overwrite", action="store_true")
     return p
 
@@ -145,7 +146,7 @@ def _export(args) -> int:
 
     b = export_bundle({"roi": args.roi, "kidney": args.kidney, "tumor": args.tumor}, Path(args.output), which=args.which,
                       name=args.name, version=args.version, description=args.description, data=args.data_description,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, limitations=args.limitations)
     log.info("bundle written: %s (%s)", b.path, ", ".join(f"{r}: {len(s.weights)} model(s)" for r, s in b.stages.items()))
     return 0
 

@@ -38,6 +38,7 @@ def export_bundle(
     description: str = "",
     data: str = "",
     overwrite: bool = False,
+    limitations: str = "",
 ) -> Bundle:
     """Bundle the ``which`` checkpoint of each run; ``runs`` maps role -> run folders."""
     if which not in CHECKPOINTS:
@@ -75,7 +76,8 @@ def export_bundle(
     repo = Path(__file__).resolve().parents[2]
     provenance = {"data": data, "commit": git_commit(repo), "trained_with": "ktstrain", "members": members}
     return save_bundle(out, stages, weights, postprocess, name=name or Path(out).name, version=version,
-                       description=description, provenance=provenance, overwrite=overwrite)
+                       description=description, provenance=provenance, overwrite=overwrite,
+                       limitations=limitations)
 
 
 def _init_chain(state) -> list:
