@@ -49,6 +49,19 @@ def test_model_limitations_travel_with_every_result(tmp_path):
     assert not any(m.startswith("Model ") for m in plain.messages)
 
 
+def test_bundle_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        make_tiny_bundle(tmp_path / "m")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o755
+    assert {stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "m").iterdir()} == {0o644}
+
+
 def test_bundle_refuses_to_overwrite(tmp_path):
     make_tiny_bundle(tmp_path / "m")
     with pytest.raises(FileExistsError, match="use --overwrite"):

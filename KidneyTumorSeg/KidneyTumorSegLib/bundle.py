@@ -234,6 +234,13 @@ def save_bundle(
             "provenance": provenance or {},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        # mkdtemp made the folder private (0700) and safetensors its files 0600: give them the
+        # permissions a plain mkdir / open would have, so a shared model folder stays readable
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~mask)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
