@@ -157,9 +157,10 @@ def _describe(stage: StageConfig, model: torch.nn.Module) -> str:
     return f"{net.architecture} {'-'.join(map(str, net.channels))}{ds} ({count_parameters(model) / 1e6:.1f}M)"
 
 
-def _base_row(mode: str, stage: StageConfig, model, batch: int) -> Dict[str, Any]:
-    return {"mode": mode, "network": _describe(stage, model), "patch": list(stage.patch_size), "batch": batch,
-            "eq_factor": float(np.prod(stage.patch_size)) / REF_VOXELS}
+def _base_row(mode: str, stage: StageConfig, tr: "Trainer", batch: int) -> Dict[str, Any]:
+    return {"mode": mode, "network": _describe(stage, tr.model), "patch": list(stage.patch_size), "batch": batch,
+            "eq_factor": float(np.prod(stage.patch_size)) / REF_VOXELS,
+            "memory_format": "channels_last_3d" if tr.channels_last else "contiguous"}
 
 
 def _rates(row: Dict[str, Any], its_per_s: Sequence[float]) -> None:
@@ -190,8 +191,7 @@ def bench_compute(cfg: StageTraining, stage: StageConfig, dev: torch.device, amp
         dt = time.perf_counter() - t
         rates.append(args.iters / dt)
         log.info("compute window %d/%d: %.3f it/s (loss %.4f)", r + 1, args.repeats, rates[-1], float(loss.detach()))
-    row = _base_row("compute", stage, tr.model, batch)
-    row["memory_format"] = "channels_last_3d" if tr.channels_last else "contiguous"
+    row = _base_row("compute", stage, tr, batch)
     _rates(row, rates)
     row["peak_mb"], row["peak_kind"] = _peak_mb(dev)
     return row
@@ -317,8 +317,7 @@ def bench_loader(cfg: StageTraining, stage: StageConfig, dev: torch.device, amp,
             rates.append(args.iters / wall)
             waits.append(wait / wall)
             log.info("loader window %d/%d: %.3f it/s, data wait %.1f %%", r + 1, args.repeats, rates[-1], 100 * waits[-1])
-    row = _base_row("loader", stage, tr.model, batch)
-    row["memory_format"] = "channels_last_3d" if tr.channels_last else "contiguous"
+    row = _base_row("loader", stage, tr, batch)
     _rates(row, rates)
     row.update(workers=workers, data_wait=statistics.median(waits), data_wait_all=[round(w, 4) for w in waits],
                cases=len(cases), cache_items=len(cache.items), phantom_s=round(t_gen, 2), preprocess_s=round(t_pre, 2),
@@ -412,7 +411,7 @@ def print_report(res: Dict[str, Any]) -> None:
                   f"phantoms {r['phantom_s']:.1f} s, preprocessing {r['preprocess_s']:.1f} s (not in the rates)")
             if r.get("nvml_unavailable"):
                 print(f"  GPU busy from CUDA events (upper bound), NVML unavailable: {r['nvml_unavailable']}")
-    print("memory format: " + ", ".join(f"{r['mode']} {r.get('memory_format', 'contiguous')}" for r in res["rows"]))
+    print("memory format: " + ", ".join(f"{r['mode']} {r['memory_format']}" for r in res["rows"]))
     print("targets (one H100, bf16):")
     for t in res["targets"]:
         if t["value"] is None:
