@@ -191,6 +191,25 @@ def test_split_file_is_written_then_honoured_and_validated(tmp_path, caplog):
         write_splits(path, custom)
 
 
+def test_a_run_that_loses_the_race_to_write_the_split_file_uses_the_winners(tmp_path, monkeypatch, caplog):
+    # two stages started at once into the same --out: both see no splits.json, one writes it first
+    import ktstrain.splits as splits_mod
+
+    path = tmp_path / "splits.json"
+    winner = [{"train": CASES[3:], "val": CASES[:3]}]
+    real_write = splits_mod.write_splits
+
+    def other_run_wins(p, folds, **kw):
+        real_write(p, winner)  # the other run's file lands between our check and our write
+        return real_write(p, folds, **kw)  # ours then finds it there
+
+    monkeypatch.setattr(splits_mod, "write_splits", other_run_wins)
+    with caplog.at_level(logging.INFO):
+        assert get_or_create_splits(path, CASES, 5, seed=0) == winner
+    assert "was written by another run meanwhile" in caplog.text
+    assert json.loads(path.read_text())["folds"] == winner
+
+
 def test_split_file_errors_name_the_problem(tmp_path):
     path = tmp_path / "splits.json"
     write_splits(path, [{"train": CASES[1:] + ["case_00999"], "val": CASES[:1]}])

@@ -168,19 +168,25 @@ def get_or_create_splits(path: Union[str, os.PathLike], case_ids: Sequence[str],
                          tumor_volumes: Optional[Mapping[str, float]] = None) -> List[Fold]:
     """Honour the split file at ``path`` if it exists (validated against ``case_ids``); else make and write one."""
     path = Path(path)
-    if path.exists():
-        folds = load_splits(path, case_ids)
-        logger.info("using the existing split file %s (%d folds)", path, len(folds))
-        unused = unused_cases(folds, case_ids)
-        if unused:
-            more = f" and {len(unused) - 10} more" if len(unused) > 10 else ""
-            logger.warning("%d of the %d cases found are in no fold of %s and will not be used: %s%s (pass a new "
-                           "--splits file to split them all)", len(unused), len(set(case_ids)), path,
-                           ", ".join(unused[:10]), more)
-        return folds
-    folds = make_folds(case_ids, n_folds, seed, tumor_volumes)
-    write_splits(path, folds, seed=seed, stratified_by="tumor_volume" if tumor_volumes is not None else None)
-    logger.info("wrote %d-fold split of %d cases to %s", n_folds, len(set(case_ids)), path)
+    if not path.exists():
+        folds = make_folds(case_ids, n_folds, seed, tumor_volumes)
+        try:
+            write_splits(path, folds, seed=seed, stratified_by="tumor_volume" if tumor_volumes is not None else None)
+        except FileExistsError:
+            # two runs started at once into the same --out (e.g. two stages in parallel): the one that lost
+            # the race honours the file the other wrote rather than failing
+            logger.info("%s was written by another run meanwhile", path)
+        else:
+            logger.info("wrote %d-fold split of %d cases to %s", n_folds, len(set(case_ids)), path)
+            return folds
+    folds = load_splits(path, case_ids)
+    logger.info("using the existing split file %s (%d folds)", path, len(folds))
+    unused = unused_cases(folds, case_ids)
+    if unused:
+        more = f" and {len(unused) - 10} more" if len(unused) > 10 else ""
+        logger.warning("%d of the %d cases found are in no fold of %s and will not be used: %s%s (pass a new "
+                       "--splits file to split them all)", len(unused), len(set(case_ids)), path,
+                       ", ".join(unused[:10]), more)
     return folds
 
 
