@@ -292,6 +292,14 @@ class CMakeTest(unittest.TestCase):
         for variable in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                          "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
             self.assertRegex(text, r"set\(" + variable + r" \"[^\"]+\"\)", variable)
+        # the icon and screenshots the extension index shows are files of this repository's main branch
+        raw = "https://raw.githubusercontent.com/KidneyTumorSeg/KidneyTumorSeg/main/"
+        urls = [u for v in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS")
+                for u in re.search(r"set\(" + v + r' "([^"]+)"\)', text).group(1).split()]
+        self.assertGreaterEqual(len(urls), 2)
+        for url in urls:
+            self.assertTrue(url.startswith(raw), url)
+            self.assertTrue((ROOT / url[len(raw):]).is_file(), url)
         self.assertRegex(text, r'set\(EXTENSION_CATEGORY "Segmentation"\)')
         self.assertRegex(text, r"set\(EXTENSION_DEPENDS PyTorch\)")
         self.assertIn("add_subdirectory(KidneyTumorSeg)", text)
