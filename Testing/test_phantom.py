@@ -168,6 +168,27 @@ def test_organ_contact_removes_the_fat_plane_and_nothing_else():
         make_phantom(5, organ_contact=1.5, **SMALL)
 
 
+def _bowel_wall_near_kidney(ph, mm=15.0):
+    tis = np.asarray(ph.tissue)
+    kidney = np.isin(tis, list(KIDNEY_CODES))
+    dist = ndi.distance_transform_edt(~kidney, sampling=ph.image.spacing[::-1])
+    return int(((tis == T.BOWEL_WALL) & (dist < mm)).sum())
+
+
+def test_bowel_contact_brings_enhancing_loops_to_the_kidneys():
+    base = make_phantom(5, **SMALL)
+    # 0 (the default) paints exactly what phantoms before the option had
+    assert np.array_equal(make_phantom(5, bowel_contact=0.0, **SMALL).image.array, base.image.array)
+    near = make_phantom(5, bowel_contact=1.0, **SMALL)
+    assert near.info["bowel_contact"] == 1.0 and near.info["anatomy"]["left_bowel_reach"] >= 20.0
+    assert _bowel_wall_near_kidney(near) > 1.2 * _bowel_wall_near_kidney(base)
+    assert near.info["intensity"]["mean"]["bowel_wall"] - base.info["intensity"]["mean"]["bowel_wall"] >= 15.0
+    # kidneys and lesions stay where they were
+    assert np.array_equal(near.label.array, base.label.array)
+    with pytest.raises(InputError, match=r"bowel_contact must be a probability in \[0, 1\], got -0.1"):
+        make_phantom(5, bowel_contact=-0.1, **SMALL)
+
+
 def test_default_geometry_is_realistic():
     for seed in range(20):
         shape, sp = scan_geometry(np.random.default_rng(seed), None, None)

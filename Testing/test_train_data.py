@@ -388,6 +388,30 @@ def test_sampler_centres_on_tumor_and_cyst(caches):
     np.testing.assert_array_equal(bin_[3]["label"], stage_target(s[3]["label"], "tumor"))
 
 
+def test_kidney_sampler_tumor_fraction(caches):
+    """Extra tumor-centred patches for the kidney stage, whose misses are exophytic tumors."""
+    root, res = caches
+    st = stages()["kidney"]
+    cache = res["kidney"].cache
+    assert any(it.voxels["tumor"] for it in cache.items)
+    s = PatchSampler(cache, st, samples_per_epoch=400, seed=4, centre_jitter=0.0, fg_fraction=0.3, tumor_fraction=0.3,
+                     hard_negative_fraction=0.1, target="labels", margin_mm_range=(500.0, 500.0))
+    draws = [s.draw(i) for i in range(400)]
+    kinds = [d[1] for d in draws]
+    assert abs(kinds.count("tumor") / 400 - 0.3) < 0.07 and abs(kinds.count("fg") / 400 - 0.3) < 0.07
+    centre = tuple(p // 2 for p in st.patch_size)
+    tumor_draws = [i for i, d in enumerate(draws) if d[1] == "tumor"][:15]
+    assert tumor_draws and all(s.items[draws[i][0]].voxels["tumor"] > 0 for i in tumor_draws)
+    assert all(s[i]["label"][centre] == 2 for i in tumor_draws)
+    # tumor_fraction 0 draws exactly what a sampler without the option draws (earlier runs stay reproducible)
+    a = PatchSampler(cache, st, samples_per_epoch=50, seed=4, fg_fraction=0.3, hard_negative_fraction=0.1)
+    b = PatchSampler(cache, st, samples_per_epoch=50, seed=4, fg_fraction=0.3, hard_negative_fraction=0.1,
+                     tumor_fraction=0.0)
+    assert [a.draw(i)[2].tolist() for i in range(50)] == [b.draw(i)[2].tolist() for i in range(50)]
+    with pytest.raises(ValueError, match="add up to at most 1"):
+        PatchSampler(cache, st, fg_fraction=0.6, tumor_fraction=0.5, hard_negative_fraction=0.0)
+
+
 def test_sampler_pads_at_the_border(caches):
     root, res = caches
     st = stages()["roi"]

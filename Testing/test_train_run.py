@@ -128,6 +128,24 @@ def test_init_starts_from_another_runs_weights(phantoms, runs, tmp_path):
                     init=tmp_path)
 
 
+def test_init_from_a_bundle_weight_file(phantoms, runs, tmp_path):
+    """--init takes a shipped bundle's safetensors file; the provenance records its SHA-256."""
+    torch.set_num_threads(1)
+    _, done = runs
+    b = export_bundle({"roi": [done["roi"]], "kidney": [done["kidney"]], "tumor": [done["tumor"]]}, tmp_path / "m0")
+    wfile = b.path / "kidney_0.safetensors"
+    cfg = tiny_config("kidney", epochs=1, lr=1e-20)
+    run = train_stage(cfg, phantoms, tmp_path / "warm", tmp_path / "cache", device="cpu", show_progress=False,
+                      init=wfile)
+    state = load_checkpoint(run / "checkpoint_final.pt")
+    src = load_checkpoint(done["kidney"] / "checkpoint_final.pt")["model"]
+    for k, v in src.items():
+        assert torch.allclose(state["model"][k], v, rtol=0, atol=1e-12), k
+    b2 = export_bundle({"roi": [done["roi"]], "kidney": [run], "tumor": [done["tumor"]]}, tmp_path / "m1")
+    chain = b2.provenance["members"]["kidney"][0]["init_from"]
+    assert chain == [{"checkpoint": str(wfile), "sha256": b.files["kidney_0.safetensors"]}]
+
+
 def test_channels_last_trains_the_same_network(phantoms, tmp_path):
     torch.set_num_threads(1)
     a = train_stage(tiny_config("tumor", epochs=2), phantoms, tmp_path / "a", tmp_path / "cache", device="cpu",

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--kits-label", help="KiTS19 label map whose kidneys, tumors and geometry shape the phantom")
     ph.add_argument("--organ-contact", type=float, default=0.5,
                     help="probability per kidney that liver/spleen touch it with no fat plane (default 0.5)")
+    ph.add_argument("--bowel-contact", type=float, default=0.0,
+                    help="probability per side that enhancing small-bowel loops reach the kidney (default 0)")
     ph.add_argument("--overwrite", action="store_true")
 
     ev = sub.add_parser("evaluate", help="KiTS19 metrics of predictions against references")
@@ -209,7 +211,8 @@ def cmd_phantom(args) -> int:
     try:
         paths = write_phantom_cases(args.output, args.cases, seed0=args.seed, shape=tuple(args.shape) if args.shape else None,
                                     spacing=tuple(args.spacing) if args.spacing else None, n_tumors=args.tumors,
-                                    kits_label=kits, overwrite=args.overwrite, organ_contact=args.organ_contact)
+                                    kits_label=kits, overwrite=args.overwrite, organ_contact=args.organ_contact,
+                                    bowel_contact=args.bowel_contact)
     except (FileExistsError, ValueError) as exc:
         log.error("%s", exc)
         return 1

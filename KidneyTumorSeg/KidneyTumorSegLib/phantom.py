@@ -102,7 +102,7 @@ def make_phantom(seed: int, shape: Optional[Sequence[int]] = None, spacing: Opti
                  kidneys: Optional[str] = None, cyst_label: bool = False, randomize_intensity: bool = False,
                  tumor_diameter_mm: Tuple[float, float] = (10.0, 100.0), phase: Optional[object] = None,
                  noise_sd: Optional[float] = None, z_supersample: Optional[int] = None,
-                 organ_contact: float = 0.5) -> Phantom:
+                 organ_contact: float = 0.5, bowel_contact: float = 0.0) -> Phantom:
     """Generate one phantom; the same arguments give the same bytes.
 
     ``shape`` is the array shape ``(k, j, i)`` = (slices, rows, columns) and
@@ -122,7 +122,11 @@ def make_phantom(seed: int, shape: Optional[Sequence[int]] = None, spacing: Opti
     partial volume (default 1 up to 2.5 mm slices, else 3). ``organ_contact``
     is the probability, per kidney, that no perirenal fat plane separates it
     from the liver or spleen (they touch, as often in real CT; 0 gives the
-    fat plane every time, as phantoms before this option had).
+    fat plane every time, as phantoms before this option had). ``bowel_contact``
+    is the probability, per side, that small-bowel loops with an enhancing
+    wall reach the kidney's front and side (jejunum beside the left kidney, as
+    in the real CT where the first models called such loops tumor); 0, the
+    default, paints the bowel exactly as phantoms before this option did.
     """
     t_start = time.perf_counter()
     seed = _check_seed(seed)
@@ -138,10 +142,23 @@ def make_phantom(seed: int, shape: Optional[Sequence[int]] = None, spacing: Opti
 
     if not 0.0 <= float(organ_contact) <= 1.0:
         raise InputError(f"organ_contact must be a probability in [0, 1], got {organ_contact!r}")
+    if not 0.0 <= float(bowel_contact) <= 1.0:
+        raise InputError(f"bowel_contact must be a probability in [0, 1], got {bowel_contact!r}")
     A = sample_anatomy(r_anat)
     for side in ("left", "right"):
         A[f"{side}_contact"] = float(A[f"{side}_contact_u"] < float(organ_contact))
     I = sample_intensities(r_int, randomize_intensity, phase, noise_sd)
+    if bowel_contact > 0:
+        # its own generator, so that every other draw (and bowel_contact=0) stays as before the option
+        r_bowel = np.random.default_rng([seed, 0xB0E1])
+        u, reach, wall = r_bowel.random(2), r_bowel.uniform(20.0, 45.0, 2), r_bowel.uniform(15.0, 60.0)
+        thin = r_bowel.uniform(1.0, 4.0, 2)
+        for n, side in enumerate(("left", "right")):
+            A[f"{side}_bowel_reach"] = float(reach[n]) if u[n] < float(bowel_contact) else 0.0
+            if A[f"{side}_bowel_reach"]:  # a thin perirenal fat plane (a lean patient) lets the loops come close
+                A[f"{side}_fat"] = min(A[f"{side}_fat"], float(thin[n]))
+        if max(A["left_bowel_reach"], A["right_bowel_reach"]) > 0:
+            I["mean"][T.BOWEL_WALL] += float(wall)  # enhancing mucosa (portal phase jejunum: about 100-150 HU)
     lesion_hu = [sample_lesion_intensity(r_int, "tumor", I["mean"][T.CORTEX], randomize_intensity)
                  for _ in range(T.N_TUMOR_SLOTS)]
     cyst_hu = [sample_lesion_intensity(r_int, "cyst", 0.0, randomize_intensity) for _ in range(T.N_CYST_CODES)]
@@ -268,6 +285,7 @@ def make_phantom(seed: int, shape: Optional[Sequence[int]] = None, spacing: Opti
         "cyst_label": bool(cyst_label),
         "randomize_intensity": bool(randomize_intensity),
         "organ_contact": float(organ_contact),
+        "bowel_contact": float(bowel_contact),
         "anatomy": _jsonable(A),
         "intensity": _jsonable({**I, "mean": {NAMES.get(k, str(k)): v for k, v in I["mean"].items()},
                                 "texture": {NAMES.get(k, str(k)): v for k, v in I["texture"].items()}}),

@@ -179,6 +179,12 @@ def _small_bowel(tissue, grid, A, rng):
     n = box_field(rng, X, Y, Z, 12.0)
     # the retroperitoneum (behind the front of the spine) and the upper abdomen hold few loops
     back = np.float32(y_vb - ry - 15) + np.float32(40.0 / ac) * np.abs(X - np.float32(A["cx"]))
+    # bowel_contact: on a side drawn for it, loops reach further back, to the kidney's front and side
+    # (left is +x in the patient frame; a smooth step across the midline)
+    for side, sign in (("left", 1.0), ("right", -1.0)):
+        reach = float(A.get(f"{side}_bowel_reach", 0.0))
+        if reach > 0:
+            back += np.float32(reach) / (1 + np.exp(-np.float32(sign) * (X - np.float32(A["cx"])) / np.float32(15.0)))
     n -= np.float32(1.5) / (1 + np.exp(-(Y - back) / np.float32(8.0)))
     n -= np.float32(1.5) / (1 + np.exp(-(Z - np.float32(zr + 25)) / np.float32(10.0)))
     t0 = np.float32(A["bowel_t"])

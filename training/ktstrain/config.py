@@ -53,6 +53,7 @@ class TrainSettings:
     grad_clip: float = 12.0
     fg_fraction: float = 0.33
     hard_negative_fraction: float = 0.1
+    tumor_fraction: float = 0.0  # extra patches centred on tumor (kidney stage: exophytic tumors are its misses)
     val_every: int = 10
     checkpoint_every: int = 10
     keep_last: int = 3

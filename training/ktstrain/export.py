@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
-from KidneyTumorSegLib.bundle import Bundle, save_bundle
+from KidneyTumorSegLib.bundle import Bundle, save_bundle, sha256_file
 from KidneyTumorSegLib.config import PostprocessConfig, StageConfig, from_dict
 from KidneyTumorSegLib.presets import DEFAULT_POSTPROCESS
 
@@ -87,6 +87,10 @@ def _init_chain(state) -> list:
     while src and src not in seen and len(chain) < 20:
         seen.add(src)
         entry = {"checkpoint": src}
+        if str(src).endswith(".safetensors"):  # a bundle's weight file (--init from a shipped model): its hash ends the chain
+            entry["sha256"] = _sha256_or_none(src)
+            chain.append(entry)
+            break
         try:
             prev = load_checkpoint(src, map_location="cpu")
         except (OSError, RuntimeError, ValueError):  # moved or deleted since: record the path only
@@ -96,6 +100,13 @@ def _init_chain(state) -> list:
         chain.append(entry)
         src = prev.get("init_from")
     return chain
+
+
+def _sha256_or_none(path) -> Optional[str]:
+    try:
+        return sha256_file(Path(path))
+    except OSError:
+        return None
 
 
 def _with_provenance(stage: StageConfig, members: list, data: str) -> StageConfig:

@@ -6,7 +6,10 @@ the result depends on neither worker count nor order):
 1. a case uniformly, then one of its items (the kidneys of the tumor stage);
 2. a kind: ``fg`` with probability ``fg_fraction`` (a patch around a
    voxel of the stage's target: kidney+tumor, or tumor for the tumor stage,
-   falling back to the kidney where a kidney has no tumor), ``cyst`` with
+   falling back to the kidney where a kidney has no tumor), ``tumor`` with
+   ``tumor_fraction`` (around a tumor voxel, the item drawn among those with
+   tumor; for the kidney and ROI stages, whose target counts a tumor as
+   foreground but whose misses are mostly exophytic tumors), ``cyst`` with
    ``hard_negative_fraction`` (around a cyst voxel, report 002's hard
    negatives; the item is drawn among those with cyst voxels so the
    fraction holds; without any cyst in the data the patch is uniform), else
@@ -36,7 +39,7 @@ from KidneyTumorSegLib.intensity import normalise
 
 from .preprocess import CachedItem, StageCache
 
-KINDS = ("fg", "cyst", "random")
+KINDS = ("fg", "tumor", "cyst", "random")
 
 
 def stage_target(label: np.ndarray, role: str) -> np.ndarray:
@@ -76,10 +79,12 @@ class PatchSampler(torch.utils.data.Dataset):
         centre_jitter: float = 0.25,
         target: str = "stage",
         margin_mm_range: Optional[Sequence[float]] = None,
+        tumor_fraction: float = 0.0,
     ):
-        if not 0 <= fg_fraction <= 1 or not 0 <= hard_negative_fraction <= 1 or fg_fraction + hard_negative_fraction > 1:
-            raise ValueError(f"fg_fraction ({fg_fraction}) and hard_negative_fraction ({hard_negative_fraction}) "
-                             "must be in [0, 1] and add up to at most 1")
+        fractions = (fg_fraction, tumor_fraction, hard_negative_fraction)
+        if not all(0 <= f <= 1 for f in fractions) or sum(fractions) > 1:
+            raise ValueError(f"fg_fraction ({fg_fraction}), tumor_fraction ({tumor_fraction}) and hard_negative_fraction "
+                             f"({hard_negative_fraction}) must be in [0, 1] and add up to at most 1")
         if target not in ("stage", "labels"):
             raise ValueError(f"target must be 'stage' or 'labels', got {target!r}")
         if not cache.items:
@@ -89,6 +94,7 @@ class PatchSampler(torch.utils.data.Dataset):
         self.samples_per_epoch = int(samples_per_epoch)
         self.fg_fraction = float(fg_fraction)
         self.hard_negative_fraction = float(hard_negative_fraction)
+        self.tumor_fraction = float(tumor_fraction)
         self.seed = int(seed)
         self.epoch = int(epoch)
         self.pad_hu = float(stage.window[0] if pad_hu is None else pad_hu)
@@ -105,6 +111,7 @@ class PatchSampler(torch.utils.data.Dataset):
             by_case.setdefault(it.case_id, []).append(n)
         self.case_items = [by_case[c] for c in sorted(by_case)]
         self.cyst_items = [n for n, it in enumerate(self.items) if it.voxels.get("cyst", 0) > 0]
+        self.tumor_items = [n for n, it in enumerate(self.items) if it.voxels.get("tumor", 0) > 0]
         self._locs: Dict[int, Dict[str, np.ndarray]] = {}
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -127,9 +134,13 @@ class PatchSampler(torch.utils.data.Dataset):
         """Item number, kind, patch start ``(k, j, i)`` and simulated ROI box (or None) for ``index`` in this epoch."""
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         u = rng.random()
-        kind = "fg" if u < self.fg_fraction else "cyst" if u < self.fg_fraction + self.hard_negative_fraction else "random"
-        if kind == "cyst" and self.cyst_items:
-            n = self.cyst_items[int(rng.integers(len(self.cyst_items)))]
+        # (the tumor kind sits between fg and cyst so that tumor_fraction 0 draws exactly as before it existed)
+        f_fg, f_tu = self.fg_fraction, self.fg_fraction + self.tumor_fraction
+        kind = ("fg" if u < f_fg else "tumor" if u < f_tu else "cyst" if u < f_tu + self.hard_negative_fraction
+                else "random")
+        special = {"cyst": self.cyst_items, "tumor": self.tumor_items}.get(kind)
+        if special:
+            n = special[int(rng.integers(len(special)))]
         else:
             items = self.case_items[int(rng.integers(len(self.case_items)))]
             n = items[int(rng.integers(len(items)))]
@@ -138,7 +149,7 @@ class PatchSampler(torch.utils.data.Dataset):
         centres = None
         if kind != "random":
             locs = self.locations(n)
-            names = ("cyst",) if kind == "cyst" else (self.fg_class, "fg")
+            names = {"cyst": ("cyst",), "tumor": ("tumor", "fg")}.get(kind, (self.fg_class, "fg"))
             centres = next((locs[c] for c in names if c in locs and len(locs[c])), None)
         if centres is None:
             kind = "random"

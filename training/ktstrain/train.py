@@ -173,7 +173,8 @@ def train_stage(
 
     per_rank = ts.iterations_per_epoch * ts.batch_size
     sampler = PatchSampler(train_cache, stage, samples_per_epoch=per_rank * world.size, fg_fraction=ts.fg_fraction,
-                           hard_negative_fraction=ts.hard_negative_fraction, seed=ts.seed)
+                           hard_negative_fraction=ts.hard_negative_fraction, tumor_fraction=ts.tumor_fraction,
+                           seed=ts.seed)
     indices = list(range(world.rank, per_rank * world.size, world.size))
     spacing = stage.spacing
     for epoch in range(start_epoch, n_epochs):
@@ -230,12 +231,19 @@ def train_stage(
 
 
 def load_init_weights(model: torch.nn.Module, init) -> str:
-    """Copy the weights of a checkpoint (file, or run folder: its final, else latest) into ``model``.
+    """Copy the weights of a checkpoint (file, or run folder: its final, else latest) or of a bundle's
+    ``.safetensors`` weight file into ``model``.
 
     Returns the checkpoint's path. A different architecture is refused with
     the names of the first mismatching tensors.
     """
     path = Path(init)
+    if path.is_file() and path.suffix == ".safetensors":
+        # a model bundle's weight file (e.g. the shipped default model's kidney_0.safetensors)
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path), device="cpu")
+        return _copy_weights(model, weights, path)
     if path.is_dir():
         found = [path / n for n in ("checkpoint_final.pt", "checkpoint_latest.pt") if (path / n).is_file()]
         if not found:
@@ -243,7 +251,10 @@ def load_init_weights(model: torch.nn.Module, init) -> str:
         path = found[0]
     elif not path.is_file():
         raise FileNotFoundError(f"--init: checkpoint not found: {path}")
-    weights = load_checkpoint(path, map_location="cpu")["model"]
+    return _copy_weights(model, load_checkpoint(path, map_location="cpu")["model"], path)
+
+
+def _copy_weights(model: torch.nn.Module, weights: Dict[str, Any], path: Path) -> str:
     own = model.state_dict()
     bad = sorted(k for k in set(own) | set(weights)
                  if k not in own or k not in weights or tuple(own[k].shape) != tuple(weights[k].shape))
