@@ -238,6 +238,27 @@ def test_tumor_stage_is_kidney_crop(caches, data_root):
     assert sum(it.voxels["cyst"] for it in items) > 0  # the cyst lies inside its kidney's crop (hard negative)
 
 
+def test_tumor_stage_wide_mask_items(data_root, tmp_path):
+    """tumor_mask_extra_mm: a second item per kidney whose mask lets in what surrounds the kidney, no more tumor."""
+    st = stages()["tumor"]
+    cases = discover_cases(data_root)[1:2]
+    narrow = preprocess_stage(cases, st, tmp_path, OPTS).cache
+    wide = preprocess_stage(cases, st, tmp_path, replace(OPTS, tumor_mask_extra_mm=8.0)).cache
+    assert wide.cache_dir != narrow.cache_dir
+    assert [it.name for it in wide.items] == ["k0", "k0w", "k1", "k1w"]
+    by = {it.name: it for it in wide.items}
+    for n in ("k0", "k1"):
+        np.testing.assert_array_equal(by[n].image(), {it.name: it for it in narrow.items}[n].image())
+        a, b = by[n], by[n + "w"]
+        visible = lambda it: int((np.asarray(it.image()) > -1024).sum())
+        assert visible(b) > 1.5 * visible(a)  # more of the surroundings shows through the mask
+        assert a.voxels["tumor"] == pytest.approx(b.voxels["tumor"], rel=0.02)  # the same tumor, nothing added
+    # the option left at 0 keeps the key (and so the caches) of runs made before it existed
+    assert "tumor_mask_extra_mm" not in OPTS.to_dict()
+    with pytest.raises(ValueError, match="tumor_mask_extra_mm must be >= 0"):
+        replace(OPTS, tumor_mask_extra_mm=-1.0)
+
+
 def test_kidney_stage_crop_and_intensity_stats(caches, data_root):
     root, res = caches
     r = res["kidney"]

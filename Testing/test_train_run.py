@@ -141,9 +141,17 @@ def test_init_from_a_bundle_weight_file(phantoms, runs, tmp_path):
     src = load_checkpoint(done["kidney"] / "checkpoint_final.pt")["model"]
     for k, v in src.items():
         assert torch.allclose(state["model"][k], v, rtol=0, atol=1e-12), k
-    b2 = export_bundle({"roi": [done["roi"]], "kidney": [run], "tumor": [done["tumor"]]}, tmp_path / "m1")
+    # the new kidney stage beside the earlier bundle's ROI stage, taken over unchanged
+    b2 = export_bundle({"roi": [b.path], "kidney": [run], "tumor": [done["tumor"]]}, tmp_path / "m1")
     chain = b2.provenance["members"]["kidney"][0]["init_from"]
     assert chain == [{"checkpoint": str(wfile), "sha256": b.files["kidney_0.safetensors"]}]
+    assert b2.files["roi_0.safetensors"] == b.files["roi_0.safetensors"]
+    assert b2.stage("roi") == b.stage("roi")
+    roi = b2.provenance["members"]["roi"][0]
+    assert roi["bundle"] == "m0" and roi["sha256"] == [b.files["roi_0.safetensors"]]
+    assert roi["members"] == b.provenance["members"]["roi"]
+    with pytest.raises(ValueError, match="cannot be part of a new ensemble"):
+        export_bundle({"roi": [b.path, done["roi"]], "kidney": [run], "tumor": [done["tumor"]]}, tmp_path / "m2")
 
 
 def test_channels_last_trains_the_same_network(phantoms, tmp_path):

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write the model bundle the core loads")
     for role in ("roi", "kidney", "tumor"):
-        e.add_argument(f"--{role}", nargs="+", default=[], help=f"run folder(s) of the {role} stage (several = ensemble)")
+        e.add_argument(f"--{role}", nargs="+", default=[], help=f"run folder(s) of the {role} stage (several = ensemble), "
+                       "or a bundle folder whose stage is taken over unchanged")
     e.add_argument("-o", "--output", required=True)
     e.add_argument("--which", default="final", choices=["final", "best", "latest"])
     e.add_argument("--name", default="")

@@ -1,7 +1,8 @@
 """Export trained stages as the model bundle the core loads.
 
 Each stage takes one or more run folders (several = an ensemble, e.g. the
-five folds); the bundle records SHA-256s (written by the core's
+five folds), or an existing bundle whose stage is taken over unchanged
+(a new kidney stage beside the ROI stage of an earlier model); the bundle records SHA-256s (written by the core's
 ``save_bundle``) and provenance: data, split, configuration, commit, epochs
 and validation scores of every member.
 """
@@ -40,7 +41,7 @@ def export_bundle(
     overwrite: bool = False,
     limitations: str = "",
 ) -> Bundle:
-    """Bundle the ``which`` checkpoint of each run; ``runs`` maps role -> run folders."""
+    """Bundle the ``which`` checkpoint of each run; ``runs`` maps role -> run folders (or one bundle folder)."""
     if which not in CHECKPOINTS:
         raise ValueError(f"which must be one of {sorted(CHECKPOINTS)}, got {which!r}")
     stages: List[StageConfig] = []
@@ -54,6 +55,11 @@ def export_bundle(
             raise ValueError(f"no training run given for the {role!r} stage")
         stage = None
         for folder in folders:
+            if (folder / "manifest.json").is_file():  # a stage taken over from an existing bundle, as it is
+                if len(folders) > 1:
+                    raise ValueError(f"{folder}: a stage taken from a bundle cannot be part of a new ensemble")
+                stages.append(_stage_from_bundle(folder, role, weights, members))
+                break
             path = folder / CHECKPOINTS[which]
             state = load_checkpoint(path)
             st = from_dict(StageConfig, state["stage"])
@@ -71,13 +77,30 @@ def export_bundle(
                 "val_cases": len(state.get("val_cases", [])), "loss": cfg.get("train", {}).get("loss"),
                 "init_from": _init_chain(state),
             })
-        stage = _with_provenance(stage, members[role], data)
-        stages.append(stage)
+        if stage is not None:
+            stages.append(_with_provenance(stage, members[role], data))
     repo = Path(__file__).resolve().parents[2]
     provenance = {"data": data, "commit": git_commit(repo), "trained_with": "ktstrain", "members": members}
     return save_bundle(out, stages, weights, postprocess, name=name or Path(out).name, version=version,
                        description=description, provenance=provenance, overwrite=overwrite,
                        limitations=limitations)
+
+
+def _stage_from_bundle(folder: Path, role: str, weights: Dict[str, list], members: Dict[str, list]) -> StageConfig:
+    """Stage ``role`` of the bundle in ``folder``: its configuration, verified weights and provenance unchanged."""
+    from dataclasses import replace
+
+    from KidneyTumorSegLib.bundle import load_bundle
+
+    b = load_bundle(folder)
+    st = b.stage(role)
+    if st is None:
+        raise ValueError(f"{folder}: the bundle has no {role!r} stage")
+    weights[role] = b.load_state_dicts(role)
+    members[role] = [{"bundle": b.name, "bundle_version": b.version, "weights": list(st.weights),
+                      "sha256": [b.files[w] for w in st.weights],
+                      "members": b.provenance.get("members", {}).get(role, [])}]
+    return replace(st, weights=())
 
 
 def _init_chain(state) -> list:

@@ -90,6 +90,10 @@ class PreprocessOptions:
     ``max_kidneys``/``min_kidney_ml``: tumor stage, the largest components
     of label > 0 kept as kidneys (the largest one always).
     ``label_interpolation``: ``linear`` (per class, >= 0.5) or ``nearest``.
+    ``tumor_mask_extra_mm``: tumor stage, when > 0 each kidney gets a second
+    item whose mask (and crop) is dilated by this much more, so the network
+    also sees what an over-reaching kidney mask lets in at inference (bowel,
+    liver, spleen beside the kidney) and learns that it is no tumor.
     """
 
     kidney_extra_margin_mm: float = 30.0
@@ -98,15 +102,20 @@ class PreprocessOptions:
     label_interpolation: str = "linear"
     locations_per_class: int = 10000
     intensity_samples: int = 10000
+    tumor_mask_extra_mm: float = 0.0
     label_map: LabelMap = field(default_factory=LabelMap)
 
     def __post_init__(self) -> None:
         if self.label_interpolation not in ("linear", "nearest"):
             raise ValueError(f"label_interpolation must be 'linear' or 'nearest', got {self.label_interpolation!r}")
+        if not self.tumor_mask_extra_mm >= 0:
+            raise ValueError(f"tumor_mask_extra_mm must be >= 0, got {self.tumor_mask_extra_mm!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["label_map"] = self.label_map.to_dict()
+        if not d["tumor_mask_extra_mm"]:
+            del d["tumor_mask_extra_mm"]  # caches made before the option keep their key
         return d
 
 
@@ -215,15 +224,20 @@ def _items(can: Volume, lab: np.ndarray, cyst: Optional[np.ndarray], stage: Stag
         if rank > 0 and counts[c] * can.voxel_volume_ml() < opts.min_kidney_ml:
             continue
         bb = stats["bounding_boxes"][c]
-        kc = kidney_crop(can, cc[bb] == c, tuple(s.start for s in bb), stage)
-        crop = Crop(kc.box, can.shape)
-        klab = crop.apply(lab)
-        kcyst = None if cyst is None else crop.apply(cyst)
-        if stage.mask_outside:
-            klab[~kc.allowed] = 0
-            if kcyst is not None:
-                kcyst &= kc.allowed
-        items.append(_resampled_item(f"k{rank}", kc.volume, klab, kcyst, stage, opts, kc.box))
+        variants = [("", stage)]
+        if opts.tumor_mask_extra_mm > 0 and stage.mask_outside:
+            dil = stage.mask_dilation_mm + opts.tumor_mask_extra_mm
+            variants.append(("w", replace(stage, mask_dilation_mm=dil, margin_mm=max(stage.margin_mm, dil + 2.0))))
+        for suffix, st in variants:
+            kc = kidney_crop(can, cc[bb] == c, tuple(s.start for s in bb), st)
+            crop = Crop(kc.box, can.shape)
+            klab = crop.apply(lab)
+            kcyst = None if cyst is None else crop.apply(cyst)
+            if st.mask_outside:
+                klab[~kc.allowed] = 0
+                if kcyst is not None:
+                    kcyst &= kc.allowed
+            items.append(_resampled_item(f"k{rank}{suffix}", kc.volume, klab, kcyst, stage, opts, kc.box))
     return items, ""
 
 
