@@ -10,7 +10,6 @@ sample data, parameter node, widget, logic, test. The Slicer-side helpers
 ``KidneyTumorSegSlicer``.
 """
 import enum
-import importlib.util
 import logging
 import shutil
 import time
@@ -160,6 +159,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._lastInputID = None
         self._run = None
 
     def setup(self) -> None:
@@ -239,6 +239,8 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None:
             return
+        if self._forgetOutputOfOtherInput(p):
+            return  # the parameter node changed: this runs again from its Modified event
         panel.syncModelCombo(self.ui.modelComboBox, p.modelPath)
         self._updateSegmentButton()
         warning = self.logic.gpuMemoryWarning(p.device.value)
@@ -251,6 +253,24 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.findingsTableView.setMRMLTableNode(table)
         self.ui.editInSegmentEditorButton.enabled = segmentation is not None and self._run is None
         self._updateCandidateButtons()
+
+    def _forgetOutputOfOtherInput(self, p) -> bool:
+        """When another input CT is chosen, stop pointing at the previous CT's result (True if it did).
+
+        Otherwise the next run would silently overwrite that result and move it under the new CT's study.
+        A segmentation chosen by hand for the current input stays.
+        """
+        inputID = p.inputVolume.GetID() if p.inputVolume else None
+        changed = inputID != self._lastInputID
+        self._lastInputID = inputID
+        segmentation = p.outputSegmentation
+        if not changed or segmentation is None or inputID is None:
+            return False
+        source = segmentation.GetNodeReference(REF_INPUT)
+        if source is None or source.GetID() == inputID:
+            return False
+        p.outputSegmentation = None
+        return True
 
     def _segmentBlocker(self) -> str:
         """Why Segment cannot run now (empty when it can)."""
@@ -441,9 +461,7 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
         """A warning when ``device`` ("auto", "cpu", "cuda") would use a GPU that is missing or too small."""
         if device == Device.CPU.value:
             return ""
-        if importlib.util.find_spec("torch") is None:
-            return ""  # torch is installed on the first run; nothing to judge before
-        if device not in self._gpuWarnings:
+        if device not in self._gpuWarnings:  # asks the driver (nvidia-smi) once per device choice
             self._gpuWarnings[device] = gpu.gpuMemoryWarning(device, self.MIN_GPU_MEMORY_GIB)
         return self._gpuWarnings[device]
 

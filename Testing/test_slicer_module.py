@@ -36,13 +36,15 @@ MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
 TOP_CMAKE = ROOT / "CMakeLists.txt"
 PARAMETER_CLASS = "KidneyTumorSegParameterNode"
 
-# widget classes the parameter-node wrapper binds to each field type (its GUI connectors)
+# widget classes the parameter-node wrapper binds to each field type: its GUI connectors match the
+# widget's exact class (type(widget) == ...), so a subclass such as ctkComboBox or a QLabel is refused
+# and the panel fails to open (Slicer's Base/Python/slicer/parameterNodeWrapper/guiConnectors.py)
 BINDABLE = {
-    "bool": {"QCheckBox", "ctkCheckBox", "QPushButton", "ctkCheckablePushButton"},
-    "int": {"QSpinBox", "QSlider", "QDoubleSpinBox", "ctkSliderWidget", "ctkDoubleSpinBox"},
-    "float": {"QDoubleSpinBox", "ctkSliderWidget", "ctkDoubleSpinBox", "qMRMLSliderWidget", "qMRMLSpinBox"},
-    "str": {"QLineEdit", "QLabel", "QTextEdit", "QPlainTextEdit"},
-    "enum": {"QComboBox", "ctkComboBox"},
+    "bool": {"QCheckBox", "QPushButton"},
+    "int": {"QSpinBox", "QSlider"},
+    "float": {"QDoubleSpinBox", "ctkSliderWidget"},
+    "str": {"QLineEdit", "QTextEdit"},
+    "enum": {"QComboBox"},
     "node": {"qMRMLNodeComboBox"},
 }
 
@@ -405,10 +407,14 @@ class _RoiNode:
         self.object_to_world = object_to_world
         self.size = size
 
-    def GetObjectToWorldMatrix(self, matrix):
+    def GetObjectToWorldMatrix(self):  # as vtkMRMLMarkupsROINode: returns its matrix, takes no argument
+        import vtk
+
+        matrix = vtk.vtkMatrix4x4()
         for r in range(4):
             for c in range(4):
                 matrix.SetElement(r, c, float(self.object_to_world[r, c]))
+        return matrix
 
     def GetSize(self):
         return tuple(self.size)
@@ -544,7 +550,79 @@ class LogicWithoutSlicerTest(unittest.TestCase):
         self.assertEqual(runs.processEnvironment()["PYTHONPATH"].split(os.pathsep)[0], str(MODULE_DIR))
         self.assertTrue((Path(sampledata._ICONS_PATH) / ICON_FILE.name).is_file())
 
+    # -- panel state -------------------------------------------------------------
+
+    def test_choosing_another_input_forgets_the_previous_result(self):
+        """The next run must not overwrite the previous CT's segmentation (and move it to the new study)."""
+        import types
+
+        class Node:
+            def __init__(self, id_, refs=None):
+                self.id, self.refs = id_, refs or {}
+
+            def GetID(self):
+                return self.id
+
+            def GetNodeReference(self, role):
+                return self.refs.get(role)
+
+        ctA, ctB = Node("vtkMRMLScalarVolumeNode1"), Node("vtkMRMLScalarVolumeNode2")
+        segA = Node("vtkMRMLSegmentationNode1", {self.kts.REF_INPUT: ctA})
+        widget = types.SimpleNamespace(_lastInputID=None)
+        forget = lambda p: self.kts.KidneyTumorSegWidget._forgetOutputOfOtherInput(widget, p)
+        p = types.SimpleNamespace(inputVolume=ctA, outputSegmentation=segA)
+        self.assertFalse(forget(p))  # A's own result stays selected
+        self.assertIs(p.outputSegmentation, segA)
+        p.inputVolume = ctB
+        self.assertTrue(forget(p))
+        self.assertIsNone(p.outputSegmentation)
+        # chosen by hand for B afterwards (the input did not change): kept
+        p.outputSegmentation = segA
+        self.assertFalse(forget(p))
+        self.assertIs(p.outputSegmentation, segA)
+
+    # -- device ----------------------------------------------------------------
+
+    def test_gpu_warning_asks_the_driver_not_torch(self):
+        gpu = sys.modules["KidneyTumorSegSlicer.gpu"]
+        smi = "NVIDIA H100 80GB HBM3, 81559\nNVIDIA GeForce GT 1030, 2001\n"
+        self.assertEqual(gpu.parseNvidiaSmi(smi), [("NVIDIA H100 80GB HBM3", 81559 / 1024), ("NVIDIA GeForce GT 1030", 2001 / 1024)])
+        self.assertEqual(gpu.parseNvidiaSmi("garbage\n"), [])
+        self.assertEqual(gpu.gpuMemoryWarning("auto", gpus=[("H100", 79.6)]), "")
+        self.assertIn("(GT 1030) has 1.9 GiB of memory; at least 4 GiB", gpu.gpuMemoryWarning("cuda", gpus=[("GT 1030", 1.95)]))
+        self.assertEqual(gpu.gpuMemoryWarning("auto", gpus=[]), "")  # no GPU: auto runs on the CPU
+        self.assertIn("No NVIDIA GPU was found", gpu.gpuMemoryWarning("cuda", gpus=[]))
+        self.assertEqual(self.logic.gpuMemoryWarning("cpu"), "")
+        self.assertNotIn("torch", gpu.__dict__)
+
     # -- dependencies ----------------------------------------------------------
+
+    def test_install_errors_name_what_to_install(self):
+        """No PyTorch extension: say so (not "no internet"); pip failing offline: name the packages."""
+        deps, util = self.dependencies, sys.modules["slicer.util"]
+        shown, pip_args = [], []
+        missing = [deps.TORCH_REQUIREMENT, "monai>=1.3,<1.7"]
+
+        def pip_install(args):
+            pip_args.append(list(args))
+            raise RuntimeError("Could not find a version that satisfies the requirement monai")
+
+        saved = (deps.missingRequirements, getattr(util, "errorDisplay", None), getattr(util, "pip_install", None))
+        deps.missingRequirements = lambda: list(missing)
+        util.errorDisplay = lambda text, **kw: shown.append(text)
+        util.pip_install = pip_install
+        try:
+            sys.modules.pop("PyTorchUtils", None)  # the PyTorch extension is absent here
+            self.assertFalse(deps.ensureDependencies(askConfirmation=False))
+            self.assertIn("The PyTorch extension is not installed", shown[-1])
+            self.assertNotIn("internet", shown[-1])
+            missing.remove(deps.TORCH_REQUIREMENT)
+            self.assertFalse(deps.ensureDependencies(askConfirmation=False))
+            self.assertIn("no internet connection?", shown[-1])
+            self.assertIn("slicer.util.pip_install(['monai>=1.3,<1.7'])", shown[-1])
+            self.assertEqual(pip_args, [["--timeout", "20", "--retries", "1", "monai>=1.3,<1.7"]])
+        finally:
+            deps.missingRequirements, util.errorDisplay, util.pip_install = saved
 
     def test_requirements_are_checked_against_installed_versions(self):
         self.assertEqual(self.kts.KidneyTumorSegLogic.missingRequirements(), [])
@@ -756,6 +834,9 @@ class LogicWithoutSlicerTest(unittest.TestCase):
             def SetLocked(self, locked):
                 self.locked = locked
 
+            def SetUseColumnNameAsColumnHeader(self, use):
+                self.column_names_as_header = use
+
         report = {
             "kidneys": [{"index": 0, "side": "left", "volume_ml": 151.234}, {"index": 1, "side": "right", "volume_ml": 160.0}],
             "tumor_candidates": [
@@ -769,6 +850,8 @@ class LogicWithoutSlicerTest(unittest.TestCase):
         self.results.writeFindings(node, report)
         table = node.table
         self.assertTrue(node.locked)
+        # the view's rows are the table's rows (no header row in the model): selection maps 1:1
+        self.assertTrue(node.column_names_as_header)
         self.assertEqual(table.GetNumberOfRows(), 4)
         names = [table.GetColumn(c).GetName() for c in range(table.GetNumberOfColumns())]
         self.assertIn("Volume (mL)", names)

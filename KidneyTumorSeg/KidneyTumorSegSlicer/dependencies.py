@@ -27,6 +27,13 @@ CORE_REQUIREMENTS = (
     "pillow>=9,<14",
     "tqdm>=4.60,<5",
 )
+PIP_OPTIONS = ("--timeout", "20", "--retries", "1")
+
+
+class MissingExtensionError(RuntimeError):
+    """A Slicer extension the module needs (PyTorch) is not installed."""
+
+
 # import names of distributions whose module name differs; used when a package that
 # Slicer bundles has no pip metadata
 _IMPORT_NAMES = {"connected-components-3d": "cc3d", "pillow": "PIL", "pynrrd": "nrrd"}
@@ -54,7 +61,11 @@ def ensureDependencies(askConfirmation: bool = True) -> bool:
                     windowTitle=_("KidneyTumorSeg: install dependencies")):
                 return False
             with slicer.util.WaitCursor():
-                slicer.util.pip_install(list(pipMissing))
+                # offline, pip gives up after about a minute instead of retrying for several
+                slicer.util.pip_install(list(PIP_OPTIONS) + list(pipMissing))
+    except MissingExtensionError as exc:  # nothing to do with the network: say what to install
+        slicer.util.errorDisplay(str(exc), windowTitle=_("KidneyTumorSeg: install dependencies"))
+        return False
     except Exception as exc:
         logging.exception("KidneyTumorSeg: installing dependencies failed")
         slicer.util.errorDisplay(_installHelp(missing, exc), windowTitle=_("KidneyTumorSeg: install dependencies"))
@@ -87,8 +98,8 @@ def _installTorch(askConfirmation: bool) -> bool:
     try:
         import PyTorchUtils
     except ImportError:
-        raise RuntimeError(_("The PyTorch extension is not installed: install 'PyTorch' from the Extensions "
-                             "Manager, restart Slicer, and try again."))
+        raise MissingExtensionError(_("The PyTorch extension is not installed: install 'PyTorch' from the "
+                                      "Extensions Manager, restart Slicer, and try again."))
     logic = PyTorchUtils.PyTorchUtilsLogic()
     bounds = TORCH_REQUIREMENT[len("torch"):]
     try:

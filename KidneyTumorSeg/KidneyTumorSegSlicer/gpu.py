@@ -1,32 +1,62 @@
-"""Whether a device choice would use a GPU that is missing or has too little memory."""
+"""Whether a device choice would use a GPU that is missing or has too little memory.
+
+The driver is asked through ``nvidia-smi`` in a short child process, never
+through torch: importing torch and initialising CUDA inside Slicer would slow
+the panel down and keep a CUDA context (hundreds of MB of GPU memory) that the
+segmentation process then lacks.
+"""
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
+from typing import List, Optional, Tuple
 
 from slicer.i18n import tr as _
 
 MIN_GPU_MEMORY_GIB = 4.0  # the cascade's GPU target is 3 GB, plus the CUDA context
 
 
-def gpuMemoryWarning(device: str, minGib: float = MIN_GPU_MEMORY_GIB) -> str:
-    """A warning for ``device`` ("auto" or "cuda"; CUDA device 0) or empty; needs torch installed.
+def parseNvidiaSmi(text: str) -> List[Tuple[str, float]]:
+    """``(name, GiB)`` per GPU from ``nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,nounits``."""
+    gpus = []
+    for line in text.splitlines():
+        name, sep, mib = line.rpartition(",")
+        if not sep:
+            continue
+        try:
+            gpus.append((name.strip(), float(mib) / 1024.0))
+        except ValueError:
+            continue
+    return gpus
 
-    Uncached: it queries the driver, so callers keep the answer per device.
-    """
+
+def _queryGpus() -> Optional[List[Tuple[str, float]]]:
+    """The GPUs the NVIDIA driver reports, or None when there is no driver (no nvidia-smi)."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
     try:
-        import torch
-
-        if not torch.cuda.is_available():
-            if device == "cuda":
-                return _("No CUDA GPU is available to PyTorch: choose Auto or CPU.")
-            return ""
-        props = torch.cuda.get_device_properties(0)
-    except Exception as exc:  # a broken driver must not break the panel
+        out = subprocess.run([exe, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as exc:  # a broken driver must not break the panel
         logging.warning("KidneyTumorSeg: GPU query failed: %s", exc)
+        return []
+    return parseNvidiaSmi(out.stdout) if out.returncode == 0 else []
+
+
+def gpuMemoryWarning(device: str, minGib: float = MIN_GPU_MEMORY_GIB, gpus=None) -> str:
+    """A warning for ``device`` ("auto" or "cuda"; the segmentation uses CUDA device 0) or empty.
+
+    ``gpus`` is the driver's list (default: asked now); uncached, so callers keep the answer per device.
+    """
+    gpus = _queryGpus() if gpus is None else gpus
+    if not gpus:
+        if device == "cuda":
+            return _("No NVIDIA GPU was found: choose Auto or CPU.")
         return ""
-    gib = props.total_memory / 2**30
+    name, gib = gpus[0]
     if gib < minGib:
         return _("The GPU ({name}) has {gib:.1f} GiB of memory; at least {need:.0f} GiB are needed. "
-                 "Choose CPU (slower) to avoid running out of memory.").format(
-                     name=props.name, gib=gib, need=minGib)
+                 "Choose CPU (slower) to avoid running out of memory.").format(name=name, gib=gib, need=minGib)
     return ""

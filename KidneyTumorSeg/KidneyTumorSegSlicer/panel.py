@@ -54,7 +54,8 @@ def selectedTableRow(view) -> Optional[int]:
     indexes = view.selectionModel().selectedIndexes()
     if not indexes:
         return None
-    # the view may be sorted: map back to the table's own row
+    # the view may be sorted: map back to the model's row, which is the table's own row because
+    # results.fillFindingsTable shows the column names as the header (not as a first model row)
     return view.sortFilterProxyModel().mapToSource(indexes[0]).row()
 
 

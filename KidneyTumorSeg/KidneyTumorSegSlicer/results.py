@@ -36,27 +36,42 @@ def loadResults(run, outputs: Dict[str, str]) -> None:
         removeNodeWithDependents(loaded)
         removeNodeWithDependents(candidates)
         raise
-    if segmentation is None:
-        segmentation = slicer.mrmlScene.AddNewNodeByClass(
-            "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(f"{volumeNode.GetName()} kidneys"))
-        segmentation.CreateDefaultDisplayNodes()
+    created = [candidates]  # removed again if anything below fails: a failed run leaves the scene as it was
+    backup = None
     try:
-        replaceSegments(segmentation, loaded)
-    finally:
-        removeNodeWithDependents(loaded)
-    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-    segmentation.SetNodeReferenceID(REF_INPUT, volumeNode.GetID())
-    segmentation.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
-    candidates.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+        if segmentation is None:
+            segmentation = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(f"{volumeNode.GetName()} kidneys"))
+            segmentation.CreateDefaultDisplayNodes()
+            created.append(segmentation)
+        else:  # overwritten: keep its segments to put back on failure
+            backup = slicer.vtkSegmentation()
+            backup.DeepCopy(segmentation.GetSegmentation())
+        try:
+            replaceSegments(segmentation, loaded)
+        finally:
+            removeNodeWithDependents(loaded)
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        segmentation.SetNodeReferenceID(REF_INPUT, volumeNode.GetID())
+        segmentation.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+        candidates.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+
+        table = segmentation.GetNodeReference(REF_FINDINGS)
+        if table is None:
+            table = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName(f"{volumeNode.GetName()} findings"))
+            created.append(table)
+        writeFindings(table, report)
+    except Exception:
+        if backup is not None:
+            segmentation.GetSegmentation().DeepCopy(backup)
+        for node in created:
+            removeNodeWithDependents(node)
+        raise
+    # from here on nothing fails: swap in the new candidate map and link the findings
     removeNodeWithDependents(segmentation.GetNodeReference(REF_CANDIDATES))
     segmentation.SetNodeReferenceID(REF_CANDIDATES, candidates.GetID())
-
-    table = segmentation.GetNodeReference(REF_FINDINGS)
-    if table is None:
-        table = slicer.mrmlScene.AddNewNodeByClass(
-            "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName(f"{volumeNode.GetName()} findings"))
-        segmentation.SetNodeReferenceID(REF_FINDINGS, table.GetID())
-    writeFindings(table, report)
+    segmentation.SetNodeReferenceID(REF_FINDINGS, table.GetID())
 
     for node in (segmentation, table, candidates):
         placeBesides(node, volumeNode)
@@ -118,6 +133,9 @@ def writeFindings(table, report: Dict) -> None:
         vtkTable.AddColumn(column)
     wasModifying = table.StartModify()
     table.SetAndObserveTable(vtkTable)
+    # column names as the header: otherwise the view shows them as a first row, and a selected
+    # view row would be the table row below the one meant (panel.selectedTableRow relies on this)
+    table.SetUseColumnNameAsColumnHeader(True)
     table.SetAttribute(ATTR_REPORT, json.dumps(report))
     table.SetLocked(True)
     table.EndModify(wasModifying)

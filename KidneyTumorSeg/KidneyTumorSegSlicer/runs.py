@@ -147,9 +147,8 @@ def roiInVolumeFrame(roiNode, volumeNode):
     import numpy as np
     from KidneyTumorSegLib.slicer_geometry import roi_from_slicer
 
-    objectToWorld = vtk.vtkMatrix4x4()
-    roiNode.GetObjectToWorldMatrix(objectToWorld)
-    matrix = slicer.util.arrayFromVTKMatrix(objectToWorld)
+    # vtkMRMLMarkupsROINode::GetObjectToWorldMatrix() returns the node's own matrix (it takes no argument)
+    matrix = slicer.util.arrayFromVTKMatrix(roiNode.GetObjectToWorldMatrix())
     transform = volumeNode.GetParentTransformNode()
     if transform is not None:
         if not transform.IsTransformToWorldLinear():
