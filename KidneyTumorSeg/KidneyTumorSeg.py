@@ -179,6 +179,10 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        # a qMRMLTableView without a table view node empties itself on batch processing (scene import,
+        # DICOM loading): show the findings table again afterwards
+        for event in (slicer.mrmlScene.EndImportEvent, slicer.mrmlScene.EndBatchProcessEvent):
+            self.addObserver(slicer.mrmlScene, event, self.onSceneEndBatch)
 
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
@@ -212,6 +216,10 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+
+    def onSceneEndBatch(self, caller, event) -> None:
+        self.ui.findingsTableView.setMRMLTableNode(None)  # so that _updateGuiState sets it anew
+        self._updateGuiState()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())

@@ -177,6 +177,12 @@ def test_export_bundle_loads_and_segments(runs, phantoms, tmp_path):
                            tmp_path / "model", which="final", data="4 tiny phantoms")
     b = load_bundle(bundle.path)
     assert len(b.stages["tumor"].weights) == 2
+    # a periodic checkpoint by epoch (the tiny runs keep their last three: epochs 1-3, 0-based)
+    e1 = export_bundle({"roi": [done["roi"]], "kidney": [done["kidney"]], "tumor": [done["tumor"]]},
+                       tmp_path / "model_e1", which="epoch0001")
+    assert e1.provenance["members"]["kidney"][0]["epoch"] == 2
+    with pytest.raises(ValueError, match="or epochNNNN, got 'epoch1'"):
+        export_bundle({"kidney": [done["kidney"]], "tumor": [done["tumor"]]}, tmp_path / "bad", which="epoch1")
     assert b.provenance["members"]["kidney"][0]["epoch"] == 4
     assert len(b.provenance["commit"]) >= 7
     case = Path(phantoms[0].image_path).parent

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument(f"--{role}", nargs="+", default=[], help=f"run folder(s) of the {role} stage (several = ensemble), "
                        "or a bundle folder whose stage is taken over unchanged")
     e.add_argument("-o", "--output", required=True)
-    e.add_argument("--which", default="final", choices=["final", "best", "latest"])
+    e.add_argument("--which", default="final",
+                   help="final, best, latest, or epochNNNN (a periodic checkpoint, 0-based epoch: epoch0089)")
     e.add_argument("--name", default="")
     e.add_argument("--version", default="0")
     e.add_argument("--description", default="")

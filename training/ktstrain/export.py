@@ -8,6 +8,7 @@ and validation scores of every member.
 """
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -41,9 +42,9 @@ def export_bundle(
     overwrite: bool = False,
     limitations: str = "",
 ) -> Bundle:
-    """Bundle the ``which`` checkpoint of each run; ``runs`` maps role -> run folders (or one bundle folder)."""
-    if which not in CHECKPOINTS:
-        raise ValueError(f"which must be one of {sorted(CHECKPOINTS)}, got {which!r}")
+    """Bundle the ``which`` checkpoint of each run (final, best, latest or epochNNNN); ``runs`` maps role ->
+    run folders (or one bundle folder)."""
+    checkpoint = _checkpoint_name(which)
     stages: List[StageConfig] = []
     weights: Dict[str, list] = {}
     members: Dict[str, list] = {}
@@ -60,7 +61,7 @@ def export_bundle(
                     raise ValueError(f"{folder}: a stage taken from a bundle cannot be part of a new ensemble")
                 stages.append(_stage_from_bundle(folder, role, weights, members))
                 break
-            path = folder / CHECKPOINTS[which]
+            path = folder / checkpoint
             state = load_checkpoint(path)
             st = from_dict(StageConfig, state["stage"])
             if st.role != role:
@@ -84,6 +85,15 @@ def export_bundle(
     return save_bundle(out, stages, weights, postprocess, name=name or Path(out).name, version=version,
                        description=description, provenance=provenance, overwrite=overwrite,
                        limitations=limitations)
+
+
+def _checkpoint_name(which: str) -> str:
+    """``final``/``best``/``latest``, or ``epochNNNN`` (a periodic checkpoint: 0-based epoch, 4 digits)."""
+    if which in CHECKPOINTS:
+        return CHECKPOINTS[which]
+    if re.fullmatch(r"epoch\d{4}", which):
+        return f"checkpoint_{which}.pt"
+    raise ValueError(f"which must be one of {sorted(CHECKPOINTS)} or epochNNNN, got {which!r}")
 
 
 def _stage_from_bundle(folder: Path, role: str, weights: Dict[str, list], members: Dict[str, list]) -> StageConfig:
