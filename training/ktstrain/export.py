@@ -1,10 +1,11 @@
 """Export trained stages as the model bundle the core loads.
 
 Each stage takes one or more run folders (several = an ensemble, e.g. the
-five folds), or an existing bundle whose stage is taken over unchanged
-(a new kidney stage beside the ROI stage of an earlier model); the bundle records SHA-256s (written by the core's
-``save_bundle``) and provenance: data, split, configuration, commit, epochs
-and validation scores of every member.
+five folds), or an existing bundle whose stage is taken over unchanged (a
+new kidney stage beside the ROI stage of an earlier model); the bundle
+records SHA-256s (written by the core's ``save_bundle``) and provenance:
+data, split, configuration, commit, epochs and validation scores of every
+member.
 """
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ def _init_chain(state) -> list:
     while src and src not in seen and len(chain) < 20:
         seen.add(src)
         entry = {"checkpoint": src}
-        if str(src).endswith(".safetensors"):  # a bundle's weight file (--init from a shipped model): its hash ends the chain
+        if str(src).endswith(".safetensors"):  # a bundle's weight file (--init from a bundle): its hash ends the chain
             entry["sha256"] = _sha256_or_none(src)
             chain.append(entry)
             break
