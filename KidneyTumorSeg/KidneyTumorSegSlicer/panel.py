@@ -55,7 +55,7 @@ def selectedTableRow(view) -> Optional[int]:
     if not indexes:
         return None
     # the view may be sorted: map back to the model's row, which is the table's own row because
-    # results.fillFindingsTable shows the column names as the header (not as a first model row)
+    # results.writeFindings shows the column names as the header (not as a first model row)
     return view.sortFilterProxyModel().mapToSource(indexes[0]).row()
 
 
