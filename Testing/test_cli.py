@@ -143,3 +143,25 @@ def test_evaluate_command(phantom_dir, tmp_path, capsys):
 def test_console_script_runs_as_a_module():
     out = subprocess.run([sys.executable, "-m", "KidneyTumorSegLib", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "kidneytumorseg" in out.stdout
+
+
+def test_phantom_command_labels_cysts_when_asked(tmp_path):
+    out = tmp_path / "cyst"
+    assert main(["phantom", str(out), "--seed", "3", "--tumors", "0", "--cysts", "2", "--cyst-label",
+                 "--randomize-intensity"] + SMALL) == 0
+    lab = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case_00000" / "segmentation.nii.gz")))
+    info = json.loads((out / "case_00000" / "phantom_info.json").read_text())
+    assert set(np.unique(lab)) == {0, 1, 3}  # kidney and cysts, no tumor
+    assert len(info["cysts"]) == 2 and info["cyst_label"] is True and info["randomize_intensity"] is True
+    # the same phantom without --cyst-label: the cysts are background, nothing else changes
+    plain = tmp_path / "plain"
+    assert main(["phantom", str(plain), "--seed", "3", "--tumors", "0", "--cysts", "2", "--randomize-intensity"] + SMALL) == 0
+    lab0 = sitk.GetArrayFromImage(sitk.ReadImage(str(plain / "case_00000" / "segmentation.nii.gz")))
+    np.testing.assert_array_equal(lab0, np.where(lab == 3, 0, lab))
+
+
+def test_phantom_command_refuses_too_many_cysts_and_writes_nothing(tmp_path, caplog):
+    out = tmp_path / "bad"
+    assert main(["phantom", str(out), "--cysts", "11"] + SMALL) == 1
+    assert "n_cysts must be an integer from 0 to 10, got 11" in caplog.text
+    assert not out.exists()  # no empty case folder left behind

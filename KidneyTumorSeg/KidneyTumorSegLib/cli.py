@@ -63,7 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--shape", type=int, nargs=3, metavar=("K", "J", "I"), help="array shape (slices, rows, columns)")
     ph.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="voxel spacing in mm")
     ph.add_argument("--tumors", type=int, help="tumors per case (default random 0..3)")
-    ph.add_argument("--kits-label", help="KiTS19 label map whose kidneys, tumors and geometry shape the phantom")
+    ph.add_argument("--cysts", type=int, help="simple renal cysts per case, 0..10 (default random 0..2)")
+    ph.add_argument("--cyst-label", action="store_true",
+                    help="label cysts 3 (KiTS21/23 convention; training samples them as hard negatives); default 0")
+    ph.add_argument("--randomize-intensity", action="store_true",
+                    help="domain-randomised tissue intensities (as the shipped model's training phantoms)")
+    ph.add_argument("--kits-label", help="KiTS19 or KiTS21/23 label map whose kidneys, tumors, cysts and geometry "
+                                         "shape the phantom")
     ph.add_argument("--organ-contact", type=float, default=0.5,
                     help="probability per kidney that liver/spleen touch it with no fat plane (default 0.5)")
     ph.add_argument("--bowel-contact", type=float, default=0.0,
@@ -211,8 +217,9 @@ def cmd_phantom(args) -> int:
     try:
         paths = write_phantom_cases(args.output, args.cases, seed0=args.seed, shape=tuple(args.shape) if args.shape else None,
                                     spacing=tuple(args.spacing) if args.spacing else None, n_tumors=args.tumors,
-                                    kits_label=kits, overwrite=args.overwrite, organ_contact=args.organ_contact,
-                                    bowel_contact=args.bowel_contact)
+                                    n_cysts=args.cysts, kits_label=kits, overwrite=args.overwrite,
+                                    organ_contact=args.organ_contact, bowel_contact=args.bowel_contact,
+                                    cyst_label=args.cyst_label, randomize_intensity=args.randomize_intensity)
     except (FileExistsError, ValueError) as exc:
         log.error("%s", exc)
         return 1

@@ -37,8 +37,8 @@ def write_phantom_cases(outdir, n: int, seed0: int = 0, *, layout: str = "kits",
             if c.exists():
                 raise FileExistsError(exists_message(c))
     for i, case in enumerate(cases):
+        ph = make_phantom(int(seed0) + i, **phantom_kwargs)  # first: invalid arguments leave no empty case folder
         case.mkdir(parents=True, exist_ok=True)
-        ph = make_phantom(int(seed0) + i, **phantom_kwargs)
         _write_nifti(ph.image, case / "imaging.nii.gz", overwrite)
         _write_nifti(ph.label, case / "segmentation.nii.gz", overwrite)
         if write_info:
