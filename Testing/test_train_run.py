@@ -193,6 +193,29 @@ def test_export_bundle_loads_and_segments(runs, phantoms, tmp_path):
         assert (tmp_path / "out" / case.name / f"{case.name}.label.nii.gz").exists()
 
 
+def test_export_sets_a_stages_validated_tta(runs, tmp_path, caplog):
+    _, done = runs
+    b = export_bundle({"roi": [done["roi"]], "kidney": [done["kidney"]], "tumor": [done["tumor"]]}, tmp_path / "m",
+                      tta={"kidney": 4})
+    tumor_cfg = load_checkpoint(done["tumor"] / "checkpoint_final.pt")["stage"]["tta"]
+    loaded = load_bundle(b.path)
+    assert loaded.stages["kidney"].tta == 4 and loaded.stages["tumor"].tta == tumor_cfg
+    # a stage taken over from a bundle can get its cap too
+    again = export_bundle({"roi": [b.path], "kidney": [b.path], "tumor": [b.path]}, tmp_path / "m2", tta={"roi": 2})
+    assert (again.stages["roi"].tta, again.stages["kidney"].tta) == (2, 4)
+    with pytest.raises(ValueError, match="tta of the kidney stage must be an integer from 1 to 12, got 13"):
+        export_bundle({"kidney": [done["kidney"]], "tumor": [done["tumor"]]}, tmp_path / "bad", tta={"kidney": 13})
+    with pytest.raises(ValueError, match="does not have: roi"):
+        export_bundle({"kidney": [done["kidney"]], "tumor": [done["tumor"]]}, tmp_path / "bad", tta={"roi": 2})
+    assert not (tmp_path / "bad").exists()
+    args = ["export", "--kidney", str(done["kidney"]), "--tumor", str(done["tumor"]), "-o", str(tmp_path / "cli")]
+    assert train_main(args + ["--tta", "kidney:4"]) == 1
+    assert "--tta takes ROLE=N (e.g. kidney=4), got 'kidney:4'" in caplog.text
+    assert train_main(args + ["--tta", "kidney=2", "tumor=8"]) == 0
+    cli = load_bundle(tmp_path / "cli")
+    assert (cli.stages["kidney"].tta, cli.stages["tumor"].tta) == (2, 8)
+
+
 def test_train_cli_errors_are_clear(tmp_path, caplog):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"role": "kidney", "train": {"epochz": 3}}))

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--description", default="")
     e.add_argument("--data-description", default="", help="what the model was trained on (provenance)")
     e.add_argument("--limitations", default="", help="what users must know before trusting the output; shown with every result")
+    e.add_argument("--tta", nargs="+", default=[], metavar="ROLE=N",
+                   help="most test-time augmentations a stage was validated with (e.g. kidney=4); caps --tta/--full")
     e.add_argument("--overwrite", action="store_true")
     return p
 
@@ -148,9 +150,19 @@ def _export(args) -> int:
 
     b = export_bundle({"roi": args.roi, "kidney": args.kidney, "tumor": args.tumor}, Path(args.output), which=args.which,
                       name=args.name, version=args.version, description=args.description, data=args.data_description,
-                      overwrite=args.overwrite, limitations=args.limitations)
+                      overwrite=args.overwrite, limitations=args.limitations, tta=_parse_tta(args.tta))
     log.info("bundle written: %s (%s)", b.path, ", ".join(f"{r}: {len(s.weights)} model(s)" for r, s in b.stages.items()))
     return 0
+
+
+def _parse_tta(items) -> dict:
+    out = {}
+    for item in items:
+        role, sep, n = item.partition("=")
+        if not sep or not n.strip().isdigit():
+            raise ValueError(f"--tta takes ROLE=N (e.g. kidney=4), got {item!r}")
+        out[role.strip()] = int(n)
+    return out
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -42,10 +43,14 @@ def export_bundle(
     data: str = "",
     overwrite: bool = False,
     limitations: str = "",
+    tta: Optional[Mapping[str, int]] = None,
 ) -> Bundle:
     """Bundle the ``which`` checkpoint of each run (final, best, latest or epochNNNN); ``runs`` maps role ->
-    run folders (or one bundle folder)."""
+    run folders (or one bundle folder). ``tta`` maps role -> the most test-time augmentations that stage
+    was validated with (the stage's ``tta``, which caps ``--tta``/``--full`` at inference); other stages
+    keep their configuration's."""
     checkpoint = _checkpoint_name(which)
+    tta = _check_tta(tta or {})
     stages: List[StageConfig] = []
     weights: Dict[str, list] = {}
     members: Dict[str, list] = {}
@@ -81,11 +86,29 @@ def export_bundle(
             })
         if stage is not None:
             stages.append(_with_provenance(stage, members[role], data))
+        if role in tta and stages and stages[-1].role == role:
+            stages[-1] = replace(stages[-1], tta=tta[role])
+    missing = sorted(set(tta) - {s.role for s in stages})
+    if missing:
+        raise ValueError(f"tta given for stage(s) the bundle does not have: {', '.join(missing)}")
     repo = Path(__file__).resolve().parents[2]
     provenance = {"data": data, "commit": git_commit(repo), "trained_with": "ktstrain", "members": members}
     return save_bundle(out, stages, weights, postprocess, name=name or Path(out).name, version=version,
                        description=description, provenance=provenance, overwrite=overwrite,
                        limitations=limitations)
+
+
+def _check_tta(tta: Mapping[str, int]) -> Dict[str, int]:
+    from KidneyTumorSegLib.tta import MAX_TTA
+
+    out = {}
+    for role, n in tta.items():
+        if role not in ("roi", "kidney", "tumor"):
+            raise ValueError(f"tta: unknown stage {role!r} (roi, kidney or tumor)")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_TTA:
+            raise ValueError(f"tta of the {role} stage must be an integer from 1 to {MAX_TTA}, got {n!r}")
+        out[role] = n
+    return out
 
 
 def _checkpoint_name(which: str) -> str:
@@ -99,7 +122,6 @@ def _checkpoint_name(which: str) -> str:
 
 def _stage_from_bundle(folder: Path, role: str, weights: Dict[str, list], members: Dict[str, list]) -> StageConfig:
     """Stage ``role`` of the bundle in ``folder``: its configuration, verified weights and provenance unchanged."""
-    from dataclasses import replace
 
     from KidneyTumorSegLib.bundle import load_bundle
 
@@ -144,7 +166,6 @@ def _sha256_or_none(path) -> Optional[str]:
 
 
 def _with_provenance(stage: StageConfig, members: list, data: str) -> StageConfig:
-    from dataclasses import replace
 
     return replace(stage, provenance={"data": data, "ensemble": members}, weights=())
 
