@@ -137,6 +137,35 @@ def test_stage4_keeps_confident_and_rejects_weak_candidates():
     assert not np.any(lab[res.candidates.array == kept[1].id] == 2)
 
 
+def test_stage4_rejects_a_water_density_candidate_as_a_probable_cyst():
+    image, label = toy_case()  # body, kidneys and tumors at 40 HU
+    left_kidney = np.argwhere(label.array == 1)
+    k, j, i = left_kidney[len(left_kidney) // 3]
+    centre = tuple(image.index_to_world([i, j, k]))
+    # a confident false candidate (0.95) at water density: a simple cyst in a kidney
+    preds = reference_predictors(label, tumor_probability=1.0, extra=[FalseCandidate(centre, 5.0, 0.95)])
+    arr = image.array.copy()
+    cyst = _ellipsoid(arr.shape, image.spacing_zyx, (k * image.spacing_zyx[0], j * image.spacing_zyx[1],
+                                                     i * image.spacing_zyx[2]), (7.0, 7.0, 7.0))
+    arr[cyst & (label.array == 1)] = 8
+    water = image.with_array(arr)
+    res = run_cascade(water, stages(), preds, PostprocessConfig(candidate_threshold=0.8, cyst_max_hu=20.0))
+    rejected = [c for c in res.tumors if not c.kept]
+    assert sum(c.kept for c in res.tumors) == 2 and len(rejected) == 1
+    assert rejected[0].core_hu == pytest.approx(8.0, abs=1.0)
+    assert rejected[0].rejected_because == "water attenuation (core 8 HU <= 20): probable simple cyst"
+    assert all(c.rejected_because == "" and c.core_hu == pytest.approx(40.0, abs=1.0) for c in res.tumors if c.kept)
+    assert np.all(res.label.array[res.candidates.array == rejected[0].id] == 1)  # left as kidney
+    assert f"1 candidate(s) of water attenuation (core <= 20 HU) rejected as probable simple cysts: {rejected[0].side} " \
+           f"{rejected[0].diameter_3d_mm:.0f} mm, 8 HU" in res.messages
+    # the rule off (bundles written before it): the same candidate is a tumor
+    off = run_cascade(water, stages(), preds, PostprocessConfig(candidate_threshold=0.8))
+    assert sum(c.kept for c in off.tumors) == 3
+    # enhancing tissue with the same probability stays a tumor with the rule on
+    plain = run_cascade(image, stages(), preds, PostprocessConfig(candidate_threshold=0.8, cyst_max_hu=20.0))
+    assert sum(c.kept for c in plain.tumors) == 3
+
+
 def test_one_kidney():
     image, label = toy_case(kidneys=("left",))
     res = run_cascade(image, stages(), reference_predictors(label, tumor_probability=1.0))

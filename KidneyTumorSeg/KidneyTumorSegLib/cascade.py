@@ -137,7 +137,9 @@ def run_cascade(
                 sub = cc[sl] == c
                 vol_ml = float(counts[c - 1]) * vox_ml
                 score = float(means[c - 1])
-                kept = score >= post.candidate_threshold and vol_ml >= post.min_candidate_ml
+                hu = _core_hu(kvol.array[sl], sub, spacing)
+                why = _rejection(score, vol_ml, hu, post)
+                kept = not why
                 kept_flags[c] = kept
                 k_idx, j_idx, i_idx = (np.mean(a) + s.start for a, s in zip(np.nonzero(sub), sl))
                 centre = tuple(round(float(v), 2) for v in kvol.index_to_world([i_idx, j_idx, k_idx]))
@@ -146,6 +148,7 @@ def run_cascade(
                     axial_diameter_mm=round(measure.max_axial_diameter_mm(sub, spacing), 2),
                     diameter_3d_mm=round(measure.max_diameter_3d_mm(sub, spacing), 2),
                     mean_probability=round(score, 4), kept=bool(kept), centre_lps_mm=centre,
+                    core_hu=round(hu, 1), rejected_because=why,
                 ))
             ids = np.where(cc > 0, cc.astype(np.int64) + (next_id - 1), 0).astype(np.uint16)
             _paste(cand_map, kbox, ids)
@@ -415,6 +418,25 @@ def _index_box_to_world(can: Volume, box: Box):
     return tuple(round(float(v), 2) for v in np.minimum(lo, hi)), tuple(round(float(v), 2) for v in np.maximum(lo, hi))
 
 
+def _core_hu(hu: np.ndarray, mask: np.ndarray, spacing_zyx, depth_mm: float = 2.0) -> float:
+    """Median HU of a candidate's core (voxels at least ``depth_mm`` inside it), as a radiologist places a
+    measurement ROI in a lesion's centre to avoid partial volume with its wall; all voxels when none is that deep."""
+    inner = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1] >= depth_mm
+    core = inner if inner.any() else mask
+    return float(np.median(hu[core]))
+
+
+def _rejection(score: float, vol_ml: float, hu: float, post: PostprocessConfig) -> str:
+    """Why stage 4 rejects a candidate ("" = kept): probability first, then size, then water attenuation."""
+    if score < post.candidate_threshold:
+        return f"mean probability {score:.2f} < {post.candidate_threshold:g}"
+    if vol_ml < post.min_candidate_ml:
+        return f"{vol_ml:.2f} mL < {post.min_candidate_ml:g} mL"
+    if post.cyst_max_hu is not None and hu <= post.cyst_max_hu:
+        return f"water attenuation (core {hu:.0f} HU <= {post.cyst_max_hu:g}): probable simple cyst"
+    return ""
+
+
 def _describe(kidneys: Sequence[Kidney], cands: Sequence[Candidate], post: PostprocessConfig) -> List[str]:
     msgs = []
     sides = [k.side for k in kidneys]
@@ -434,8 +456,12 @@ def _describe(kidneys: Sequence[Kidney], cands: Sequence[Candidate], post: Postp
                     ", ".join(f"{c.side} {c.diameter_3d_mm:.0f} mm" for c in kept))
     else:
         msgs.append("no tumor found")
-    if rejected:
-        msgs.append(f"{len(rejected)} candidate(s) rejected below the threshold {post.candidate_threshold:g}")
+    cysts = [c for c in rejected if c.rejected_because.startswith("water attenuation")]
+    if len(rejected) > len(cysts):
+        msgs.append(f"{len(rejected) - len(cysts)} candidate(s) rejected below the threshold {post.candidate_threshold:g}")
+    if cysts:
+        msgs.append(f"{len(cysts)} candidate(s) of water attenuation (core <= {post.cyst_max_hu:g} HU) rejected as probable "
+                    "simple cysts: " + ", ".join(f"{c.side} {c.diameter_3d_mm:.0f} mm, {c.core_hu:.0f} HU" for c in cysts))
     return msgs
 
 

@@ -99,7 +99,13 @@ class PostprocessConfig:
     ``candidate_threshold``: a tumor candidate (connected component of the
     tumor mask) is kept when its mean tumor probability is at least this
     (report 000: 0.8). ``tumor_threshold``: voxel probability that makes a
-    voxel a tumor candidate voxel.
+    voxel a tumor candidate voxel. ``cyst_max_hu``: a candidate whose
+    attenuation (median HU of its core, 2 mm inside its edge) is at most this
+    many HU (water) is a probable simple cyst,
+    not a tumor, and is rejected whatever its probability (Bosniak 2019:
+    homogeneous masses of -9 to 20 HU are benign cysts; renal cell carcinoma
+    enhances above that). None (the default, so bundles written before this
+    rule behave as they did) turns the rule off; new bundles get 20.
     """
 
     fusion: str = "candidate_mean_probability"
@@ -107,6 +113,7 @@ class PostprocessConfig:
     tumor_threshold: float = 0.5
     min_candidate_ml: float = 0.0
     horseshoe_crossing_mm: float = 15.0
+    cyst_max_hu: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSION_RULES:

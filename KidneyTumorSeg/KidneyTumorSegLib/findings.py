@@ -43,6 +43,8 @@ class Candidate:
     mean_probability: float
     kept: bool
     centre_lps_mm: Tuple[float, float, float]
+    core_hu: Optional[float] = None  # median HU of its core (2 mm inside its edge; all of it when thinner)
+    rejected_because: str = ""  # "" when kept; else why stage 4 rejected it
 
 
 @dataclass

@@ -18,7 +18,9 @@ TABLE_COLUMNS: List[Tuple[str, str]] = [
     ("Axial diameter (mm)", "float"),
     ("3D diameter (mm)", "float"),
     ("Mean probability", "float"),
+    ("Core HU", "float"),
     ("Status", "string"),
+    ("Reason", "string"),
 ]
 
 KIDNEY = "Kidney"
@@ -39,7 +41,9 @@ def findings_rows(report: Mapping[str, Any]) -> List[Dict[str, Any]]:
     """One row per kidney, then one per tumor candidate (by id), keyed by the names in :data:`TABLE_COLUMNS`.
 
     Volumes in mL (2 decimals), diameters in mm (1 decimal), mean probability
-    0..1 (3 decimals); "Status" is "kept" or "rejected". Each row also has
+    0..1 (3 decimals), "Core HU" the median attenuation of the candidate's core
+    (1 decimal; absent in reports written before it); "Status" is "kept" or
+    "rejected" and "Reason" why stage 4 rejected it. Each row also has
     ``candidate_id`` (int, None for kidneys) and ``kidney_index`` (int) for
     callers that act on a selected row. Rows stay in the same order when a
     candidate's status changes, so a selection survives an edit.
@@ -48,7 +52,8 @@ def findings_rows(report: Mapping[str, Any]) -> List[Dict[str, Any]]:
     for k in report.get("kidneys", []) or []:
         rows.append({
             "Type": KIDNEY, "Id": None, "Side": _side(k.get("side")), "Volume (mL)": _num(k.get("volume_ml"), 2),
-            "Axial diameter (mm)": None, "3D diameter (mm)": None, "Mean probability": None, "Status": None,
+            "Axial diameter (mm)": None, "3D diameter (mm)": None, "Mean probability": None, "Core HU": None,
+            "Status": None, "Reason": None,
             "candidate_id": None, "kidney_index": k.get("index"),
         })
     for c in sorted(report.get("tumor_candidates", []) or [], key=lambda c: int(c["id"])):
@@ -58,7 +63,9 @@ def findings_rows(report: Mapping[str, Any]) -> List[Dict[str, Any]]:
             "Axial diameter (mm)": _num(c.get("axial_diameter_mm"), 1),
             "3D diameter (mm)": _num(c.get("diameter_3d_mm"), 1),
             "Mean probability": _num(c.get("mean_probability"), 3),
+            "Core HU": _num(c.get("core_hu"), 1),
             "Status": KEPT if c.get("kept") else REJECTED,
+            "Reason": c.get("rejected_because") or None,
             "candidate_id": int(c["id"]), "kidney_index": c.get("kidney_index"),
         })
     return rows

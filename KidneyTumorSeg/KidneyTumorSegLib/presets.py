@@ -43,7 +43,7 @@ def default_stages(network: NetworkConfig = DEFAULT_NETWORK) -> List[StageConfig
     ]
 
 
-DEFAULT_POSTPROCESS = PostprocessConfig(candidate_threshold=0.8, tumor_threshold=0.5)
+DEFAULT_POSTPROCESS = PostprocessConfig(candidate_threshold=0.8, tumor_threshold=0.5, cyst_max_hu=20.0)
 
 
 def with_network(stages: List[StageConfig], network: NetworkConfig) -> List[StageConfig]:
