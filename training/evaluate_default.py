@@ -3,13 +3,17 @@
 1. 10 random phantoms with seeds 0..9 (training used seeds >= 10000);
 2. phantoms shaped by real KiTS19 label maps of cases >= 150 (training used
    cases < 150), geometry and kidney/tumor shapes from the real labels;
-3. the real abdominal CT (no labels): kidneys found, their side, volume and
+3. phantoms shaped by real KiTS23 label maps with cysts (label 3) of cases
+   >= 560 (training used cases < 540): kidney and tumor Dice with the cysts
+   as background (the training label map's convention), and how much cyst
+   the model calls tumor;
+4. the real abdominal CT (no labels): kidneys found, their side, volume and
    position, and whether any tumor is called.
 
 Prints KiTS19 Dice per case and the medians, and writes everything (the
 predictions, metrics CSVs, the real CT's preview PNG) under ``--work``.
 
-    python training/evaluate_default.py --work eval-default [--model BUNDLE] [--kits 6]
+    python training/evaluate_default.py --work eval-default [--model BUNDLE] [--kits 6] [--kits23 6]
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 KITS_EVAL = ["00152", "00153", "00161", "00162", "00163", "00164", "00166", "00167", "00168", "00169"]
+# KiTS23 cases >= 560 with at least 4 mL of cyst and at most 200 slices
+KITS23_EVAL = ["00565", "00567", "00568", "00571", "00586", "00587"]
 
 
 def sh(*args) -> None:
@@ -40,12 +46,35 @@ def evaluate_folder(pred: Path, gt: Path, csv: Path):
     return sorted(rows, key=lambda r: r["case_id"])
 
 
+def cyst_rows(pred: Path, gt: Path):
+    """Per case: kidney Dice (reference kidney + tumor; cysts are background), tumor Dice, cyst and cyst called tumor (mL)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    rows = []
+    for case in sorted(p for p in gt.glob("case_*") if p.is_dir()):
+        ref_img = sitk.ReadImage(str(case / "segmentation.nii.gz"))
+        ref = sitk.GetArrayFromImage(ref_img)
+        out = pred / case.name / f"{case.name}.label.nii.gz"
+        lab = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) if out.exists() else np.zeros_like(ref)
+        ml = float(np.prod(ref_img.GetSpacing())) / 1000.0
+
+        def dice(a, b):
+            return 1.0 if not (a.any() or b.any()) else 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+        rows.append({"case_id": case.name, "kidney_dice": dice((ref == 1) | (ref == 2), lab > 0),
+                     "tumor_dice": dice(ref == 2, lab == 2), "cyst_ml": float((ref == 3).sum()) * ml,
+                     "cyst_called_tumor_ml": float(((ref == 3) & (lab == 2)).sum()) * ml})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="eval-default")
     ap.add_argument("--model", default=None)
     ap.add_argument("--phantoms", type=int, default=10)
     ap.add_argument("--kits", type=int, default=6)
+    ap.add_argument("--kits23", type=int, default=6)
     ap.add_argument("--tta", type=int, default=1)
     args = ap.parse_args()
     work = Path(args.work)
@@ -73,11 +102,28 @@ def main() -> None:
         sh(*exe, "segment", kp, "-o", work / "pred_kits", *common)
         groups["phantoms shaped by KiTS19 labels"] = evaluate_folder(work / "pred_kits", kp, work / "kits.csv")
 
+    kits23_dir = SHARED / "kits23-labels"
+    if kits23_dir.is_dir() and args.kits23:
+        kp = work / "kits23_phantoms"
+        for n, case in enumerate(KITS23_EVAL[: args.kits23]):
+            dst = kp / f"case_{2000 + n:05d}"
+            if not dst.exists():
+                tmp = kp / f"tmp_{case}"
+                sh(*exe, "phantom", tmp, "--seed", 30000 + int(case), "--kits-label", kits23_dir / f"case_{case}.nii.gz",
+                   "--cyst-label", "--randomize-intensity", "--bowel-contact", 0.3)
+                (tmp / "case_00000").rename(dst)
+                tmp.rmdir()
+        sh(*exe, "segment", kp, "-o", work / "pred_kits23", *common)
+        groups["phantoms shaped by KiTS23 labels with cysts (cysts as background)"] = cyst_rows(work / "pred_kits23", kp)
+
     for name, rows in groups.items():
         print(f"\n== {name}")
-        print(f"{'case':12s} {'kidney Dice':>11s} {'tumor Dice':>10s} {'composite':>9s}")
+        cysts = rows and "cyst_ml" in rows[0]
+        last = f"{'cyst mL':>8s} {'of it tumor':>11s}" if cysts else f"{'composite':>9s}"
+        print(f"{'case':12s} {'kidney Dice':>11s} {'tumor Dice':>10s} {last}")
         for r in rows:
-            print(f"{r['case_id']:12s} {r['kidney_dice']:11.4f} {r['tumor_dice']:10.4f} {r['composite']:9.4f}")
+            end = f"{r['cyst_ml']:8.1f} {r['cyst_called_tumor_ml']:11.1f}" if cysts else f"{r['composite']:9.4f}"
+            print(f"{r['case_id']:12s} {r['kidney_dice']:11.4f} {r['tumor_dice']:10.4f} {end}")
         if rows:
             print(f"median: kidney {statistics.median(r['kidney_dice'] for r in rows):.4f}, "
                   f"tumor {statistics.median(r['tumor_dice'] for r in rows):.4f}; "
