@@ -46,6 +46,16 @@ def evaluate_folder(pred: Path, gt: Path, csv: Path):
     return sorted(rows, key=lambda r: r["case_id"])
 
 
+def shaped_phantom(exe, folder: Path, name: str, label: Path, seed: int, *options) -> None:
+    """``folder/name``: a phantom shaped by the KiTS label map ``label`` (made once; kept between runs)."""
+    dst = folder / name
+    if not dst.exists():
+        tmp = folder / f"tmp_{name}"
+        sh(*exe, "phantom", tmp, "--seed", seed, "--kits-label", label, *options)
+        (tmp / "case_00000").rename(dst)
+        tmp.rmdir()
+
+
 def cyst_rows(pred: Path, gt: Path):
     """Per case: kidney Dice (reference kidney + tumor; cysts are background), tumor Dice, cyst and cyst called tumor (mL)."""
     import numpy as np
@@ -93,12 +103,7 @@ def main() -> None:
     if kits_dir.is_dir() and args.kits:
         kp = work / "kits_phantoms"
         for n, case in enumerate(KITS_EVAL[: args.kits]):
-            dst = kp / f"case_{case}"
-            if not dst.exists():
-                tmp = kp / f"tmp_{case}"
-                sh(*exe, "phantom", tmp, "--seed", 30000 + n, "--kits-label", kits_dir / f"case_{case}.nii.gz")
-                (tmp / "case_00000").rename(dst)
-                tmp.rmdir()
+            shaped_phantom(exe, kp, f"case_{case}", kits_dir / f"case_{case}.nii.gz", 30000 + n)
         sh(*exe, "segment", kp, "-o", work / "pred_kits", *common)
         groups["phantoms shaped by KiTS19 labels"] = evaluate_folder(work / "pred_kits", kp, work / "kits.csv")
 
@@ -106,13 +111,8 @@ def main() -> None:
     if kits23_dir.is_dir() and args.kits23:
         kp = work / "kits23_phantoms"
         for n, case in enumerate(KITS23_EVAL[: args.kits23]):
-            dst = kp / f"case_{2000 + n:05d}"
-            if not dst.exists():
-                tmp = kp / f"tmp_{case}"
-                sh(*exe, "phantom", tmp, "--seed", 30000 + int(case), "--kits-label", kits23_dir / f"case_{case}.nii.gz",
-                   "--cyst-label", "--randomize-intensity", "--bowel-contact", 0.3)
-                (tmp / "case_00000").rename(dst)
-                tmp.rmdir()
+            shaped_phantom(exe, kp, f"case_{2000 + n:05d}", kits23_dir / f"case_{case}.nii.gz", 30000 + int(case),
+                           "--cyst-label", "--randomize-intensity", "--bowel-contact", 0.3)
         sh(*exe, "segment", kp, "-o", work / "pred_kits23", *common)
         groups["phantoms shaped by KiTS23 labels with cysts (cysts as background)"] = cyst_rows(work / "pred_kits23", kp)
 
