@@ -101,11 +101,11 @@ class PostprocessConfig:
     (report 000: 0.8). ``tumor_threshold``: voxel probability that makes a
     voxel a tumor candidate voxel. ``cyst_max_hu``: a candidate whose
     attenuation (median HU of its core, 2 mm inside its edge) is at most this
-    many HU (water) is a probable simple cyst,
-    not a tumor, and is rejected whatever its probability (Bosniak 2019:
-    homogeneous masses of -9 to 20 HU are benign cysts; renal cell carcinoma
-    enhances above that). None (the default, so bundles written before this
-    rule behave as they did) turns the rule off; new bundles get 20.
+    many HU (water) is a probable simple cyst, not a tumor, and is rejected
+    whatever its probability (Bosniak 2019: homogeneous masses of -9 to 20 HU
+    are benign cysts; renal cell carcinoma enhances above that). None (the
+    default, so bundles written before this rule behave as they did) turns
+    the rule off; new bundles get 20.
     """
 
     fusion: str = "candidate_mean_probability"

@@ -122,7 +122,6 @@ def _checkpoint_name(which: str) -> str:
 
 def _stage_from_bundle(folder: Path, role: str, weights: Dict[str, list], members: Dict[str, list]) -> StageConfig:
     """Stage ``role`` of the bundle in ``folder``: its configuration, verified weights and provenance unchanged."""
-
     from KidneyTumorSegLib.bundle import load_bundle
 
     b = load_bundle(folder)
@@ -166,7 +165,6 @@ def _sha256_or_none(path) -> Optional[str]:
 
 
 def _with_provenance(stage: StageConfig, members: list, data: str) -> StageConfig:
-
     return replace(stage, provenance={"data": data, "ensemble": members}, weights=())
 
 
