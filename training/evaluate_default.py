@@ -57,24 +57,25 @@ def shaped_phantom(exe, folder: Path, name: str, label: Path, seed: int, *option
 
 
 def cyst_rows(pred: Path, gt: Path):
-    """Per case: kidney Dice (reference kidney + tumor; cysts are background), tumor Dice, cyst and cyst called tumor (mL)."""
+    """Per case: kidney Dice (reference kidney + tumor; cysts are background), tumor Dice, cyst and cyst called tumor (mL).
+
+    A case the model wrote nothing for (no kidney found) is scored against an empty prediction."""
     import numpy as np
-    import SimpleITK as sitk
+
+    from KidneyTumorSegLib.evaluate import load_pair
+    from KidneyTumorSegLib.metrics import dice
 
     rows = []
     for case in sorted(p for p in gt.glob("case_*") if p.is_dir()):
-        ref_img = sitk.ReadImage(str(case / "segmentation.nii.gz"))
-        ref = sitk.GetArrayFromImage(ref_img)
+        ref_path = case / "segmentation.nii.gz"
         out = pred / case.name / f"{case.name}.label.nii.gz"
-        lab = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) if out.exists() else np.zeros_like(ref)
-        ml = float(np.prod(ref_img.GetSpacing())) / 1000.0
-
-        def dice(a, b):
-            return 1.0 if not (a.any() or b.any()) else 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
-
-        rows.append({"case_id": case.name, "kidney_dice": dice((ref == 1) | (ref == 2), lab > 0),
-                     "tumor_dice": dice(ref == 2, lab == 2), "cyst_ml": float((ref == 3).sum()) * ml,
-                     "cyst_called_tumor_ml": float(((ref == 3) & (lab == 2)).sum()) * ml})
+        lab, ref, spacing = load_pair(case.name, out if out.exists() else ref_path, ref_path)
+        if not out.exists():
+            lab = np.zeros_like(ref)
+        ml = float(np.prod(spacing)) / 1000.0
+        rows.append({"case_id": case.name, "kidney_dice": dice(lab > 0, (ref == 1) | (ref == 2)),
+                     "tumor_dice": dice(lab == 2, ref == 2), "cyst_ml": float(np.count_nonzero(ref == 3) * ml),
+                     "cyst_called_tumor_ml": float(np.count_nonzero((ref == 3) & (lab == 2)) * ml)})
     return rows
 
 

@@ -101,27 +101,34 @@ for sub, n, seed0, start, bowel in (("small", 67, 10300, 400, 0.0), ("small_bowe
         write_phantom_cases(root / sub, n - have, seed0=seed0 + have, start_index=start + have, randomize_intensity=True,
                             organ_contact=0.5, bowel_contact=bowel, shape=(80, 288, 288))
 PY
-if [ -d "$KITS" ]; then
-  n=600
-  for c in 00013 00015 00016 00017 00018 00019 00020 00021 00023 00024 00025 00028 00029 00030 00031 00032 00034 \
-           00035 00036 00037 00038 00039 00041 00043 00044 00045 00046 00047 00048 00050 00051 00054 00055 00056 \
-           00057 00058 00060 00061 00062 00064; do
-    if [ ! -d "$R5/kits/case_00$n" ]; then
-      kidneytumorseg phantom "$R5/kits/kits_$c" --seed $((20000 + 10#$c)) --kits-label "$KITS/case_$c.nii.gz"
-      mv "$R5/kits/kits_$c/case_00000" "$R5/kits/case_00$n"; rmdir "$R5/kits/kits_$c"
+shaped() {  # shaped OUT LABELS FIRST_INDEX SEED_BASE "OPTIONS" CASE...: one phantom per KiTS label map, case_<index>
+  local out=$1 labels=$2 n=$3 base=$4 opts=$5 c dst; shift 5
+  for c in "$@"; do
+    dst=$(printf '%s/case_%05d' "$out" "$n")
+    if [ ! -d "$dst" ]; then
+      # shellcheck disable=SC2086  # OPTIONS are several words
+      kidneytumorseg phantom "$out/tmp_$c" --seed $((base + 10#$c)) --kits-label "$labels/case_$c.nii.gz" $opts
+      mv "$out/tmp_$c/case_00000" "$dst"; rmdir "$out/tmp_$c"
     fi
     n=$((n + 1))
   done
+}
+if [ -d "$KITS" ]; then
+  shaped "$R5/kits" "$KITS" 600 20000 "" 00013 00015 00016 00017 00018 00019 00020 00021 00023 00024 00025 00028 \
+    00029 00030 00031 00032 00034 00035 00036 00037 00038 00039 00041 00043 00044 00045 00046 00047 00048 00050 \
+    00051 00054 00055 00056 00057 00058 00060 00061 00062 00064
 fi
 R5DATA=("$R5/small" "$R5/small_bowel" "$R5/kits")
-round5() {  # round5 ROLE
-  OMP_NUM_THREADS=1 kidneytumorseg-train train --config "training/configs/cpu/$1-round5.json" --data "${R5DATA[@]}" \
-    --out "$WORK/runs5" --cache "$WORK/runs5/cache" --fold all --splits "$WORK/runs5/splits.json" \
-    --init "$WORK/bundle4/$1_0.safetensors" --device cpu --no-progress ${RESUME:+--resume}
+pair() {  # pair ROUND OUT INIT DATA...: kidney and tumor stages at once, one thread each, fold all, round 5's cache
+  local round=$1 out=$2 init=$3 role pids=(); shift 3
+  for role in kidney tumor; do
+    OMP_NUM_THREADS=1 kidneytumorseg-train train --config "training/configs/cpu/$role-$round.json" --data "$@" \
+      --out "$WORK/$out" --cache "$WORK/runs5/cache" --fold all --splits "$WORK/$out/splits.json" \
+      --init "$WORK/$init/${role}_0.safetensors" --device cpu --no-progress ${RESUME:+--resume} & pids+=($!)
+  done
+  wait "${pids[0]}"; wait "${pids[1]}"  # either failing stops the script
 }
-round5 kidney & k=$!
-round5 tumor & t=$!
-wait "$k"; wait "$t"
+pair round5 runs5 bundle4 "${R5DATA[@]}"
 [ -f "$WORK/bundle5/manifest.json" ] || kidneytumorseg-train export --roi "$WORK/bundle4" --kidney "$WORK/runs5/kidney_foldall" \
   --tumor "$WORK/runs5/tumor_foldall" --which epoch0079 -o "$WORK/bundle5" \
   --name kidneytumorseg-default-phantom-cpu --version 0.2 \
@@ -144,27 +151,12 @@ if have < 100:
 PY
 K23=../shared/data/kits23-labels
 if [ -d "$K23" ]; then
-  n=1000
-  for c in 00400 00402 00403 00404 00408 00413 00416 00417 00418 00426 00427 00428 00433 00434 00455 00461 00465 \
-           00468 00470 00472 00473 00475 00480 00483 00485 00494 00499 00503 00507 00508 00512 00519 00522 00523 \
-           00527 00529 00530 00532; do
-    if [ ! -d "$R6/k23/case_0$n" ]; then
-      kidneytumorseg phantom "$R6/k23/k23_$c" --seed $((30000 + 10#$c)) --kits-label "$K23/case_$c.nii.gz" \
-        --cyst-label --randomize-intensity --bowel-contact 0.3
-      mv "$R6/k23/k23_$c/case_00000" "$R6/k23/case_0$n"; rmdir "$R6/k23/k23_$c"
-    fi
-    n=$((n + 1))
-  done
+  shaped "$R6/k23" "$K23" 1000 30000 "--cyst-label --randomize-intensity --bowel-contact 0.3" 00400 00402 00403 \
+    00404 00408 00413 00416 00417 00418 00426 00427 00428 00433 00434 00455 00461 00465 00468 00470 00472 00473 \
+    00475 00480 00483 00485 00494 00499 00503 00507 00508 00512 00519 00522 00523 00527 00529 00530 00532
 fi
 R6DATA=("${R5DATA[@]}" "$R6/small_cyst" "$R6/k23")
-round6() {  # round6 ROLE
-  OMP_NUM_THREADS=1 kidneytumorseg-train train --config "training/configs/cpu/$1-round6.json" --data "${R6DATA[@]}" \
-    --out "$WORK/runs6" --cache "$WORK/runs5/cache" --fold all --splits "$WORK/runs6/splits.json" \
-    --init "$WORK/bundle5/$1_0.safetensors" --device cpu --no-progress ${RESUME:+--resume}
-}
-round6 kidney & k=$!
-round6 tumor & t=$!
-wait "$k"; wait "$t"
+pair round6 runs6 bundle5 "${R6DATA[@]}"
 # the shipped model 0.3: round 3's ROI stage (from bundle5) with round 6's kidney and tumor stages at the end of
 # their 90-epoch schedule (about 95 minutes, two stages at once on one thread each); stage 2 validated with 4 TTA flips
 kidneytumorseg-train export --roi "$WORK/bundle5" --kidney "$WORK/runs6/kidney_foldall" --tumor "$WORK/runs6/tumor_foldall" \

@@ -86,8 +86,7 @@ def export_bundle(
             })
         if stage is not None:
             stages.append(_with_provenance(stage, members[role], data))
-        if role in tta and stages and stages[-1].role == role:
-            stages[-1] = replace(stages[-1], tta=tta[role])
+    stages = [replace(s, tta=tta[s.role]) if s.role in tta else s for s in stages]
     missing = sorted(set(tta) - {s.role for s in stages})
     if missing:
         raise ValueError(f"tta given for stage(s) the bundle does not have: {', '.join(missing)}")
