@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from KidneyTumorSegLib.cascade import RoiWorld, run_cascade
-from KidneyTumorSegLib.config import PostprocessConfig, StageConfig
+from KidneyTumorSegLib.config import NetworkConfig, PostprocessConfig, StageConfig
 from KidneyTumorSegLib.findings import apply_candidate_choice, segment_map
 from KidneyTumorSegLib.geometry import canonical_reorient
 from KidneyTumorSegLib.metrics import case_metrics
-from KidneyTumorSegLib.reference import FalseCandidate, reference_predictors
+from KidneyTumorSegLib.reference import FalseCandidate, ReferencePredictor, reference_predictors
 from KidneyTumorSegLib.volume import Volume
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -261,3 +261,45 @@ def test_phantoms_with_default_spacings_reproduce_reference(seed):
     n_ref = int(len(ph.info["tumors"])) if "tumors" in ph.info else None
     if n_ref is not None:
         assert sum(c.kept for c in res.tumors) == n_ref
+
+
+class _KidneyAndTumorPredictor:
+    """A three-class kidney stage (background, kidney, tumor) that is unsure which class a tumor voxel is:
+    0.4 kidney, 0.4 tumor, 0.2 background; neither class alone passes 0.5, their sum does."""
+
+    def __init__(self, label):
+        self.kidney = ReferencePredictor(label, labels=(1,))
+        self.tumor = ReferencePredictor(label, labels=(2,))
+
+    def predict(self, vol):
+        k, t = self.kidney.predict(vol)[1], self.tumor.predict(vol)[1]
+        p1, p2 = k + 0.4 * t, 0.4 * t
+        return np.stack([1.0 - p1 - p2, p1, p2]).astype(np.float32)
+
+
+def test_three_class_kidney_stage_passes_kidney_plus_tumor_to_stage_3():
+    image, label = toy_case()
+    sp = image.spacing_zyx
+    preds = dict(reference_predictors(label, tumor_probability=1.0), kidney=_KidneyAndTumorPredictor(label))
+    three = dict(labels=("background", "kidney", "tumor"), network=NetworkConfig(out_channels=3))
+    st = stages(fine=sp, tumor=sp)
+    st["kidney"] = StageConfig("kidney", "kidney", spacing=sp, foreground_channels=(1, 2), **three)
+    res = run_cascade(image, st, preds)
+    assert np.array_equal(res.label.array, label.array)
+    # the kidney channel alone leaves the tumors out of the kidney masks, and stage 3 cannot find them there
+    st["kidney"] = StageConfig("kidney", "kidney", spacing=sp, foreground_channel=1, **three)
+    res1 = run_cascade(image, st, preds)
+    assert (res1.label.array == 2).sum() < 0.5 * (label.array == 2).sum()
+
+
+def test_stage_foreground_channels_are_checked():
+    three = NetworkConfig(out_channels=3)
+    probs = np.stack([np.full((2, 2, 2), v, np.float32) for v in (0.2, 0.3, 0.5)])
+    st = StageConfig("k", "kidney", network=three, labels=("background", "kidney", "tumor"), foreground_channels=(1, 2))
+    np.testing.assert_allclose(st.foreground(probs), 0.8)
+    np.testing.assert_array_equal(StageConfig("k", "kidney").foreground(probs[:2]), probs[1])
+    with pytest.raises(ValueError, match=r"stage 'k': foreground channel 3 is not one of the network's 3 output "
+                                         r"channels other than background \(0\)"):
+        StageConfig("k", "kidney", network=three, labels=("background", "kidney", "tumor"), foreground_channels=(1, 3))
+    with pytest.raises(ValueError, match=r"stage 'k': 2 labels \('background', 'foreground'\) for 3 output channels"):
+        StageConfig("k", "kidney", network=three, foreground_channels=(1, 2))

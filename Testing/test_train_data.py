@@ -387,6 +387,18 @@ def test_sampler_fractions_and_determinism(caches):
     np.testing.assert_array_equal(s3[5]["image"], s[5]["image"])
 
 
+def test_stage_targets_by_role_and_classes():
+    lab = np.array([0, 1, 2, 0, 2], np.uint8)
+    st = stages()
+    np.testing.assert_array_equal(stage_target(lab, st["tumor"]), [0, 0, 1, 0, 1])
+    np.testing.assert_array_equal(stage_target(lab, st["kidney"]), [0, 1, 1, 0, 1])
+    np.testing.assert_array_equal(stage_target(lab, st["roi"]), [0, 1, 1, 0, 1])
+    # kidney and tumor as separate classes: the labels themselves
+    three = replace(st["kidney"], network=replace(st["kidney"].network, out_channels=3),
+                    labels=("background", "kidney", "tumor"), foreground_channels=(1, 2))
+    np.testing.assert_array_equal(stage_target(lab, three), lab)
+
+
 def test_sampler_centres_on_tumor_and_cyst(caches):
     root, res = caches
     st = stages()["tumor"]
@@ -406,7 +418,7 @@ def test_sampler_centres_on_tumor_and_cyst(caches):
     assert got["fg"] and got["cyst"]
     # the stage target of the tumor stage is label == 2
     bin_ = PatchSampler(res["tumor"].cache, st, seed=1, centre_jitter=0.0, fg_fraction=0.5, hard_negative_fraction=0.5)
-    np.testing.assert_array_equal(bin_[3]["label"], stage_target(s[3]["label"], "tumor"))
+    np.testing.assert_array_equal(bin_[3]["label"], stage_target(s[3]["label"], st))
 
 
 def test_kidney_sampler_tumor_fraction(caches):
@@ -446,7 +458,7 @@ def test_sampler_pads_at_the_border(caches):
     pad = normalised_value(-1024.0, st)
     inside = tuple(slice(-a, -a + m) for a, m in zip(start, item.shape))
     np.testing.assert_allclose(img[inside], normalise(item.image(), st))
-    np.testing.assert_array_equal(lab[inside], stage_target(np.asarray(item.label()), "roi"))
+    np.testing.assert_array_equal(lab[inside], stage_target(np.asarray(item.label()), st))
     outside = np.ones(big, bool)
     outside[inside] = False
     assert outside.any() and np.all(img[outside] == pad) and not lab[outside].any()

@@ -154,6 +154,39 @@ def test_init_from_a_bundle_weight_file(phantoms, runs, tmp_path):
         export_bundle({"roi": [b.path, done["roi"]], "kidney": [run], "tumor": [done["tumor"]]}, tmp_path / "m2")
 
 
+def test_three_class_kidney_stage_from_a_two_class_one(phantoms, runs, tmp_path):
+    """A kidney stage with kidney and tumor as separate classes, started from a two-class run: --init widens
+    the head (the tumor class starts as a copy of kidney+tumor), it trains on labels 0/1/2, and its bundle
+    loads with the foreground channels and segments."""
+    torch.set_num_threads(1)
+    _, done = runs
+    src = load_checkpoint(done["kidney"] / "checkpoint_final.pt")["model"]
+    stage = {"network": dict(TINY_NET, out_channels=3), "patch_size": [16, 32, 32], "spacing": [6.0, 4.0, 4.0],
+             "labels": ["background", "kidney", "tumor"], "foreground_channels": [1, 2]}
+    cfg = parse_config({"role": "kidney", "stage": stage, "train": dict(TRAIN, epochs=2, tumor_fraction=0.3)})
+    # one epoch at a negligible learning rate: the widened head is the source head plus a copy of its last class
+    still = train_stage(parse_config({"role": "kidney", "stage": stage, "train": dict(TRAIN, epochs=1, lr=1e-20)}),
+                        phantoms, tmp_path / "still", tmp_path / "cache", device="cpu", show_progress=False,
+                        init=done["kidney"])
+    widened = load_checkpoint(still / "checkpoint_final.pt")["model"]
+    for k, v in src.items():
+        w = widened[k]
+        if k.startswith("seg_heads."):
+            assert w.shape[0] == 3 and torch.allclose(w[:2], v, atol=1e-12) and torch.allclose(w[2], v[1], atol=1e-12), k
+        else:
+            assert torch.allclose(w, v, atol=1e-12), k
+    run = train_stage(cfg, phantoms, tmp_path / "k3", tmp_path / "cache", device="cpu", show_progress=False,
+                      init=done["kidney"])
+    rows = _log(run)
+    assert len(rows) == 2 and all(float(r["train_loss"]) > 0 for r in rows)
+    b = load_bundle(export_bundle({"roi": [done["roi"]], "kidney": [run], "tumor": [done["tumor"]]}, tmp_path / "m").path)
+    assert b.stages["kidney"].network.out_channels == 3
+    assert b.stages["kidney"].foreground_channels == (1, 2)
+    case = Path(phantoms[0].image_path).parent
+    rc = kts_main(["segment", str(case), "-o", str(tmp_path / "out"), "--model", str(b.path), "--device", "cpu"])
+    assert rc in (0, 1)  # a 2-epoch model may or may not find a kidney; the command must end cleanly
+
+
 def test_channels_last_trains_the_same_network(phantoms, tmp_path):
     torch.set_num_threads(1)
     a = train_stage(tiny_config("tumor", epochs=2), phantoms, tmp_path / "a", tmp_path / "cache", device="cpu",

@@ -246,7 +246,7 @@ def _predict_on_grid(vol: Volume, stage: StageConfig, predictor) -> np.ndarray:
     probs = np.asarray(predictor.predict(svol))
     if probs.ndim != 4 or tuple(probs.shape[1:]) != svol.shape:
         raise RuntimeError(f"stage {stage.name!r}: predictor returned shape {probs.shape}, expected (C,)+{svol.shape}")
-    fg = np.ascontiguousarray(probs[stage.foreground_channel], dtype=np.float32)
+    fg = np.ascontiguousarray(stage.foreground(probs), dtype=np.float32)
     del probs
     return rec.invert(fg, order=1)
 
@@ -258,7 +258,7 @@ def _stage_roi(can: Volume, stage: StageConfig, predictor) -> Optional[Box]:
     body = _body_box(coarse.array, stage.mask_value)
     sub = Crop(body, coarse.shape).volume(coarse, fill=stage.mask_value)
     probs = np.asarray(predictor.predict(sub))
-    fg = probs[stage.foreground_channel] >= stage.threshold
+    fg = stage.foreground(probs) >= stage.threshold
     comps = _largest_components(fg, stage.keep_components, stage.min_component_ml, coarse.voxel_volume_ml())
     if not comps:
         return None

@@ -53,7 +53,10 @@ class StageConfig:
     ``window``: HU clip range. ``normalization``: ``zscore`` with
     ``norm_mean``/``norm_std`` (fixed statistics from training, HU),
     ``minmax`` to [0, 1] over the window, or ``none``. ``threshold`` turns the
-    foreground probability into a mask. ``weights``: file names inside the
+    foreground probability into a mask: that of channel
+    ``foreground_channel``, or, when ``foreground_channels`` is given, the sum
+    of those channels (a kidney stage trained with kidney and tumor as
+    separate classes, whose foreground is kidney + tumor). ``weights``: file names inside the
     bundle; several are averaged as an ensemble.
     """
 
@@ -70,6 +73,7 @@ class StageConfig:
     context_slices: int = 0
     labels: Tuple[str, ...] = ("background", "foreground")
     foreground_channel: int = 1
+    foreground_channels: Tuple[int, ...] = ()
     threshold: float = 0.5
     margin_mm: float = 10.0
     mask_outside: bool = False
@@ -90,6 +94,20 @@ class StageConfig:
             raise ValueError(f"stage {self.name!r}: unknown normalization {self.normalization!r}")
         if self.window[0] >= self.window[1]:
             raise ValueError(f"stage {self.name!r}: window {self.window} is empty")
+        n_out = self.network.out_channels
+        for c in tuple(self.foreground_channels) or (self.foreground_channel,):
+            if not 1 <= int(c) < n_out:
+                raise ValueError(f"stage {self.name!r}: foreground channel {c} is not one of the network's "
+                                 f"{n_out} output channels other than background (0)")
+        if len(self.labels) != n_out:
+            raise ValueError(f"stage {self.name!r}: {len(self.labels)} labels {tuple(self.labels)} for "
+                             f"{n_out} output channels")
+
+    def foreground(self, probs):
+        """The foreground probability ``(k, j, i)`` from class probabilities ``(C, k, j, i)``."""
+        if not self.foreground_channels:
+            return probs[self.foreground_channel]
+        return sum(probs[int(c)] for c in self.foreground_channels)
 
 
 @dataclass(frozen=True)

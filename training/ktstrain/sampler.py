@@ -42,15 +42,21 @@ from .preprocess import CachedItem, StageCache
 KINDS = ("fg", "tumor", "cyst", "random")
 
 
-def stage_target(label: np.ndarray, role: str) -> np.ndarray:
-    """The stage's training target from mapped labels: label > 0 (roi, kidney) or label == 2 (tumor), uint8."""
-    return ((label == 2) if role == "tumor" else (label > 0)).astype(np.uint8)
+def stage_target(label: np.ndarray, stage: StageConfig) -> np.ndarray:
+    """The stage's training target from mapped labels, uint8: label == 2 (tumor stage); for the roi and
+    kidney stages label > 0, or the labels themselves (0 background, 1 kidney, 2 tumor) when the network
+    has three output channels (kidney and tumor as separate classes, the foreground their sum)."""
+    if stage.role == "tumor":
+        return (label == 2).astype(np.uint8)
+    if stage.network.out_channels == 3:
+        return np.minimum(label, 2).astype(np.uint8)
+    return (label > 0).astype(np.uint8)
 
 
 def load_item(item: CachedItem, stage: StageConfig, target: str = "stage") -> Tuple[np.ndarray, np.ndarray]:
     """A whole item for validation: normalised image ``(1, k, j, i)`` float32 and its target ``(k, j, i)`` uint8."""
     lab = np.asarray(item.label())
-    return normalise(item.image(), stage)[None], (stage_target(lab, stage.role) if target == "stage" else lab.copy())
+    return normalise(item.image(), stage)[None], (stage_target(lab, stage) if target == "stage" else lab.copy())
 
 
 class PatchSampler(torch.utils.data.Dataset):
@@ -181,7 +187,7 @@ class PatchSampler(torch.utils.data.Dataset):
             lab[~keep] = 0
         return {
             "image": normalise(img, self.stage)[None],
-            "label": stage_target(lab, self.stage.role) if self.target == "stage" else lab,
+            "label": stage_target(lab, self.stage) if self.target == "stage" else lab,
             "case_id": item.case_id,
             "item": item.name,
             "kind": kind,

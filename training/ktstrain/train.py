@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -61,8 +61,8 @@ def validate(model: torch.nn.Module, cache: StageCache, stage, device: str, over
     try:
         for item in cache.items:
             probs = predictor.predict(np.asarray(item.image()))
-            pred = probs[stage.foreground_channel] >= stage.threshold
-            scores.append(_dice(pred, stage_target(np.asarray(item.label()), stage.role) > 0))
+            pred = stage.foreground(probs) >= stage.threshold
+            scores.append(_dice(pred, stage_target(np.asarray(item.label()), stage) > 0))
     finally:
         model.train(was_training)
     name = "tumor_dice" if stage.role == "tumor" else "kidney_dice"
@@ -256,6 +256,16 @@ def load_init_weights(model: torch.nn.Module, init) -> str:
 
 def _copy_weights(model: torch.nn.Module, weights: Dict[str, Any], path: Path) -> str:
     own = model.state_dict()
+    weights = dict(weights)
+    for k in own:
+        if k in weights and _widened_head(k, tuple(weights[k].shape), tuple(own[k].shape)):
+            # a two-class stage (background, kidney+tumor) into a three-class one (background, kidney,
+            # tumor): the new classes start as copies of the old last class, so the foreground (their sum)
+            # starts where the old model's was
+            w = weights[k]
+            extra = w[-1:].repeat((own[k].shape[0] - w.shape[0],) + (1,) * (w.dim() - 1))
+            weights[k] = torch.cat([w, extra], dim=0)
+            log.info("--init: %s widened from %d to %d classes", k, w.shape[0], own[k].shape[0])
     bad = sorted(k for k in set(own) | set(weights)
                  if k not in own or k not in weights or tuple(own[k].shape) != tuple(weights[k].shape))
     if bad:
@@ -263,6 +273,12 @@ def _copy_weights(model: torch.nn.Module, weights: Dict[str, Any], path: Path) -
                          f"{', '.join(bad[:3])})")
     model.load_state_dict(weights)
     return str(path)
+
+
+def _widened_head(name: str, old: Tuple[int, ...], new: Tuple[int, ...]) -> bool:
+    """Whether tensor ``name`` is a segmentation head's weight or bias with more output classes than before."""
+    return (name.startswith("seg_heads.") and len(old) == len(new) and old[1:] == new[1:]
+            and 2 <= old[0] < new[0])
 
 
 def training_step(net, model, img, lab, opt, scaler, loss_fn, amp, grad_clip: float) -> torch.Tensor:
