@@ -261,7 +261,7 @@ def _copy_weights(model: torch.nn.Module, weights: Dict[str, Any], path: Path) -
         if k in weights and _widened_head(k, tuple(weights[k].shape), tuple(own[k].shape)):
             # a two-class stage (background, kidney+tumor) into a three-class one (background, kidney,
             # tumor): the new classes start as copies of the old last class, so the foreground (their sum)
-            # starts where the old model's was
+            # starts near the old model's (a little above it: the copies share the softmax with background)
             w = weights[k]
             extra = w[-1:].repeat((own[k].shape[0] - w.shape[0],) + (1,) * (w.dim() - 1))
             weights[k] = torch.cat([w, extra], dim=0)
