@@ -56,8 +56,8 @@ class StageConfig:
     foreground probability into a mask: that of channel
     ``foreground_channel``, or, when ``foreground_channels`` is given, the sum
     of those channels (a kidney stage trained with kidney and tumor as
-    separate classes, whose foreground is kidney + tumor). ``weights``: file names inside the
-    bundle; several are averaged as an ensemble.
+    separate classes, whose foreground is kidney + tumor). ``weights``: file
+    names inside the bundle; several are averaged as an ensemble.
     """
 
     name: str
