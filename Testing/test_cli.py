@@ -12,6 +12,8 @@ import pytest
 import SimpleITK as sitk
 
 from KidneyTumorSegLib.cli import main
+from KidneyTumorSegLib.config import RuntimeConfig
+from KidneyTumorSegLib.pipeline import Segmenter
 from KidneyTumorSegLib.events import parse_event
 from helpers_bundle import make_tiny_bundle
 
@@ -96,6 +98,22 @@ def test_segment_writes_all_outputs_on_the_input_grid(phantom_dir, fg_bundle, tm
                  "--save-candidates"]) == 0
     again = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "case_00000.label.nii.gz")))
     assert np.array_equal(again, sitk.GetArrayFromImage(lab))
+
+
+def test_segment_tumor_growth_options(phantom_dir, fg_bundle, tmp_path, caplog):
+    case = phantom_dir / "case_00000"
+    out = tmp_path / "out"
+    assert main(["segment", str(case), "-o", str(out), "--model", str(fg_bundle), "--device", "cpu", "--no-preview",
+                 "--tumor-growth", "2"]) == 0
+    report = json.loads((out / "case_00000" / "case_00000.report.json").read_text())
+    assert report["tumor_growth"] == {"passes": 2, "mm": 13.0}  # the bundle sets no distance: the default
+    assert main(["segment", str(case), "-o", str(tmp_path / "bad"), "--model", str(fg_bundle), "--device", "cpu",
+                 "--tumor-growth", "9"]) == 2
+    assert "tumor_growth_passes must be an integer from 0 to 8, got 9" in caplog.text
+    assert not (tmp_path / "bad").exists()
+    seg = Segmenter(fg_bundle, RuntimeConfig(device="cpu", tumor_growth_passes=1, tumor_growth_mm=8.0))
+    assert (seg.post.tumor_growth_passes, seg.post.tumor_growth_mm) == (1, 8.0)
+    assert Segmenter(fg_bundle, RuntimeConfig(device="cpu")).post.tumor_growth_passes == 0
 
 
 def test_no_kidney_found_writes_nothing(phantom_dir, tmp_path, caplog):

@@ -251,6 +251,25 @@ def test_export_sets_a_stages_validated_tta(runs, tmp_path, caplog):
     assert (cli.stages["kidney"].tta, cli.stages["tumor"].tta) == (2, 8)
 
 
+def test_export_sets_stage4_settings(runs, tmp_path, caplog):
+    _, done = runs
+    args = ["export", "--kidney", str(done["kidney"]), "--tumor", str(done["tumor"]), "-o"]
+    assert train_main(args + [str(tmp_path / "m"), "--post", "tumor_growth_passes=3", "tumor_growth_mm=13",
+                              "cyst_max_hu=none"]) == 0
+    post = load_bundle(tmp_path / "m").postprocess
+    assert (post.tumor_growth_passes, post.tumor_growth_mm, post.cyst_max_hu, post.candidate_threshold) == (3, 13.0, None, 0.8)
+    bad = args + [str(tmp_path / "bad"), "--post"]
+    assert train_main(bad + ["growth=3"]) == 1
+    assert "--post takes KEY=VALUE with KEY one of fusion, candidate_threshold" in caplog.text
+    assert train_main(bad + ["tumor_growth_passes=2.5"]) == 1
+    assert "--post tumor_growth_passes: '2.5' is not an integer" in caplog.text
+    assert train_main(bad + ["tumor_growth_passes=9"]) == 1
+    assert "tumor_growth_passes must be an integer from 0 to 8, got 9" in caplog.text
+    assert train_main(bad + ["tumor_growth_mm=-1"]) == 1
+    assert "tumor_growth_mm must be from 0 to 50 mm, got -1.0" in caplog.text
+    assert not (tmp_path / "bad").exists()
+
+
 def test_train_cli_errors_are_clear(tmp_path, caplog):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"role": "kidney", "train": {"epochz": 3}}))

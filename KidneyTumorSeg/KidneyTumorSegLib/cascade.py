@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, float, str], None]  # (stage, fraction of that stage 0..1, message)
 
 
+_GROWTH_STOP = 0.02  # no growth pass when kept tumor reaches past the region by at most this fraction of its volume
+
+
 class NoKidneyFound(InputError):
     pass
 
@@ -117,38 +120,27 @@ def run_cascade(
     kidneys: List[Kidney] = []
     candidates: List[Candidate] = []
     next_id = 1
+    roi_offset = tuple(r0 for r0, _ in roi_box)
     for n, (side, mask_roi) in enumerate(kidneys_masks):
         progress("tumor", n / len(kidneys_masks), f"tumors in the {side} kidney")
-        kc = kidney_crop(can, mask_roi, tuple(r0 for r0, _ in roi_box), tstage)
-        kbox, kvol, kmask, allowed = kc.box, kc.volume, kc.mask, kc.allowed
-        tprob = _predict_on_grid(kvol, tstage, predictors["tumor"])
-        tprob[~allowed] = 0.0
-        # stage 4: candidates
-        tmask = tprob >= post.tumor_threshold
-        cc, ncomp = cc3d.connected_components(tmask, connectivity=26, return_N=True)
+        kc, comps_scored, cc = _tumor_passes(can, mask_roi, roi_offset, tstage, predictors["tumor"], post)
+        kbox, kvol = kc.box, kc.volume
+        # the kidney is stage 2's, on the (possibly grown) crop
+        kmask = Crop(tuple((a - o, b - o) for (a, b), o in zip(kbox, roi_offset)), mask_roi.shape).apply(mask_roi, fill=False)
         kept_mask = np.zeros(kmask.shape, bool)
-        vox_ml = kvol.voxel_volume_ml()
-        if ncomp:
-            # one pass over the crop for all components: an untrained or uncertain model can give hundreds
-            means = ndimage.mean(tprob, cc, index=np.arange(1, ncomp + 1))
-            counts = np.bincount(cc.ravel(), minlength=ncomp + 1)[1:]
+        if comps_scored:
+            ncomp = len(comps_scored)
             kept_flags = np.zeros(ncomp + 1, bool)
-            for c, sl in enumerate(ndimage.find_objects(cc), start=1):
-                sub = cc[sl] == c
-                vol_ml = float(counts[c - 1]) * vox_ml
-                score = float(means[c - 1])
-                hu = _core_hu(kvol.array[sl], sub, spacing)
-                why = _rejection(score, vol_ml, hu, post)
-                kept = not why
-                kept_flags[c] = kept
-                k_idx, j_idx, i_idx = (np.mean(a) + s.start for a, s in zip(np.nonzero(sub), sl))
+            for c, sc in enumerate(comps_scored, start=1):
+                kept_flags[c] = not sc.why
+                k_idx, j_idx, i_idx = (np.mean(a) + s.start for a, s in zip(np.nonzero(sc.sub), sc.sl))
                 centre = tuple(round(float(v), 2) for v in kvol.index_to_world([i_idx, j_idx, k_idx]))
                 candidates.append(Candidate(
-                    id=next_id + c - 1, kidney_index=n, side=side, volume_ml=round(vol_ml, 3),
-                    axial_diameter_mm=round(measure.max_axial_diameter_mm(sub, spacing), 2),
-                    diameter_3d_mm=round(measure.max_diameter_3d_mm(sub, spacing), 2),
-                    mean_probability=round(score, 4), kept=bool(kept), centre_lps_mm=centre,
-                    core_hu=round(hu, 1), rejected_because=why,
+                    id=next_id + c - 1, kidney_index=n, side=side, volume_ml=round(sc.vol_ml, 3),
+                    axial_diameter_mm=round(measure.max_axial_diameter_mm(sc.sub, spacing), 2),
+                    diameter_3d_mm=round(measure.max_diameter_3d_mm(sc.sub, spacing), 2),
+                    mean_probability=round(sc.score, 4), kept=not sc.why, centre_lps_mm=centre,
+                    core_hu=round(sc.hu, 1), rejected_because=sc.why,
                 ))
             ids = np.where(cc > 0, cc.astype(np.int64) + (next_id - 1), 0).astype(np.uint16)
             _paste(cand_map, kbox, ids)
@@ -232,6 +224,88 @@ def kidney_crop(can: Volume, mask: np.ndarray, offset: Sequence[int], stage: Sta
         arr[~allowed] = np.asarray(stage.mask_value).astype(arr.dtype)
         vol = vol.with_array(arr)
     return KidneyCrop(box, box_in_mask, vol, kmask, allowed)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """One tumor candidate of a crop: its bounding slices, its voxels there, and stage 4's verdict."""
+
+    sl: Tuple[slice, ...]
+    sub: np.ndarray
+    vol_ml: float
+    score: float
+    hu: float
+    why: str  # "" = kept
+
+
+def _score_candidates(tprob: np.ndarray, kvol: Volume, post: PostprocessConfig):
+    """Stage 4 on one crop: connected components of the tumor mask, each scored and judged."""
+    cc, ncomp = cc3d.connected_components(tprob >= post.tumor_threshold, connectivity=26, return_N=True)
+    out: List[_Scored] = []
+    if ncomp:
+        # one pass over the crop for all components: an untrained or uncertain model can give hundreds
+        means = ndimage.mean(tprob, cc, index=np.arange(1, ncomp + 1))
+        counts = np.bincount(cc.ravel(), minlength=ncomp + 1)[1:]
+        vox_ml = kvol.voxel_volume_ml()
+        for c, sl in enumerate(ndimage.find_objects(cc), start=1):
+            sub = cc[sl] == c
+            vol_ml = float(counts[c - 1]) * vox_ml
+            score = float(means[c - 1])
+            hu = _core_hu(kvol.array[sl], sub, kvol.spacing_zyx)
+            out.append(_Scored(sl, sub, vol_ml, score, hu, _rejection(score, vol_ml, hu, post)))
+    return cc, out
+
+
+def _tumor_passes(can: Volume, mask: np.ndarray, offset: Sequence[int], stage: StageConfig, predictor,
+                  post: PostprocessConfig):
+    """Stage 3 (and 4's scoring) on one kidney, grown over tumor that stage 2 left out.
+
+    Stage 3 sees the kidney dilated by ``stage.mask_dilation_mm``, so a tumor
+    that bulges out of the kidney where stage 2 missed it is cut at that rim.
+    When kept candidates reach into the rim (by more than ``_GROWTH_STOP`` of
+    their volume), the pass is repeated with the region widened to the kept
+    candidates dilated by ``post.tumor_growth_mm``, at most
+    ``post.tumor_growth_passes`` more times. A growth pass decides only the
+    voxels it adds; the earlier passes' probabilities stand where they looked.
+    Returns the last pass's crop, its scored candidates and their component map.
+    """
+    spacing = can.spacing_zyx
+    seen = None
+    for p in range(post.tumor_growth_passes + 1):
+        kc = kidney_crop(can, mask, offset, stage)
+        tprob = _predict_on_grid(kc.volume, stage, predictor)
+        tprob[~kc.allowed] = 0.0
+        if seen is not None:
+            # where an earlier pass looked, its answer stands (stage 3 saw the context it was trained
+            # with there; a wider one can change it): a growth pass only decides the voxels it adds.
+            # The region only grows, so this crop holds the earlier one.
+            box, prob, allowed = seen
+            part = tprob[tuple(slice(a - c, b - c) for (a, b), (c, _) in zip(box, kc.box))]
+            part[allowed] = prob[allowed]
+        seen = (kc.box, tprob, kc.allowed)
+        cc, scored = _score_candidates(tprob, kc.volume, post)
+        if p == post.tumor_growth_passes:
+            break
+        kept = np.zeros(kc.mask.shape, bool)
+        for sc in scored:
+            if not sc.why:
+                kept[sc.sl] |= sc.sub
+        grown = kept & ~kc.mask
+        if not grown.any() or grown.sum() <= _GROWTH_STOP * kept.sum():
+            break
+        log.debug("tumor growth pass %d: kept candidates reach %.1f mL past the region", p + 1,
+                  grown.sum() * kc.volume.voxel_volume_ml())
+        # the next region: this one plus the kept candidates dilated by tumor_growth_mm (kidney_crop adds
+        # mask_dilation_mm), on a frame padded so the dilation is not cut by this crop's box
+        extra = max(post.tumor_growth_mm - stage.mask_dilation_mm, 0.0)
+        pad = [int(np.ceil(extra / s)) + 1 for s in spacing]
+        inner = tuple(slice(q, q + n) for q, n in zip(pad, kc.mask.shape))
+        frame = np.zeros(tuple(n + 2 * q for n, q in zip(kc.mask.shape, pad)), bool)
+        frame[inner] = kept
+        frame = _dilate_mm(frame, extra, spacing)
+        frame[inner] |= kc.mask
+        mask, offset = frame, tuple(a - q for (a, _), q in zip(kc.box, pad))
+    return kc, scored, cc
 
 
 def _predict_on_grid(vol: Volume, stage: StageConfig, predictor) -> np.ndarray:

@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
     s.add_argument("--candidate-threshold", type=float, help="keep a tumor candidate when its mean probability is at least this (model default 0.8)")
     s.add_argument("--keep-components", type=int, choices=[1, 2], help="kidneys to keep (model default 2)")
+    s.add_argument("--tumor-growth", type=int, metavar="PASSES",
+                   help="run the tumor stage again, at most PASSES (0-8) more times, around kept tumors that reach "
+                        "past the kidney stage's outline (exophytic tumors it missed); default: the model's (0)")
+    s.add_argument("--tumor-growth-mm", type=float, metavar="MM",
+                   help="how far past those tumors a growth pass looks (default: the model's, else 13 mm)")
     s.add_argument("--roi", type=_floats(6), metavar="X0,Y0,Z0,X1,Y1,Z1", help="region of interest in LPS mm; replaces stage 1")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("--no-preview", action="store_true", help="do not write the PNG preview")
@@ -125,7 +130,8 @@ def cmd_segment(args) -> int:
         return 2
     runtime = RuntimeConfig(device=args.device, tta=tta, overlap=args.overlap, sw_batch_size=args.batch,
                             precision=args.precision, threads=args.threads,
-                            candidate_threshold=args.candidate_threshold, keep_components=args.keep_components)
+                            candidate_threshold=args.candidate_threshold, keep_components=args.keep_components,
+                            tumor_growth_passes=args.tumor_growth, tumor_growth_mm=args.tumor_growth_mm)
     with _event_stream(args.events) as stream:
         events = EventWriter(stream)
         try:
@@ -179,7 +185,8 @@ def cmd_segment(args) -> int:
                     raise InputError("; ".join(result.messages) + " (nothing written)")
                 progress("write", 0.0, "writing results")
                 extra = {"model": seg.bundle.card()["name"], "model_version": seg.bundle.version, "device": str(seg.device),
-                         "tta": tta, "seconds": round(time.perf_counter() - t0, 2)}
+                         "tta": tta, "tumor_growth": {"passes": seg.post.tumor_growth_passes, "mm": seg.post.tumor_growth_mm},
+                         "seconds": round(time.perf_counter() - t0, 2)}
                 outs = write_case_outputs(result, image, args.output, case_id, overwrite=args.overwrite,
                                           preview=not args.no_preview, candidates=args.save_candidates, extra_report=extra, inputs=input_paths)
                 progress("write", 1.0, "done")

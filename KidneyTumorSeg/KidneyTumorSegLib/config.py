@@ -124,6 +124,15 @@ class PostprocessConfig:
     are benign cysts; renal cell carcinoma enhances above that). None (the
     default, so bundles written before this rule behave as they did) turns
     the rule off; new bundles get 20.
+
+    ``tumor_growth_passes`` and ``tumor_growth_mm``: stage 3 sees only stage
+    2's kidney (dilated by the tumor stage's ``mask_dilation_mm``), so a
+    tumor that bulges out where stage 2 missed it is cut at that rim. When
+    kept candidates reach into the rim, stage 3 runs again on the region
+    widened to the kept candidates dilated by ``tumor_growth_mm``, at most
+    ``tumor_growth_passes`` more times. Stage 3 must have been trained on
+    masks that wide (``tumor_mask_extra_mm``). 0 passes (the default, so
+    bundles written before behave as they did) is one pass.
     """
 
     fusion: str = "candidate_mean_probability"
@@ -132,10 +141,16 @@ class PostprocessConfig:
     min_candidate_ml: float = 0.0
     horseshoe_crossing_mm: float = 15.0
     cyst_max_hu: Optional[float] = None
+    tumor_growth_passes: int = 0
+    tumor_growth_mm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSION_RULES:
             raise ValueError(f"unknown fusion rule {self.fusion!r} (expected one of {FUSION_RULES})")
+        if not isinstance(self.tumor_growth_passes, int) or not 0 <= self.tumor_growth_passes <= 8:
+            raise ValueError(f"tumor_growth_passes must be an integer from 0 to 8, got {self.tumor_growth_passes!r}")
+        if not 0.0 <= self.tumor_growth_mm <= 50.0:
+            raise ValueError(f"tumor_growth_mm must be from 0 to 50 mm, got {self.tumor_growth_mm!r}")
 
 
 @dataclass(frozen=True)
@@ -147,6 +162,9 @@ class RuntimeConfig:
     ``tta``). ``overlap``: sliding-window overlap fraction. ``sw_batch_size``:
     windows per forward pass. ``precision``: ``auto`` (bf16 on CUDA where
     supported, else fp16 on CUDA, fp32 on CPU) | ``fp32`` | ``bf16`` | ``fp16``.
+    ``candidate_threshold``, ``keep_components``, ``tumor_growth_passes``,
+    ``tumor_growth_mm``: when set, replace the bundle's values (see
+    :class:`PostprocessConfig`).
     """
 
     device: str = "auto"
@@ -157,6 +175,8 @@ class RuntimeConfig:
     threads: int = 0
     candidate_threshold: Optional[float] = None
     keep_components: Optional[int] = None
+    tumor_growth_passes: Optional[int] = None
+    tumor_growth_mm: Optional[float] = None
 
 
 def to_dict(obj: Any) -> Dict[str, Any]:

@@ -12,6 +12,7 @@ from .bundle import Bundle, default_bundle_path, load_bundle, BundleError
 from .cascade import Progress, RoiWorld, run_cascade
 from .config import RuntimeConfig
 from .findings import CascadeResult
+from .presets import DEFAULT_TUMOR_GROWTH_MM
 from .volume import Volume
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,9 @@ class Segmenter:
 
     The constructor takes the bundle and runtime settings only; everything
     about the model (architecture, spacing, windows, thresholds) comes from
-    the bundle's manifest. ``runtime.candidate_threshold`` and
-    ``runtime.keep_components`` override the bundle's values when set.
+    the bundle's manifest. ``runtime.candidate_threshold``,
+    ``runtime.keep_components`` and the tumor growth settings override the
+    bundle's values when set.
     """
 
     def __init__(self, bundle: Union[Bundle, str, os.PathLike, None] = None, runtime: RuntimeConfig = RuntimeConfig()) -> None:
@@ -57,6 +59,11 @@ class Segmenter:
         self.post = self.bundle.postprocess
         if runtime.candidate_threshold is not None:
             self.post = replace(self.post, candidate_threshold=float(runtime.candidate_threshold))
+        if runtime.tumor_growth_passes is not None:
+            mm = self.post.tumor_growth_mm or DEFAULT_TUMOR_GROWTH_MM
+            self.post = replace(self.post, tumor_growth_passes=int(runtime.tumor_growth_passes), tumor_growth_mm=mm)
+        if runtime.tumor_growth_mm is not None:
+            self.post = replace(self.post, tumor_growth_mm=float(runtime.tumor_growth_mm))
         self.predictors: Dict[str, StageNetwork] = {}
         for role, stage in stages.items():
             models = self.bundle.build_models(role)

@@ -44,6 +44,10 @@ def default_stages(network: NetworkConfig = DEFAULT_NETWORK) -> List[StageConfig
 
 
 DEFAULT_POSTPROCESS = PostprocessConfig(candidate_threshold=0.8, tumor_threshold=0.5, cyst_max_hu=20.0)
+# tumor growth passes asked for at run time look this far past kept candidates unless the bundle or the
+# user says otherwise: the widest mask the shipped tumor stage was trained on (mask_dilation_mm 3 plus
+# tumor_mask_extra_mm 10)
+DEFAULT_TUMOR_GROWTH_MM = 13.0
 
 
 def with_network(stages: List[StageConfig], network: NetworkConfig) -> List[StageConfig]:

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limitations", default="", help="what users must know before trusting the output; shown with every result")
     e.add_argument("--tta", nargs="+", default=[], metavar="ROLE=N",
                    help="most test-time augmentations a stage was validated with (e.g. kidney=4); caps --tta/--full")
+    e.add_argument("--post", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="stage-4 settings that differ from the defaults (fields of PostprocessConfig), "
+                        "e.g. tumor_growth_passes=3 tumor_growth_mm=13")
     e.add_argument("--overwrite", action="store_true")
     return p
 
@@ -150,7 +153,8 @@ def _export(args) -> int:
 
     b = export_bundle({"roi": args.roi, "kidney": args.kidney, "tumor": args.tumor}, Path(args.output), which=args.which,
                       name=args.name, version=args.version, description=args.description, data=args.data_description,
-                      overwrite=args.overwrite, limitations=args.limitations, tta=_parse_tta(args.tta))
+                      overwrite=args.overwrite, limitations=args.limitations, tta=_parse_tta(args.tta),
+                      postprocess=_parse_post(args.post))
     log.info("bundle written: %s (%s)", b.path, ", ".join(f"{r}: {len(s.weights)} model(s)" for r, s in b.stages.items()))
     return 0
 
@@ -163,6 +167,32 @@ def _parse_tta(items) -> dict:
             raise ValueError(f"--tta takes ROLE=N (e.g. kidney=4), got {item!r}")
         out[role.strip()] = int(n)
     return out
+
+
+def _parse_post(items):
+    """``--post KEY=VALUE ...`` over the default stage-4 settings; each value takes the type of the default."""
+    from dataclasses import fields, replace
+
+    from KidneyTumorSegLib.presets import DEFAULT_POSTPROCESS
+
+    names = [f.name for f in fields(DEFAULT_POSTPROCESS)]
+    changes = {}
+    for item in items:
+        key, sep, text = (x.strip() for x in item.partition("="))
+        if not sep or key not in names:
+            raise ValueError(f"--post takes KEY=VALUE with KEY one of {', '.join(names)}; got {item!r}")
+        default = getattr(DEFAULT_POSTPROCESS, key)
+        try:
+            if text.lower() == "none" and key == "cyst_max_hu":
+                changes[key] = None
+            elif isinstance(default, str):
+                changes[key] = text
+            else:
+                changes[key] = int(text) if isinstance(default, int) else float(text)
+        except ValueError:
+            kind = "an integer" if isinstance(default, int) else "a number"
+            raise ValueError(f"--post {key}: {text!r} is not {kind}") from None
+    return replace(DEFAULT_POSTPROCESS, **changes)
 
 
 if __name__ == "__main__":  # pragma: no cover
