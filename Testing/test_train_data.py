@@ -259,6 +259,25 @@ def test_tumor_stage_wide_mask_items(data_root, tmp_path):
         replace(OPTS, tumor_mask_extra_mm=-1.0)
 
 
+def test_tumor_stage_cut_mask_items(data_root, tmp_path):
+    """tumor_mask_cut_mm: a kidney with tumor gets an item whose mask (and so its label) stops part way
+    into the tumor, as stage 2's masks do; kidneys without tumor get none."""
+    st = stages()["tumor"]
+    cases = discover_cases(data_root)[1:2]
+    base = {it.name: it for it in preprocess_stage(cases, st, tmp_path, OPTS).cache.items}
+    cut = preprocess_stage(cases, st, tmp_path, replace(OPTS, tumor_mask_cut_mm=4.0)).cache
+    assert [it.name for it in cut.items] == ["k0", "k1", "k1c"] and base["k0"].voxels["tumor"] == 0
+    by = {it.name: it for it in cut.items}
+    a, c = base["k1"], by["k1c"]
+    assert 0 < c.voxels["tumor"] < 0.8 * a.voxels["tumor"]
+    assert c.voxels["kidney"] == pytest.approx(a.voxels["kidney"], rel=0.02)
+    image, label = np.asarray(c.image()), np.asarray(c.label())
+    assert not ((label > 0) & (image <= -1024)).any()  # no label where the mask hides the image
+    assert "tumor_mask_cut_mm" not in OPTS.to_dict()
+    with pytest.raises(ValueError, match="tumor_mask_cut_mm must be >= 0"):
+        replace(OPTS, tumor_mask_cut_mm=-1.0)
+
+
 def test_kidney_stage_crop_and_intensity_stats(caches, data_root):
     root, res = caches
     r = res["kidney"]

@@ -61,6 +61,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import cc3d
 import numpy as np
+from scipy import ndimage
 
 from KidneyTumorSegLib.cascade import kidney_crop
 from KidneyTumorSegLib.config import StageConfig
@@ -94,6 +95,13 @@ class PreprocessOptions:
     item whose mask (and crop) is dilated by this much more, so the network
     also sees what an over-reaching kidney mask lets in at inference (bowel,
     liver, spleen beside the kidney) and learns that it is no tumor.
+    ``tumor_mask_cut_mm``: tumor stage, when > 0 each kidney with tumor gets
+    another item whose mask holds the kidney but only the part of the tumor
+    within a random 0 to this many mm of the kidney parenchyma, as stage 2
+    gives at inference when it misses an exophytic tumor's outer part; the
+    label is cleared outside the mask as for every item, so the network
+    learns that tumor can run up to the mask's edge (which growth passes
+    then follow) instead of stopping short of it.
     """
 
     kidney_extra_margin_mm: float = 30.0
@@ -103,6 +111,7 @@ class PreprocessOptions:
     locations_per_class: int = 10000
     intensity_samples: int = 10000
     tumor_mask_extra_mm: float = 0.0
+    tumor_mask_cut_mm: float = 0.0
     label_map: LabelMap = field(default_factory=LabelMap)
 
     def __post_init__(self) -> None:
@@ -110,12 +119,15 @@ class PreprocessOptions:
             raise ValueError(f"label_interpolation must be 'linear' or 'nearest', got {self.label_interpolation!r}")
         if not self.tumor_mask_extra_mm >= 0:
             raise ValueError(f"tumor_mask_extra_mm must be >= 0, got {self.tumor_mask_extra_mm!r}")
+        if not self.tumor_mask_cut_mm >= 0:
+            raise ValueError(f"tumor_mask_cut_mm must be >= 0, got {self.tumor_mask_cut_mm!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["label_map"] = self.label_map.to_dict()
-        if not d["tumor_mask_extra_mm"]:
-            del d["tumor_mask_extra_mm"]  # caches made before the option keep their key
+        for key in ("tumor_mask_extra_mm", "tumor_mask_cut_mm"):
+            if not d[key]:
+                del d[key]  # caches made before the option keep their key
         return d
 
 
@@ -224,12 +236,17 @@ def _items(can: Volume, lab: np.ndarray, cyst: Optional[np.ndarray], stage: Stag
         if rank > 0 and counts[c] * can.voxel_volume_ml() < opts.min_kidney_ml:
             continue
         bb = stats["bounding_boxes"][c]
-        variants = [("", stage)]
+        comp = cc[bb] == c
+        variants = [("", stage, comp)]
         if opts.tumor_mask_extra_mm > 0 and stage.mask_outside:
             dil = stage.mask_dilation_mm + opts.tumor_mask_extra_mm
-            variants.append(("w", replace(stage, mask_dilation_mm=dil, margin_mm=max(stage.margin_mm, dil + 2.0))))
-        for suffix, st in variants:
-            kc = kidney_crop(can, cc[bb] == c, tuple(s.start for s in bb), st)
+            variants.append(("w", replace(stage, mask_dilation_mm=dil, margin_mm=max(stage.margin_mm, dil + 2.0)), comp))
+        if opts.tumor_mask_cut_mm > 0 and stage.mask_outside:
+            cut = _cut_tumor(comp, lab[bb], can.spacing_zyx, opts.tumor_mask_cut_mm, int(counts[c]))
+            if cut is not None:
+                variants.append(("c", stage, cut))
+        for suffix, st, kmask in variants:
+            kc = kidney_crop(can, kmask, tuple(s.start for s in bb), st)
             crop = Crop(kc.box, can.shape)
             klab = crop.apply(lab)
             kcyst = None if cyst is None else crop.apply(cyst)
@@ -239,6 +256,18 @@ def _items(can: Volume, lab: np.ndarray, cyst: Optional[np.ndarray], stage: Stag
                     kcyst &= kc.allowed
             items.append(_resampled_item(f"k{rank}{suffix}", kc.volume, klab, kcyst, stage, opts, kc.box))
     return items, ""
+
+
+def _cut_tumor(comp: np.ndarray, lab: np.ndarray, spacing_zyx, max_mm: float, salt: int) -> Optional[np.ndarray]:
+    """``comp`` without its tumor voxels farther than a random 0..``max_mm`` from its kidney voxels
+    (None when it has no tumor or no kidney voxel, or the cut would remove nothing)."""
+    tumor = comp & (lab == 2)
+    kidney = comp & (lab != 2)
+    if not tumor.any() or not kidney.any():
+        return None
+    depth = float(np.random.default_rng([salt, PREPROCESS_VERSION]).uniform(0.0, max_mm))
+    far = tumor & (ndimage.distance_transform_edt(~kidney, sampling=spacing_zyx) > depth)
+    return comp & ~far if far.any() else None
 
 
 def _region_box(item: _Item) -> Optional[List[List[int]]]:
