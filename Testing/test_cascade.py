@@ -377,3 +377,89 @@ def test_a_growth_pass_only_decides_the_voxels_it_adds():
     grown = run_cascade(image, st, preds, post=PostprocessConfig(tumor_growth_passes=2, tumor_growth_mm=13.0))
     assert len(forgetful.sizes) == 3  # two kidneys, and one growth pass for the left one's tumor
     np.testing.assert_array_equal(grown.label.array, one.label.array)
+
+
+def test_kidney_contact_is_the_fraction_of_surface_area_on_the_kidney():
+    from KidneyTumorSegLib.cascade import _kidney_contact
+
+    cand = np.zeros((6, 6, 6), bool)
+    cand[1:5, 1:5, 1:5] = True
+    kidney = np.zeros_like(cand)
+    kidney[0, 1:5, 1:5] = True  # under one of its six faces
+    assert _kidney_contact(cand, kidney, (1.0, 1.0, 1.0)) == pytest.approx(1 / 6)
+    # by area, not by voxel faces: with 3 mm slices the top and bottom faces are 1/14 of the surface
+    assert _kidney_contact(cand, kidney, (3.0, 1.0, 1.0)) == pytest.approx(1 / 14)
+    # inside the kidney: all of it; kidney voxels under the candidate do not count; the array's edge is not kidney
+    assert _kidney_contact(cand, np.ones_like(cand), (3.0, 1.0, 1.0)) == pytest.approx(1.0)
+    assert _kidney_contact(np.ones_like(cand), np.ones_like(cand), (1.0, 1.0, 1.0)) == 0.0
+    assert _kidney_contact(np.zeros_like(cand), kidney, (1.0, 1.0, 1.0)) == 0.0
+
+
+def _bowel_beside_kidney_case():
+    """Toy case whose right kidney has, on its lateral side, an 8 mm loop that stage 2 takes for kidney
+    (it overlaps the kidney by 2 mm) and stage 3 for a confident tumor (as bowel beside the real CT's kidney)."""
+    image, label = toy_case()
+    sp = image.spacing_zyx
+    extent = np.array(image.shape) * np.array(sp)
+    centre_mm = (extent[0] / 2, extent[1] * 0.55, extent[2] * 0.3 - 18 - 6)
+    loop = _ellipsoid(image.shape, sp, centre_mm, (8, 8, 8))
+    with_loop = label.array.copy()
+    with_loop[loop & (with_loop == 0)] = 1
+    centre = tuple(image.index_to_world([centre_mm[2] / sp[2], centre_mm[1] / sp[1], centre_mm[0] / sp[0]]))
+    preds = dict(reference_predictors(label, tumor_probability=1.0, extra=[FalseCandidate(centre, 8.0, 0.95)]),
+                 kidney=ReferencePredictor(label.with_array(with_loop), labels=(1, 2)))
+    return image, label, preds
+
+
+def test_stage4_rejects_a_candidate_that_barely_touches_the_kidney():
+    image, label, preds = _bowel_beside_kidney_case()
+    res = run_cascade(image, stages(), preds, PostprocessConfig(candidate_threshold=0.8, min_kidney_contact=0.3))
+    rejected = [c for c in res.tumors if not c.kept]
+    assert [c.side for c in rejected] == ["right"] and sum(c.kept for c in res.tumors) == 2
+    loop = rejected[0]
+    assert 0.05 < loop.kidney_contact < 0.25  # a 2 mm cap of an 8 mm sphere: about 1/8 of its surface
+    assert all(c.kidney_contact > 0.5 for c in res.tumors if c.kept)
+    pct = round(100 * loop.kidney_contact)
+    assert loop.rejected_because == f"borders the kidney over {pct} % of its surface (< 30 %): probably outside the kidney"
+    assert f"1 candidate(s) bordering the kidney over less than 30 % of their surface rejected as probably outside the " \
+           f"kidney: right {loop.diameter_3d_mm:.0f} mm, {pct} %" in res.messages
+    assert not any("rejected below the threshold" in m for m in res.messages)
+    assert _dice(res.label.array == 2, label.array == 2) > 0.9  # within resampling error
+    # outside the kidney: background, and no part of the kidney's volume or side map
+    in_loop = res.candidates.array == loop.id
+    assert in_loop.sum() > 100 and np.all(res.label.array[in_loop] == 0) and np.all(res.sides.array[in_loop] == 0)
+    added = apply_candidate_choice(res, {c.id for c in res.tumors if c.kept} | {loop.id})  # the annotator adds it back
+    assert np.all(added[in_loop] == 2) and np.array_equal(added[~in_loop], res.label.array[~in_loop])
+    right = next(k for k in res.kidneys if k.side == "right")
+    assert right.volume_with_tumor_ml == pytest.approx(
+        np.count_nonzero((res.label.array > 0) & (res.sides.array == 2)) * image.voxel_volume_ml(), abs=0.01)
+    # the rule off (bundles written before it): the loop is a tumor
+    off = run_cascade(image, stages(), preds, PostprocessConfig(candidate_threshold=0.8))
+    assert sum(c.kept for c in off.tumors) == 3
+    assert [c.kidney_contact for c in off.tumors if c.id == loop.id] == [loop.kidney_contact]
+    assert _dice(off.label.array == 2, label.array == 2) < _dice(res.label.array == 2, label.array == 2) - 0.02
+    assert off.report()["tumor_candidates"][0]["kidney_contact"] is not None
+
+
+def test_kidney_contact_is_judged_before_growth():
+    # an exophytic tumor grows past stage 2's kidney: its grown surface borders the kidney over less than
+    # its first pass's did, and it must stay a tumor
+    image, label = _exophytic_case()
+    sp = image.spacing_zyx
+    preds = dict(reference_predictors(label), kidney=ReferencePredictor(label, labels=(1,)))
+    st = stages(fine=sp, tumor=sp)
+    st["tumor"] = StageConfig("tumor", "tumor", spacing=sp, mask_outside=True, margin_mm=10.0, mask_dilation_mm=3.0)
+    post = PostprocessConfig(tumor_growth_passes=3, tumor_growth_mm=13.0, min_kidney_contact=0.45)
+    grown = run_cascade(image, st, preds, post=post)
+    assert _dice(grown.label.array == 2, label.array == 2) > 0.97
+    from KidneyTumorSegLib.cascade import _kidney_contact
+    whole = _kidney_contact(grown.label.array == 2, grown.label.array == 1, sp)
+    kept = [c for c in grown.tumors if c.kept]
+    assert len(kept) == 1 and whole < 0.45 <= kept[0].kidney_contact
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_kidney_contact_setting_is_checked(value):
+    with pytest.raises(ValueError) as e:
+        PostprocessConfig(min_kidney_contact=value)
+    assert str(e.value) == f"min_kidney_contact must be a fraction from 0 to 1, got {value!r}"

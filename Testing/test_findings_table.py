@@ -60,6 +60,8 @@ def test_rows_list_kidneys_then_candidates_with_their_measurements(run):
         assert r["Mean probability"] == pytest.approx(c.mean_probability, abs=5e-4)
         assert r["Status"] == ("kept" if c.kept else "rejected")
         assert r["Core HU"] == pytest.approx(c.core_hu, abs=0.05)
+        assert r["Kidney contact (%)"] == pytest.approx(100 * c.kidney_contact, abs=0.05)
+        assert 0 < r["Kidney contact (%)"] <= 100
         assert r["Reason"] == (None if c.kept else c.rejected_because)
     rejected = next(r for r in tumors if r["Status"] == "rejected")
     assert rejected["Mean probability"] == pytest.approx(0.6, abs=0.05)

@@ -255,9 +255,12 @@ def test_export_sets_stage4_settings(runs, tmp_path, caplog):
     _, done = runs
     args = ["export", "--kidney", str(done["kidney"]), "--tumor", str(done["tumor"]), "-o"]
     assert train_main(args + [str(tmp_path / "m"), "--post", "tumor_growth_passes=3", "tumor_growth_mm=13",
-                              "cyst_max_hu=none"]) == 0
+                              "cyst_max_hu=none", "min_kidney_contact=0.25"]) == 0
     post = load_bundle(tmp_path / "m").postprocess
     assert (post.tumor_growth_passes, post.tumor_growth_mm, post.cyst_max_hu, post.candidate_threshold) == (3, 13.0, None, 0.8)
+    assert post.min_kidney_contact == 0.25
+    assert train_main(args + [str(tmp_path / "off"), "--post", "min_kidney_contact=None"]) == 0
+    assert load_bundle(tmp_path / "off").postprocess.min_kidney_contact is None
     bad = args + [str(tmp_path / "bad"), "--post"]
     assert train_main(bad + ["growth=3"]) == 1
     assert "--post takes KEY=VALUE with KEY one of fusion, candidate_threshold" in caplog.text
@@ -267,6 +270,8 @@ def test_export_sets_stage4_settings(runs, tmp_path, caplog):
     assert "tumor_growth_passes must be an integer from 0 to 8, got 9" in caplog.text
     assert train_main(bad + ["tumor_growth_mm=-1"]) == 1
     assert "tumor_growth_mm must be from 0 to 50 mm, got -1.0" in caplog.text
+    assert train_main(bad + ["min_kidney_contact=30"]) == 1
+    assert "min_kidney_contact must be a fraction from 0 to 1, got 30.0" in caplog.text
     assert not (tmp_path / "bad").exists()
 
 

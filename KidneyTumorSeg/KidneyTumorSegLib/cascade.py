@@ -123,16 +123,16 @@ def run_cascade(
     roi_offset = tuple(r0 for r0, _ in roi_box)
     for n, (side, mask_roi) in enumerate(kidneys_masks):
         progress("tumor", n / len(kidneys_masks), f"tumors in the {side} kidney")
-        kc, comps_scored, cc = _tumor_passes(can, mask_roi, roi_offset, tstage, predictors["tumor"], post)
+        kc, kmask, comps_scored, cc = _tumor_passes(can, mask_roi, roi_offset, tstage, predictors["tumor"], post)
         kbox, kvol = kc.box, kc.volume
-        # the kidney is stage 2's, on the (possibly grown) crop
-        kmask = Crop(tuple((a - o, b - o) for (a, b), o in zip(kbox, roi_offset)), mask_roi.shape).apply(mask_roi, fill=False)
         kept_mask = np.zeros(kmask.shape, bool)
         if comps_scored:
             ncomp = len(comps_scored)
             kept_flags = np.zeros(ncomp + 1, bool)
+            outside_flags = np.zeros(ncomp + 1, bool)
             for c, sc in enumerate(comps_scored, start=1):
                 kept_flags[c] = not sc.why
+                outside_flags[c] = sc.why.startswith(_OUTSIDE)
                 k_idx, j_idx, i_idx = (np.mean(a) + s.start for a, s in zip(np.nonzero(sc.sub), sc.sl))
                 centre = tuple(round(float(v), 2) for v in kvol.index_to_world([i_idx, j_idx, k_idx]))
                 candidates.append(Candidate(
@@ -140,11 +140,13 @@ def run_cascade(
                     axial_diameter_mm=round(measure.max_axial_diameter_mm(sc.sub, spacing), 2),
                     diameter_3d_mm=round(measure.max_diameter_3d_mm(sc.sub, spacing), 2),
                     mean_probability=round(sc.score, 4), kept=not sc.why, centre_lps_mm=centre,
-                    core_hu=round(sc.hu, 1), rejected_because=sc.why,
+                    core_hu=round(sc.hu, 1), rejected_because=sc.why, kidney_contact=round(sc.contact, 3),
                 ))
             ids = np.where(cc > 0, cc.astype(np.int64) + (next_id - 1), 0).astype(np.uint16)
             _paste(cand_map, kbox, ids)
             kept_mask = kept_flags[cc]
+            # a candidate judged outside the kidney is not kidney either (other rejected ones stay kidney)
+            kmask = kmask & ~outside_flags[cc]
             next_id += ncomp
         # merge: the kidney component, then kept tumors on top
         kidney_full = kmask | kept_mask
@@ -235,11 +237,35 @@ class _Scored:
     vol_ml: float
     score: float
     hu: float
+    contact: float
     why: str  # "" = kept
 
 
-def _score_candidates(tprob: np.ndarray, kvol: Volume, post: PostprocessConfig):
-    """Stage 4 on one crop: connected components of the tumor mask, each scored and judged."""
+def _kidney_contact(cand: np.ndarray, kidney: np.ndarray, spacing_zyx) -> float:
+    """Fraction of the surface of ``cand`` (by area: voxel faces weighted by their size) that borders ``kidney``.
+
+    Faces on the arrays' edge count as surface that does not border the kidney.
+    """
+    cand = np.pad(cand, 1)
+    kid = np.pad(kidney & ~cand[1:-1, 1:-1, 1:-1], 1)
+    total = touch = 0.0
+    for axis in range(3):
+        lo = tuple(slice(0, -1) if a == axis else slice(None) for a in range(3))
+        hi = tuple(slice(1, None) if a == axis else slice(None) for a in range(3))
+        area = float(np.prod([s for a, s in enumerate(spacing_zyx) if a != axis]))
+        total += np.count_nonzero(cand[lo] ^ cand[hi]) * area
+        touch += (np.count_nonzero(cand[lo] & kid[hi]) + np.count_nonzero(cand[hi] & kid[lo])) * area
+    return float(touch / total) if total else 0.0
+
+
+def _score_candidates(tprob: np.ndarray, kvol: Volume, post: PostprocessConfig, kidney: np.ndarray,
+                      first: np.ndarray):
+    """Stage 4 on one crop: connected components of the tumor mask, each scored and judged.
+
+    ``kidney``: stage 2's kidney on the crop, what a candidate's contact is measured against;
+    ``first``: the first pass's region on the crop. Contact is measured on the part of a candidate
+    inside it, so a growth pass, which only adds voxels outside it, does not change a tumor's verdict.
+    """
     cc, ncomp = cc3d.connected_components(tprob >= post.tumor_threshold, connectivity=26, return_N=True)
     out: List[_Scored] = []
     if ncomp:
@@ -252,7 +278,10 @@ def _score_candidates(tprob: np.ndarray, kvol: Volume, post: PostprocessConfig):
             vol_ml = float(counts[c - 1]) * vox_ml
             score = float(means[c - 1])
             hu = _core_hu(kvol.array[sl], sub, kvol.spacing_zyx)
-            out.append(_Scored(sl, sub, vol_ml, score, hu, _rejection(score, vol_ml, hu, post)))
+            # one voxel more on each side: the kidney it borders
+            wide = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
+            contact = _kidney_contact((cc[wide] == c) & first[wide], kidney[wide], kvol.spacing_zyx)
+            out.append(_Scored(sl, sub, vol_ml, score, hu, contact, _rejection(score, vol_ml, hu, contact, post)))
     return cc, out
 
 
@@ -267,12 +296,15 @@ def _tumor_passes(can: Volume, mask: np.ndarray, offset: Sequence[int], stage: S
     candidates dilated by ``post.tumor_growth_mm``, at most
     ``post.tumor_growth_passes`` more times. A growth pass decides only the
     voxels it adds; the earlier passes' probabilities stand where they looked.
-    Returns the last pass's crop, its scored candidates and their component map.
+    Returns the last pass's crop, stage 2's kidney on it, its scored candidates and their component map.
     """
     spacing = can.spacing_zyx
-    seen = None
+    seen = first = None
+    kidney0, offset0 = mask, offset
     for p in range(post.tumor_growth_passes + 1):
         kc = kidney_crop(can, mask, offset, stage)
+        # the kidney is stage 2's (a growth pass's region is wider), on this crop
+        kidney = Crop(tuple((a - o, b - o) for (a, b), o in zip(kc.box, offset0)), kidney0.shape).apply(kidney0, fill=False)
         tprob = _predict_on_grid(kc.volume, stage, predictor)
         tprob[~kc.allowed] = 0.0
         if seen is not None:
@@ -283,7 +315,11 @@ def _tumor_passes(can: Volume, mask: np.ndarray, offset: Sequence[int], stage: S
             part = tprob[tuple(slice(a - c, b - c) for (a, b), (c, _) in zip(box, kc.box))]
             part[allowed] = prob[allowed]
         seen = (kc.box, tprob, kc.allowed)
-        cc, scored = _score_candidates(tprob, kc.volume, post)
+        first = first or seen
+        # the first pass's region on this crop: kidney contact is measured there
+        first_here = np.zeros(kc.allowed.shape, bool)
+        first_here[tuple(slice(a - c, b - c) for (a, b), (c, _) in zip(first[0], kc.box))] = first[2]
+        cc, scored = _score_candidates(tprob, kc.volume, post, kidney, first_here)
         if p == post.tumor_growth_passes:
             break
         kept = np.zeros(kc.mask.shape, bool)
@@ -305,7 +341,7 @@ def _tumor_passes(can: Volume, mask: np.ndarray, offset: Sequence[int], stage: S
         frame = _dilate_mm(frame, extra, spacing)
         frame[inner] |= kc.mask
         mask, offset = frame, tuple(a - q for (a, _), q in zip(kc.box, pad))
-    return kc, scored, cc
+    return kc, kidney, scored, cc
 
 
 def _predict_on_grid(vol: Volume, stage: StageConfig, predictor) -> np.ndarray:
@@ -500,12 +536,18 @@ def _core_hu(hu: np.ndarray, mask: np.ndarray, spacing_zyx, depth_mm: float = 2.
     return float(np.median(hu[core]))
 
 
-def _rejection(score: float, vol_ml: float, hu: float, post: PostprocessConfig) -> str:
-    """Why stage 4 rejects a candidate ("" = kept): probability first, then size, then water attenuation."""
+_OUTSIDE = "borders the kidney"
+
+
+def _rejection(score: float, vol_ml: float, hu: float, contact: float, post: PostprocessConfig) -> str:
+    """Why stage 4 rejects a candidate ("" = kept): probability first, then size, kidney contact, water attenuation."""
     if score < post.candidate_threshold:
         return f"mean probability {score:.2f} < {post.candidate_threshold:g}"
     if vol_ml < post.min_candidate_ml:
         return f"{vol_ml:.2f} mL < {post.min_candidate_ml:g} mL"
+    if post.min_kidney_contact is not None and contact < post.min_kidney_contact:
+        return (f"{_OUTSIDE} over {100 * contact:.0f} % of its surface (< {100 * post.min_kidney_contact:g} %): "
+                "probably outside the kidney")
     if post.cyst_max_hu is not None and hu <= post.cyst_max_hu:
         return f"water attenuation (core {hu:.0f} HU <= {post.cyst_max_hu:g}): probable simple cyst"
     return ""
@@ -531,8 +573,14 @@ def _describe(kidneys: Sequence[Kidney], cands: Sequence[Candidate], post: Postp
     else:
         msgs.append("no tumor found")
     cysts = [c for c in rejected if c.rejected_because.startswith("water attenuation")]
-    if len(rejected) > len(cysts):
-        msgs.append(f"{len(rejected) - len(cysts)} candidate(s) rejected below the threshold {post.candidate_threshold:g}")
+    outside = [c for c in rejected if c.rejected_because.startswith(_OUTSIDE)]
+    if len(rejected) > len(cysts) + len(outside):
+        msgs.append(f"{len(rejected) - len(cysts) - len(outside)} candidate(s) rejected below the threshold "
+                    f"{post.candidate_threshold:g}")
+    if outside:
+        msgs.append(f"{len(outside)} candidate(s) bordering the kidney over less than {100 * post.min_kidney_contact:g} % "
+                    "of their surface rejected as probably outside the kidney: " +
+                    ", ".join(f"{c.side} {c.diameter_3d_mm:.0f} mm, {100 * c.kidney_contact:.0f} %" for c in outside))
     if cysts:
         msgs.append(f"{len(cysts)} candidate(s) of water attenuation (core <= {post.cyst_max_hu:g} HU) rejected as probable "
                     "simple cysts: " + ", ".join(f"{c.side} {c.diameter_3d_mm:.0f} mm, {c.core_hu:.0f} HU" for c in cysts))

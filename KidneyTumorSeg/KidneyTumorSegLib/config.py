@@ -133,6 +133,14 @@ class PostprocessConfig:
     ``tumor_growth_passes`` more times. Stage 3 must have been trained on
     masks that wide (``tumor_mask_extra_mm``). 0 passes (the default, so
     bundles written before behave as they did) is one pass.
+
+    ``min_kidney_contact``: a renal tumor grows from the parenchyma, so it
+    borders the kidney over a broad base (the "claw sign"); a mass beside the
+    kidney (bowel, spleen, adrenal) touches it over a small part of its
+    surface. A candidate whose surface borders stage 2's kidney over less than
+    this fraction of its area (0..1) is rejected as probably outside the
+    kidney. None (the default, so bundles written before behave as they did)
+    turns the rule off.
     """
 
     fusion: str = "candidate_mean_probability"
@@ -143,6 +151,7 @@ class PostprocessConfig:
     cyst_max_hu: Optional[float] = None
     tumor_growth_passes: int = 0
     tumor_growth_mm: float = 0.0
+    min_kidney_contact: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSION_RULES:
@@ -151,6 +160,8 @@ class PostprocessConfig:
             raise ValueError(f"tumor_growth_passes must be an integer from 0 to 8, got {self.tumor_growth_passes!r}")
         if not 0.0 <= self.tumor_growth_mm <= 50.0:
             raise ValueError(f"tumor_growth_mm must be from 0 to 50 mm, got {self.tumor_growth_mm!r}")
+        if self.min_kidney_contact is not None and not 0.0 <= self.min_kidney_contact <= 1.0:
+            raise ValueError(f"min_kidney_contact must be a fraction from 0 to 1, got {self.min_kidney_contact!r}")
 
 
 @dataclass(frozen=True)

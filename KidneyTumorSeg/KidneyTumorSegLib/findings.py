@@ -45,6 +45,7 @@ class Candidate:
     centre_lps_mm: Tuple[float, float, float]
     core_hu: Optional[float] = None  # median HU of its core (2 mm inside its edge; all of it when thinner)
     rejected_because: str = ""  # "" when kept; else why stage 4 rejected it
+    kidney_contact: Optional[float] = None  # fraction of its surface (by area) that borders the kidney
 
 
 @dataclass

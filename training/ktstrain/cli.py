@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most test-time augmentations a stage was validated with (e.g. kidney=4); caps --tta/--full")
     e.add_argument("--post", nargs="+", default=[], metavar="KEY=VALUE",
                    help="stage-4 settings that differ from the defaults (fields of PostprocessConfig), "
-                        "e.g. tumor_growth_passes=3 tumor_growth_mm=13")
+                        "e.g. tumor_growth_passes=3 tumor_growth_mm=13 min_kidney_contact=0.3; none turns "
+                        "cyst_max_hu or min_kidney_contact off")
     e.add_argument("--overwrite", action="store_true")
     return p
 
@@ -183,7 +184,7 @@ def _parse_post(items):
             raise ValueError(f"--post takes KEY=VALUE with KEY one of {', '.join(names)}; got {item!r}")
         default = getattr(DEFAULT_POSTPROCESS, key)
         try:
-            if text.lower() == "none" and key == "cyst_max_hu":
+            if text.lower() == "none" and key in ("cyst_max_hu", "min_kidney_contact"):  # rules that None turns off
                 changes[key] = None
             elif isinstance(default, str):
                 changes[key] = text
