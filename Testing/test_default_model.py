@@ -48,3 +48,20 @@ def test_default_model_reports_two_kidneys_on_the_sample_phantom(sample_result):
     report = result.report()
     assert sorted(k["side"] for k in report["kidneys"]) == ["left", "right"]
     assert all(60 <= k["volume_ml"] <= 400 for k in report["kidneys"]), report["kidneys"]
+
+
+def test_default_model_on_the_real_ct_finds_two_kidneys_and_no_tumor():
+    """Issue 3: on the one real abdominal CT (no labels) two kidneys of plausible size and place, and no tumor."""
+    from helpers_ct import shared
+
+    from KidneyTumorSegLib import volume_io
+
+    image = volume_io.read_volume(shared("real-abdominal-ct-dicom"))
+    report = Segmenter(runtime=RuntimeConfig(device="cpu", tta=1)).segment(image).report()
+    kidneys = {k["side"]: k for k in report["kidneys"]}
+    assert sorted(kidneys) == ["left", "right"]
+    assert all(120 <= k["volume_ml"] <= 300 for k in kidneys.values()), report["kidneys"]
+    # LPS: the patient's left is +x; both beside the spine, at the same height within 5 cm
+    assert kidneys["left"]["centre_lps_mm"][0] > 40 and kidneys["right"]["centre_lps_mm"][0] < -40
+    assert abs(kidneys["left"]["centre_lps_mm"][2] - kidneys["right"]["centre_lps_mm"][2]) < 50
+    assert report["kept_tumors"] == 0, [c for c in report["tumor_candidates"] if c["kept"]]

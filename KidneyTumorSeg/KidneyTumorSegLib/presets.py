@@ -43,7 +43,9 @@ def default_stages(network: NetworkConfig = DEFAULT_NETWORK) -> List[StageConfig
     ]
 
 
-DEFAULT_POSTPROCESS = PostprocessConfig(candidate_threshold=0.8, tumor_threshold=0.5, cyst_max_hu=20.0)
+# new bundles get the water-attenuation and kidney-contact rules (bundles written before them have them off)
+DEFAULT_POSTPROCESS = PostprocessConfig(candidate_threshold=0.8, tumor_threshold=0.5, cyst_max_hu=20.0,
+                                        min_kidney_contact=0.3)
 # tumor growth passes asked for at run time look this far past kept candidates unless the bundle or the
 # user says otherwise: the widest mask the shipped tumor stage was trained on (mask_dilation_mm 3 plus
 # tumor_mask_extra_mm 10)
