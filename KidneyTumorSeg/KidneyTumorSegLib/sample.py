@@ -14,10 +14,11 @@ N_TUMORS = 1
 
 # What the shipped default model reaches on the sample phantom, less a margin (fast mode, no TTA):
 # the Slicer self-test and the core test fail below these. The preliminary CPU-trained model
-# 0.3 (round 6) measured kidney 0.930, tumor 0.342 (0.2: 0.926, 0.291; 0.1: 0.921, 0.246); issue 3's
-# bar (0.95 / 0.85) is not met yet, and these rise with the model that meets it.
+# 0.4 (0.3's weights with one tumor growth pass) measured kidney 0.948, tumor 0.652 (0.3: 0.930, 0.342;
+# 0.2: 0.926, 0.291; 0.1: 0.921, 0.246); issue 3's bar (0.95 / 0.85) is not met yet, and these rise
+# with the model that meets it.
 KIDNEY_DICE_MIN = 0.9
-TUMOR_DICE_MIN = 0.3
+TUMOR_DICE_MIN = 0.55
 
 
 def make_sample_phantom():
