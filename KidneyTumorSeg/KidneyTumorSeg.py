@@ -113,10 +113,12 @@ class Device(enum.Enum):
 
 class Quality(enum.Enum):
     FAST = "fast"
+    BALANCED = "balanced"
     FULL = "full"
 
     def label(self):
-        return {"FAST": _("Fast (no test-time augmentation)"), "FULL": _("Full (12 test-time augmentations)")}[self.name]
+        return {"FAST": _("Fast (no test-time augmentation)"), "BALANCED": _("Balanced (4 test-time flips)"),
+                "FULL": _("Full (12 test-time augmentations)")}[self.name]
 
 
 @parameterNodeWrapper
@@ -126,7 +128,7 @@ class KidneyTumorSegParameterNode:
     inputVolume - CT to segment.
     modelPath - folder of the model bundle (the shipped default or an imported one).
     device - where the networks run.
-    quality - fast (one pass) or full (12 test-time augmentations).
+    quality - fast (one pass), balanced (4 test-time flips) or full (12 test-time augmentations).
     outputSegmentation - segmentation to overwrite; none creates a new one.
     show3D - also show the result as surfaces in 3D.
     candidateThreshold - a tumor candidate is kept from this mean probability.
@@ -480,7 +482,8 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
         """Segment ``volumeNode`` and wait for the result (for scripts; the panel runs asynchronously).
 
         ``model``: bundle folder (None: the shipped default); ``device``: "auto", "cpu" or "cuda";
-        ``quality``: "fast" (no test-time augmentation) or "full" (12); ``roiNode``: optional
+        ``quality``: "fast" (no test-time augmentation), "balanced" (4 flips, about twice the time
+        of fast) or "full" (12, about four times); ``roiNode``: optional
         vtkMRMLMarkupsROINode that replaces stage 1; ``outputSegmentation``: node to overwrite
         (None: a new one). Returns ``(segmentationNode, tableNode)``; raises RuntimeError with
         the core's message when the run fails (the scene is then unchanged).
@@ -537,8 +540,8 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
                 packages=", ".join(self.missingRequirements())))
         device = device.value if isinstance(device, Device) else str(device)
         quality = quality.value if isinstance(quality, Quality) else str(quality)
-        if quality not in ("fast", "full"):
-            raise ValueError(_("quality must be 'fast' or 'full', not {value!r}").format(value=quality))
+        if quality not in runs.QUALITY_TTA:
+            raise ValueError(_("quality must be 'fast', 'balanced' or 'full', not {value!r}").format(value=quality))
         modelPath = str(model) if model else self.defaultModelPath()
         problem = self.modelProblem(modelPath)
         if problem:

@@ -735,6 +735,31 @@ class LogicWithoutSlicerTest(unittest.TestCase):
         np.testing.assert_allclose(label.GetDirection(), phantom.image.direction, atol=1e-6)
         self.assertEqual(sitk.GetArrayFromImage(label).shape, phantom.image.array.shape)
 
+    @unittest.skipUnless(_has_module("KidneyTumorSegLib.slicer_geometry"), "needs KidneyTumorSegLib.slicer_geometry")
+    def test_quality_sets_the_test_time_augmentations_and_an_unknown_one_is_refused(self):
+        import shutil
+
+        from helpers_bundle import make_tiny_bundle
+
+        bundle = str(make_tiny_bundle(self.tmp / "q").path)
+        _, node = self._phantom_node()
+        self.assertEqual([q.value for q in self.kts.Quality], ["fast", "balanced", "full"])
+        self.assertEqual(self.kts.Quality.BALANCED.label(), "Balanced (4 test-time flips)")
+        for quality, tta in (("fast", 1), ("balanced", 4), ("full", 12), (self.kts.Quality.BALANCED, 4)):
+            with self.subTest(quality=quality):
+                run = self.logic._prepareRun(node, bundle, "cpu", quality, 0.8, 2, None, None, False)
+                try:
+                    self.assertEqual(run.options["tta"], tta)
+                    self.assertTrue((run.workDir / "input.nrrd").is_file())
+                finally:
+                    shutil.rmtree(run.workDir)
+        tmp = Path(self.kts.slicer.app.temporaryPath)
+        before = sorted(tmp.iterdir()) if tmp.exists() else []
+        with self.assertRaises(ValueError) as caught:
+            self.logic._prepareRun(node, bundle, "cpu", "best", 0.8, 2, None, None, False)
+        self.assertEqual(str(caught.exception), "quality must be 'fast', 'balanced' or 'full', not 'best'")
+        self.assertEqual(sorted(tmp.iterdir()) if tmp.exists() else [], before, "nothing is written for a refused run")
+
     @unittest.skipUnless(_has_module("KidneyTumorSegLib.background") and _has_module("KidneyTumorSegLib.slicer_geometry"),
                          "needs KidneyTumorSegLib.background and .slicer_geometry")
     def test_failed_run_reports_the_core_message_and_cancel_stops_the_process(self):
