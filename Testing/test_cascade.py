@@ -316,16 +316,26 @@ def _exophytic_case():
     return image, label.with_array(lab)
 
 
-def test_growth_passes_recover_a_tumor_stage_2_left_out():
+def _exophytic_setup(extra=()):
+    """The exophytic case with stage 2 seeing the kidney only and stage 3 its 3 mm rim, at the scan's spacing.
+
+    Returns ``(image, label, stages, predictors)``; ``extra``: false candidates for stage 3's reference.
+    """
     image, label = _exophytic_case()
     sp = image.spacing_zyx
+    preds = dict(reference_predictors(label, extra=list(extra)), kidney=ReferencePredictor(label, labels=(1,)))
+    st = stages(fine=sp, tumor=sp)
+    st["tumor"] = StageConfig("tumor", "tumor", spacing=sp, mask_outside=True, margin_mm=10.0, mask_dilation_mm=3.0)
+    return image, label, st, preds
+
+
+def test_growth_passes_recover_a_tumor_stage_2_left_out():
+    image, _ = _exophytic_case()
     # stage 2 sees the kidney only, so the tumor's outer half is beyond stage 3's 3 mm rim; a false
     # candidate 4.5 to 10.5 mm outside the right kidney, where no tumor was kept, must stay unseen
     far = FalseCandidate(tuple(image.index_to_world([int(image.shape[2] * 0.3) - 17, int(image.shape[1] * 0.55),
                                                        image.shape[0] // 2])), 3.0, 0.95)
-    preds = dict(reference_predictors(label, extra=[far]), kidney=ReferencePredictor(label, labels=(1,)))
-    st = stages(fine=sp, tumor=sp)
-    st["tumor"] = StageConfig("tumor", "tumor", spacing=sp, mask_outside=True, margin_mm=10.0, mask_dilation_mm=3.0)
+    image, label, st, preds = _exophytic_setup(extra=[far])
     ref_tumor = label.array == 2
     one = run_cascade(image, st, preds, post=PostprocessConfig())
     assert _dice(one.label.array == 2, ref_tumor) < 0.8
@@ -365,11 +375,7 @@ class _ForgetsWithMoreContext:
 
 
 def test_a_growth_pass_only_decides_the_voxels_it_adds():
-    image, label = _exophytic_case()
-    sp = image.spacing_zyx
-    preds = dict(reference_predictors(label), kidney=ReferencePredictor(label, labels=(1,)))
-    st = stages(fine=sp, tumor=sp)
-    st["tumor"] = StageConfig("tumor", "tumor", spacing=sp, mask_outside=True, margin_mm=10.0, mask_dilation_mm=3.0)
+    image, _, st, preds = _exophytic_setup()
     preds["tumor"] = probe = _ForgetsWithMoreContext(preds["tumor"])
     one = run_cascade(image, st, preds)
     assert (one.label.array == 2).any()
@@ -444,16 +450,12 @@ def test_stage4_rejects_a_candidate_that_barely_touches_the_kidney():
 def test_kidney_contact_is_judged_before_growth():
     # an exophytic tumor grows past stage 2's kidney: its grown surface borders the kidney over less than
     # its first pass's did, and it must stay a tumor
-    image, label = _exophytic_case()
-    sp = image.spacing_zyx
-    preds = dict(reference_predictors(label), kidney=ReferencePredictor(label, labels=(1,)))
-    st = stages(fine=sp, tumor=sp)
-    st["tumor"] = StageConfig("tumor", "tumor", spacing=sp, mask_outside=True, margin_mm=10.0, mask_dilation_mm=3.0)
+    image, label, st, preds = _exophytic_setup()
     post = PostprocessConfig(tumor_growth_passes=3, tumor_growth_mm=13.0, min_kidney_contact=0.45)
     grown = run_cascade(image, st, preds, post=post)
     assert _dice(grown.label.array == 2, label.array == 2) > 0.97
     from KidneyTumorSegLib.cascade import _kidney_contact
-    whole = _kidney_contact(grown.label.array == 2, grown.label.array == 1, sp)
+    whole = _kidney_contact(grown.label.array == 2, grown.label.array == 1, image.spacing_zyx)
     kept = [c for c in grown.tumors if c.kept]
     assert len(kept) == 1 and whole < 0.45 <= kept[0].kidney_contact
 
