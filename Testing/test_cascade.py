@@ -316,26 +316,26 @@ def _exophytic_case():
     return image, label.with_array(lab)
 
 
-def _exophytic_setup(extra=()):
+def _exophytic_setup(extra=lambda image: []):
     """The exophytic case with stage 2 seeing the kidney only and stage 3 its 3 mm rim, at the scan's spacing.
 
-    Returns ``(image, label, stages, predictors)``; ``extra``: false candidates for stage 3's reference.
+    Returns ``(image, label, stages, predictors)``; ``extra(image)``: false candidates for stage 3's reference.
     """
     image, label = _exophytic_case()
     sp = image.spacing_zyx
-    preds = dict(reference_predictors(label, extra=list(extra)), kidney=ReferencePredictor(label, labels=(1,)))
+    preds = dict(reference_predictors(label, extra=list(extra(image))), kidney=ReferencePredictor(label, labels=(1,)))
     st = stages(fine=sp, tumor=sp)
     st["tumor"] = StageConfig("tumor", "tumor", spacing=sp, mask_outside=True, margin_mm=10.0, mask_dilation_mm=3.0)
     return image, label, st, preds
 
 
 def test_growth_passes_recover_a_tumor_stage_2_left_out():
-    image, _ = _exophytic_case()
     # stage 2 sees the kidney only, so the tumor's outer half is beyond stage 3's 3 mm rim; a false
     # candidate 4.5 to 10.5 mm outside the right kidney, where no tumor was kept, must stay unseen
-    far = FalseCandidate(tuple(image.index_to_world([int(image.shape[2] * 0.3) - 17, int(image.shape[1] * 0.55),
-                                                       image.shape[0] // 2])), 3.0, 0.95)
-    image, label, st, preds = _exophytic_setup(extra=[far])
+    def far(image):
+        return [FalseCandidate(tuple(image.index_to_world([int(image.shape[2] * 0.3) - 17, int(image.shape[1] * 0.55),
+                                                            image.shape[0] // 2])), 3.0, 0.95)]
+    image, label, st, preds = _exophytic_setup(extra=far)
     ref_tumor = label.array == 2
     one = run_cascade(image, st, preds, post=PostprocessConfig())
     assert _dice(one.label.array == 2, ref_tumor) < 0.8
