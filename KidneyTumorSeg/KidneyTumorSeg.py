@@ -121,6 +121,18 @@ class Quality(enum.Enum):
                 "FULL": _("Full (12 test-time augmentations)")}[self.name]
 
 
+class TumorGrowth(enum.Enum):
+    MODEL = "model"
+    OFF = "off"
+    ONE = "1"
+    TWO = "2"
+    THREE = "3"
+
+    def label(self):
+        return {"MODEL": _("Model's setting"), "OFF": _("Off"), "ONE": _("1 pass"), "TWO": _("2 passes"),
+                "THREE": _("3 passes")}[self.name]
+
+
 @parameterNodeWrapper
 class KidneyTumorSegParameterNode:
     """The module's settings, saved with the scene.
@@ -133,6 +145,7 @@ class KidneyTumorSegParameterNode:
     show3D - also show the result as surfaces in 3D.
     candidateThreshold - a tumor candidate is kept from this mean probability.
     keepComponents - kidneys kept (largest components), 1 or 2.
+    tumorGrowth - tumor growth passes past the kidney stage's outline: the model's setting, off, or 1-3.
     roiNode - optional box around the kidneys that replaces stage 1.
     """
 
@@ -144,6 +157,7 @@ class KidneyTumorSegParameterNode:
     show3D: bool = False
     candidateThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.8
     keepComponents: Annotated[int, WithinRange(1, 2)] = 2
+    tumorGrowth: TumorGrowth = TumorGrowth.MODEL
     roiNode: vtkMRMLMarkupsROINode
 
 
@@ -356,7 +370,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._run = self.logic.startSegmentation(
                 p.inputVolume, model=p.modelPath, device=p.device.value, quality=p.quality.value,
                 candidateThreshold=p.candidateThreshold, keepComponents=p.keepComponents, roiNode=p.roiNode,
-                outputSegmentation=p.outputSegmentation, show3D=p.show3D,
+                outputSegmentation=p.outputSegmentation, show3D=p.show3D, tumorGrowth=p.tumorGrowth,
                 progressCallback=self._onProgress, finishCallback=self._onFinished)
         except Exception as exc:
             self.ui.progressBar.hide()
@@ -478,20 +492,21 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
     # -- running -----------------------------------------------------------------
 
     def segment(self, volumeNode, model=None, device="auto", quality="fast", candidateThreshold=0.8,
-                keepComponents=2, roiNode=None, outputSegmentation=None, show3D=False):
+                keepComponents=2, roiNode=None, outputSegmentation=None, show3D=False, tumorGrowth=None):
         """Segment ``volumeNode`` and wait for the result (for scripts; the panel runs asynchronously).
 
         ``model``: bundle folder (None: the shipped default); ``device``: "auto", "cpu" or "cuda";
         ``quality``: "fast" (no test-time augmentation), "balanced" (4 flips, about twice the time
         of fast) or "full" (12, about four times); ``roiNode``: optional
         vtkMRMLMarkupsROINode that replaces stage 1; ``outputSegmentation``: node to overwrite
-        (None: a new one). Returns ``(segmentationNode, tableNode)``; raises RuntimeError with
+        (None: a new one); ``tumorGrowth``: tumor growth passes around kept tumors that reach past
+        the kidney stage's outline, None (the model's setting; the shipped model: 1), "off" or 0..8. Returns ``(segmentationNode, tableNode)``; raises RuntimeError with
         the core's message when the run fails (the scene is then unchanged).
         """
         from KidneyTumorSegLib.background import run_segmentation
 
         run = self._prepareRun(volumeNode, model, device, quality, candidateThreshold, keepComponents, roiNode,
-                               outputSegmentation, show3D)
+                               outputSegmentation, show3D, tumorGrowth)
         try:
             outputs = run_segmentation(progress=runs.logProgress, **run.options)
             self._loadResults(run, outputs)
@@ -500,7 +515,7 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
         return run.segmentationNode, run.tableNode
 
     def startSegmentation(self, volumeNode, model=None, device="auto", quality="fast", candidateThreshold=0.8,
-                          keepComponents=2, roiNode=None, outputSegmentation=None, show3D=False,
+                          keepComponents=2, roiNode=None, outputSegmentation=None, show3D=False, tumorGrowth=None,
                           progressCallback=None, finishCallback=None) -> SegmentationRun:
         """Start a background run and return at once; arguments as :meth:`segment`.
 
@@ -511,7 +526,7 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
         from KidneyTumorSegLib.background import SegmentationProcess
 
         run = self._prepareRun(volumeNode, model, device, quality, candidateThreshold, keepComponents, roiNode,
-                               outputSegmentation, show3D)
+                               outputSegmentation, show3D, tumorGrowth)
         run.progressCallback = progressCallback
         run.finishCallback = finishCallback
         try:
@@ -531,7 +546,7 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
         runs.cancel(run)
 
     def _prepareRun(self, volumeNode, model, device, quality, candidateThreshold, keepComponents, roiNode,
-                    outputSegmentation, show3D) -> SegmentationRun:
+                    outputSegmentation, show3D, tumorGrowth=None) -> SegmentationRun:
         """Export the input and collect the core's arguments; adds nothing to the scene."""
         if volumeNode is None:
             raise ValueError(_("No input volume."))
@@ -542,12 +557,13 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
         quality = quality.value if isinstance(quality, Quality) else str(quality)
         if quality not in runs.QUALITY_TTA:
             raise ValueError(_("quality must be 'fast', 'balanced' or 'full', not {value!r}").format(value=quality))
+        passes = runs.growthPasses(tumorGrowth)
         modelPath = str(model) if model else self.defaultModelPath()
         problem = self.modelProblem(modelPath)
         if problem:
             raise RuntimeError(problem)
         workDir, options = runs.prepareWork(volumeNode, roiNode, modelPath, device, quality, candidateThreshold,
-                                            keepComponents)
+                                            keepComponents, passes)
         return SegmentationRun(volumeNode, options, workDir, outputSegmentation, show3D)
 
     def _poll(self, run: SegmentationRun) -> None:

@@ -19,8 +19,8 @@ def tiny_stages(patch=(32, 64, 64)):
     ]
 
 
-def make_tiny_bundle(path, seed=0, ensemble=1, overwrite=False, fg_bias=None, limitations=""):
-    """A bundle of randomly initialised tiny networks.
+def make_tiny_bundle(path, seed=0, ensemble=1, overwrite=False, fg_bias=None, limitations="", post=None):
+    """A bundle of randomly initialised tiny networks (stage 4: ``post``, default ``PostprocessConfig()``).
 
     ``fg_bias``: if given, the last layer's bias is set so that the network
     predicts foreground (positive) or background (negative) almost everywhere,
@@ -40,5 +40,5 @@ def make_tiny_bundle(path, seed=0, ensemble=1, overwrite=False, fg_bias=None, li
                     last.bias.copy_(torch.tensor([0.0, float(fg_bias)]))
             members.append(net.state_dict())
         sds[st.role] = members
-    return save_bundle(path, stages, sds, PostprocessConfig(), name="tiny-test", version="0", description="test bundle",
+    return save_bundle(path, stages, sds, post or PostprocessConfig(), name="tiny-test", version="0", description="test bundle",
                        provenance={"purpose": "tests"}, overwrite=overwrite, limitations=limitations)

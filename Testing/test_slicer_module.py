@@ -762,6 +762,46 @@ class LogicWithoutSlicerTest(unittest.TestCase):
 
     @unittest.skipUnless(_has_module("KidneyTumorSegLib.background") and _has_module("KidneyTumorSegLib.slicer_geometry"),
                          "needs KidneyTumorSegLib.background and .slicer_geometry")
+    def test_tumor_growth_choice_reaches_the_core_and_an_unknown_one_is_refused(self):
+        import json
+        import shutil
+
+        from helpers_bundle import make_tiny_bundle
+        from KidneyTumorSegLib.background import run_segmentation
+        from KidneyTumorSegLib.config import PostprocessConfig
+
+        # a model shipped with one growth pass, as the default model is
+        post = PostprocessConfig(tumor_growth_passes=1, tumor_growth_mm=13.0)
+        bundle = str(make_tiny_bundle(self.tmp / "g", fg_bias=8.0, post=post).path)
+        _, node = self._phantom_node()
+        self.assertEqual([g.value for g in self.kts.TumorGrowth], ["model", "off", "1", "2", "3"])
+        self.assertEqual(self.kts.TumorGrowth.MODEL.label(), "Model's setting")
+        self.assertEqual(self.kts.KidneyTumorSegParameterNode.__annotations__["tumorGrowth"], self.kts.TumorGrowth)
+        cases = ((None, []), (self.kts.TumorGrowth.MODEL, []), ("off", ["--tumor-growth", "0"]),
+                 (self.kts.TumorGrowth.TWO, ["--tumor-growth", "2"]), (5, ["--tumor-growth", "5"]))
+        for choice, args in cases:
+            with self.subTest(choice=choice):
+                run = self.logic._prepareRun(node, bundle, "cpu", "fast", 0.8, 2, None, None, False, choice)
+                try:
+                    self.assertEqual(run.options["extra_args"], args)
+                    if choice == "off" or choice is None:
+                        # the core runs with it: the report says how many growth passes it made
+                        outputs = run_segmentation(**run.options)
+                        report = json.loads(Path(outputs["report"]).read_text())
+                        self.assertEqual(report["tumor_growth"], {"passes": 0 if choice == "off" else 1, "mm": 13.0})
+                finally:
+                    shutil.rmtree(run.workDir)
+        tmp = Path(self.kts.slicer.app.temporaryPath)
+        before = sorted(tmp.iterdir()) if tmp.exists() else []
+        for bad in ("always", 9, -1, True):
+            with self.subTest(bad=bad), self.assertRaises(ValueError) as caught:
+                self.logic._prepareRun(node, bundle, "cpu", "fast", 0.8, 2, None, None, False, bad)
+            self.assertEqual(str(caught.exception), "tumorGrowth must be None (the model's setting), 'off' or a number "
+                                                    f"of passes from 0 to 8, not {bad!r}")
+        self.assertEqual(sorted(tmp.iterdir()) if tmp.exists() else [], before, "nothing is written for a refused run")
+
+    @unittest.skipUnless(_has_module("KidneyTumorSegLib.background") and _has_module("KidneyTumorSegLib.slicer_geometry"),
+                         "needs KidneyTumorSegLib.background and .slicer_geometry")
     def test_failed_run_reports_the_core_message_and_cancel_stops_the_process(self):
         from helpers_bundle import make_tiny_bundle
 

@@ -48,12 +48,32 @@ class SegmentationRun:
 # 14 s, 0.710; full 31 s, 0.713 (training/README.md).
 QUALITY_TTA = {"fast": 1, "balanced": 4, "full": 12}
 
+# the panel's tumor growth choices: None keeps the model's own setting (the shipped model 0.4: one pass)
+GROWTH_PASSES = {"model": None, "off": 0, "1": 1, "2": 2, "3": 3}
+
+
+def growthPasses(value) -> Optional[int]:
+    """Tumor growth passes to ask the core for: None (the model's setting) or 0..8.
+
+    ``value``: None, a key of :data:`GROWTH_PASSES` (or an enum whose value is one), or an integer 0..8.
+    """
+    value = getattr(value, "value", value)
+    if value is None:
+        return None
+    if isinstance(value, str) and value in GROWTH_PASSES:
+        return GROWTH_PASSES[value]
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 8:
+        return value
+    raise ValueError(_("tumorGrowth must be None (the model's setting), 'off' or a number of passes from 0 to 8, "
+                       "not {value!r}").format(value=value))
+
 
 def prepareWork(volumeNode, roiNode, modelPath: str, device: str, quality: str, candidateThreshold: float,
-                keepComponents: int) -> Tuple[Path, Dict]:
+                keepComponents: int, tumorGrowth: Optional[int] = None) -> Tuple[Path, Dict]:
     """A new temporary folder holding the exported input, and the core's arguments for it.
 
-    ``device``: "auto", "cpu" or "cuda"; ``quality``: a key of :data:`QUALITY_TTA`. The
+    ``device``: "auto", "cpu" or "cuda"; ``quality``: a key of :data:`QUALITY_TTA`;
+    ``tumorGrowth``: tumor growth passes (None: the model's setting). The
     folder is removed again when the export fails.
     """
     workDir = Path(tempfile.mkdtemp(prefix="KidneyTumorSeg-", dir=slicer.app.temporaryPath))
@@ -65,6 +85,7 @@ def prepareWork(volumeNode, roiNode, modelPath: str, device: str, quality: str, 
             tta=QUALITY_TTA[quality], candidate_threshold=float(candidateThreshold),
             keep_components=int(keepComponents), roi=roiInVolumeFrame(roiNode, volumeNode), save_candidates=True,
             python=pythonSlicerExecutable(), env=processEnvironment(),
+            extra_args=[] if tumorGrowth is None else ["--tumor-growth", str(int(tumorGrowth))],
         )
     except Exception:
         shutil.rmtree(workDir, ignore_errors=True)
