@@ -500,8 +500,9 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
         of fast) or "full" (12, about four times); ``roiNode``: optional
         vtkMRMLMarkupsROINode that replaces stage 1; ``outputSegmentation``: node to overwrite
         (None: a new one); ``tumorGrowth``: tumor growth passes around kept tumors that reach past
-        the kidney stage's outline, None (the model's setting; the shipped model: 1), "off" or 0..8. Returns ``(segmentationNode, tableNode)``; raises RuntimeError with
-        the core's message when the run fails (the scene is then unchanged).
+        the kidney stage's outline, None (the model's setting; the shipped model: 1), "off" or 0..8.
+        Returns ``(segmentationNode, tableNode)``; raises RuntimeError with the core's message when
+        the run fails (the scene is then unchanged).
         """
         from KidneyTumorSegLib.background import run_segmentation
 

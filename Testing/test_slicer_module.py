@@ -785,7 +785,7 @@ class LogicWithoutSlicerTest(unittest.TestCase):
                 try:
                     self.assertEqual(run.options["extra_args"], args)
                     if choice == "off" or choice is None:
-                        # the core runs with it: the report says how many growth passes it made
+                        # the core runs with it: the report names the growth setting it ran with
                         outputs = run_segmentation(**run.options)
                         report = json.loads(Path(outputs["report"]).read_text())
                         self.assertEqual(report["tumor_growth"], {"passes": 0 if choice == "off" else 1, "mm": 13.0})

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-components", type=int, choices=[1, 2], help="kidneys to keep (model default 2)")
     s.add_argument("--tumor-growth", type=int, metavar="PASSES",
                    help="run the tumor stage again, at most PASSES (0-8) more times, around kept tumors that reach "
-                        "past the kidney stage's outline (exophytic tumors it missed); default: the model's setting (the shipped model: 1)")
+                        "past the kidney stage's outline (exophytic tumors it missed); default: the model's setting "
+                        "(the shipped model: 1)")
     s.add_argument("--tumor-growth-mm", type=float, metavar="MM",
                    help="how far past those tumors a growth pass looks (default: the model's, else 13 mm)")
     s.add_argument("--roi", type=_floats(6), metavar="X0,Y0,Z0,X1,Y1,Z1", help="region of interest in LPS mm; replaces stage 1")
