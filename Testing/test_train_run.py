@@ -150,8 +150,54 @@ def test_init_from_a_bundle_weight_file(phantoms, runs, tmp_path):
     roi = b2.provenance["members"]["roi"][0]
     assert roi["bundle"] == "m0" and roi["sha256"] == [b.files["roi_0.safetensors"]]
     assert roi["members"] == b.provenance["members"]["roi"]
-    with pytest.raises(ValueError, match="cannot be part of a new ensemble"):
-        export_bundle({"roi": [b.path, done["roi"]], "kidney": [run], "tumor": [done["tumor"]]}, tmp_path / "m2")
+    # beside a run, a bundle's stage joins the ensemble (all its weight files) with its provenance
+    b3 = export_bundle({"roi": [b.path, done["roi"]], "kidney": [run], "tumor": [done["tumor"]]}, tmp_path / "m2")
+    assert b3.stage("roi").weights == ("roi_0.safetensors", "roi_1.safetensors")
+    assert [m.get("bundle", m.get("run")) for m in b3.provenance["members"]["roi"]] == ["m0", "roi"]
+    assert b3.files["roi_0.safetensors"] == b.files["roi_0.safetensors"]
+    assert b3.stage("roi").member_norm == ()  # the same training run twice: one set of statistics
+
+
+def test_ensemble_members_keep_their_own_normalisation(phantoms, runs, tmp_path):
+    """Folds see different cases, so their z-score statistics differ: the ensemble records each member's
+    (member_norm), and each member's prediction inside the ensemble is what it gives alone with its own
+    statistics, so the ensemble is the mean of the members alone."""
+    import numpy as np
+
+    from KidneyTumorSegLib.config import RuntimeConfig
+    from KidneyTumorSegLib.inference import predict_probabilities
+    from KidneyTumorSegLib.networks import Renormalised
+
+    torch.set_num_threads(1)
+    _, done = runs
+    other = train_stage(tiny_config("kidney", epochs=1), phantoms, tmp_path / "kidney_f1", tmp_path / "cache",
+                        fold=1, device="cpu", show_progress=False)
+    st0 = load_checkpoint(done["kidney"] / "checkpoint_final.pt")["stage"]
+    st1 = load_checkpoint(other / "checkpoint_final.pt")["stage"]
+    n0, n1 = (st0["norm_mean"], st0["norm_std"]), (st1["norm_mean"], st1["norm_std"])
+    assert n0 != n1
+    b = export_bundle({"kidney": [done["kidney"], other], "tumor": [done["tumor"]]}, tmp_path / "ens")
+    stage = b.stage("kidney")
+    assert stage.member_norm == (n0, n1) and (stage.norm_mean, stage.norm_std) == n0
+    assert load_bundle(b.path).stage("kidney").member_norm == (n0, n1)  # survives the manifest
+    assert b.stage("tumor").member_norm == ()
+    models = b.build_models("kidney")
+    assert not isinstance(models[0], Renormalised) and isinstance(models[1], Renormalised)
+    alone = [export_bundle({"kidney": [r], "tumor": [done["tumor"]]}, tmp_path / f"alone{i}")
+             for i, r in enumerate((done["kidney"], other))]
+    rng = np.random.default_rng(0)
+    image = rng.normal(40.0, 300.0, size=(20, 40, 36)).astype(np.float32)  # HU, some of it clipped
+    cpu = RuntimeConfig(device="cpu")
+    each = [predict_probabilities(image, a.stage("kidney"), a.build_models("kidney"), cpu) for a in alone]
+    both = predict_probabilities(image, stage, models, cpu)
+    np.testing.assert_allclose(both, (each[0] + each[1]) / 2, rtol=0, atol=2e-5)
+    assert np.abs(each[0] - each[1]).max() > 1e-3  # the two members really differ
+    # a stage whose member_norm does not match its weight files is refused, naming the manifest
+    manifest = json.loads((b.path / "manifest.json").read_text())
+    manifest["stages"][0]["member_norm"] = [list(n0)]
+    (b.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="lists 1 member_norm entries for 2 weight files"):
+        load_bundle(b.path)
 
 
 def test_three_class_kidney_stage_from_a_two_class_one(phantoms, runs, tmp_path):

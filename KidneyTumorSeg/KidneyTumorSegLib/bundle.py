@@ -66,18 +66,22 @@ class Bundle:
         return out
 
     def build_models(self, role: str):
-        """Networks of a stage with their weights loaded, in eval mode."""
-        from .networks import build_network
+        """Networks of a stage with their weights loaded, in eval mode; a member trained with other
+        normalisation statistics than the stage's (``member_norm``) re-normalises its input."""
+        from .networks import Renormalised, build_network
 
         stage = self.stages[role]
+        norms = list(stage.member_norm) or [(stage.norm_mean, stage.norm_std)] * len(stage.weights)
         models = []
-        for p, sd in zip(self.weight_paths(role), self.load_state_dicts(role)):
+        for p, sd, mn in zip(self.weight_paths(role), self.load_state_dicts(role), norms):
             net = build_network(stage.network)
             try:
                 net.load_state_dict(sd, strict=True)
             except RuntimeError as exc:
                 raise BundleError(f"{p}: weights do not match the {stage.network.architecture!r} network of stage "
                                   f"{stage.name!r}: {str(exc).splitlines()[0]}") from exc
+            if (float(mn[0]), float(mn[1])) != (float(stage.norm_mean), float(stage.norm_std)):
+                net = Renormalised(net, (stage.norm_mean, stage.norm_std), mn)
             net.eval()
             models.append(net)
         return models
@@ -156,6 +160,9 @@ def load_bundle(path: os.PathLike, verify: bool = True) -> Bundle:
             raise BundleError(f"{mpath}: two stages with role {s.role!r}")
         if not s.weights:
             raise BundleError(f"{mpath}: stage {s.name!r} lists no weight files")
+        if s.member_norm and len(s.member_norm) != len(s.weights):
+            raise BundleError(f"{mpath}: stage {s.name!r} lists {len(s.member_norm)} member_norm entries for "
+                              f"{len(s.weights)} weight files")
         by_role[s.role] = s
     for role in ("kidney", "tumor"):
         if role not in by_role:
@@ -212,6 +219,9 @@ def save_bundle(
             sds = list(state_dicts.get(stage.role, ()))
             if not sds:
                 raise ValueError(f"no weights given for stage {stage.name!r} ({stage.role})")
+            if stage.member_norm and len(stage.member_norm) != len(sds):
+                raise ValueError(f"stage {stage.name!r}: {len(stage.member_norm)} member_norm entries for "
+                                 f"{len(sds)} ensemble members")
             names = []
             for n, sd in enumerate(sds):
                 fname = f"{stage.role}_{n}.safetensors"

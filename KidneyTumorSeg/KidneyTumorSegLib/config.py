@@ -58,6 +58,11 @@ class StageConfig:
     of those channels (a kidney stage trained with kidney and tumor as
     separate classes, whose foreground is kidney + tumor). ``weights``: file
     names inside the bundle; several are averaged as an ensemble.
+    ``member_norm``: with ``zscore``, one ``(norm_mean, norm_std)`` per weight
+    file, the statistics that member was trained with, where members differ
+    (folds see different training cases; members can come from different
+    runs); each member then sees its own normalisation. Empty: every member
+    uses ``norm_mean``/``norm_std``.
     """
 
     name: str
@@ -83,6 +88,7 @@ class StageConfig:
     min_component_ml: float = 0.0
     tta: int = 1
     weights: Tuple[str, ...] = ()
+    member_norm: Tuple[Tuple[float, float], ...] = ()
     provenance: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,6 +100,14 @@ class StageConfig:
             raise ValueError(f"stage {self.name!r}: unknown normalization {self.normalization!r}")
         if self.window[0] >= self.window[1]:
             raise ValueError(f"stage {self.name!r}: window {self.window} is empty")
+        if self.member_norm:
+            if self.normalization != "zscore":
+                raise ValueError(f"stage {self.name!r}: member_norm needs zscore normalization, "
+                                 f"not {self.normalization!r}")
+            for mn in self.member_norm:
+                if len(mn) != 2 or not float(mn[1]) > 0:
+                    raise ValueError(f"stage {self.name!r}: member_norm entries are (norm_mean, norm_std > 0), "
+                                     f"got {tuple(mn)!r}")
         n_out = self.network.out_channels
         for c in tuple(self.foreground_channels) or (self.foreground_channel,):
             if not 1 <= int(c) < n_out:

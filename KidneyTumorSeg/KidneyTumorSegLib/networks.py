@@ -237,6 +237,27 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+class Renormalised(nn.Module):
+    """An ensemble member trained with other z-score statistics than its stage's.
+
+    The input arrives normalised with the stage's ``(mean, std)``; this member
+    was trained on ``(mean_m, std_m)``. ``x * std / std_m + (mean - mean_m) /
+    std_m`` is exactly what the member's own normalisation gives for the same
+    clipped HU (the air padding included, being a clipped HU as well).
+    """
+
+    def __init__(self, net: nn.Module, stage_norm: Tuple[float, float], member_norm: Tuple[float, float]) -> None:
+        super().__init__()
+        self.net = net
+        mean, std = (float(v) for v in stage_norm)
+        mean_m, std_m = (float(v) for v in member_norm)
+        self.scale = std / std_m
+        self.shift = (mean - mean_m) / std_m
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.net(x * self.scale + self.shift)
+
+
 def build_network(cfg: NetworkConfig) -> nn.Module:
     """Build the network ``cfg`` describes (weights freshly initialised).
 

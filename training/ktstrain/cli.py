@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write the model bundle the core loads")
     for role in ("roi", "kidney", "tumor"):
         e.add_argument(f"--{role}", nargs="+", default=[], help=f"run folder(s) of the {role} stage (several = ensemble), "
-                       "or a bundle folder whose stage is taken over unchanged")
+                       "or a bundle folder: alone, its stage is taken over unchanged; beside others, its "
+                       "weights join the ensemble")
     e.add_argument("-o", "--output", required=True)
     e.add_argument("--which", default="final",
                    help="final, best, latest, or epochNNNN (a periodic checkpoint, 0-based epoch: epoch0089)")

@@ -2,7 +2,11 @@
 
 Each stage takes one or more run folders (several = an ensemble, e.g. the
 five folds), or an existing bundle whose stage is taken over unchanged (a
-new kidney stage beside the ROI stage of an earlier model); the bundle
+new kidney stage beside the ROI stage of an earlier model). Beside other
+members, a bundle's stage joins the ensemble with all its weight files. Members
+trained with different z-score statistics (folds, other runs) each keep their
+own (``StageConfig.member_norm``); the stage's other settings are the first
+member's. The bundle
 records SHA-256s (written by the core's ``save_bundle``) and provenance:
 data, split, configuration, commit, epochs and validation scores of every
 member.
@@ -13,7 +17,7 @@ import re
 import subprocess
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from KidneyTumorSegLib.bundle import Bundle, save_bundle, sha256_file
 from KidneyTumorSegLib.config import PostprocessConfig, StageConfig, from_dict
@@ -46,7 +50,7 @@ def export_bundle(
     tta: Optional[Mapping[str, int]] = None,
 ) -> Bundle:
     """Bundle the ``which`` checkpoint of each run (final, best, latest or epochNNNN); ``runs`` maps role ->
-    run folders (or one bundle folder). ``tta`` maps role -> the most test-time augmentations that stage
+    run folders and bundle folders (one bundle folder alone: its stage as it is). ``tta`` maps role -> the most test-time augmentations that stage
     was validated with (the stage's ``tta``, which caps ``--tta``/``--full`` at inference); other stages
     keep their configuration's."""
     checkpoint = _checkpoint_name(which)
@@ -60,32 +64,45 @@ def export_bundle(
             if role == "roi":
                 continue
             raise ValueError(f"no training run given for the {role!r} stage")
+        if len(folders) == 1 and (folders[0] / "manifest.json").is_file():
+            # a stage taken over from an existing bundle, as it is
+            stages.append(_stage_from_bundle(folders[0], role, weights, members))
+            continue
         stage = None
+        norms: List[Tuple[float, float]] = []  # each member's z-score statistics
         for folder in folders:
-            if (folder / "manifest.json").is_file():  # a stage taken over from an existing bundle, as it is
-                if len(folders) > 1:
-                    raise ValueError(f"{folder}: a stage taken from a bundle cannot be part of a new ensemble")
-                stages.append(_stage_from_bundle(folder, role, weights, members))
-                break
-            path = folder / checkpoint
-            state = load_checkpoint(path)
-            st = from_dict(StageConfig, state["stage"])
-            if st.role != role:
-                raise ValueError(f"{path}: is a {st.role!r} stage, given for {role!r}")
-            if stage is not None and (st.network != stage.network or st.spacing != stage.spacing or st.window != stage.window):
-                raise ValueError(f"{path}: ensemble members of stage {role!r} differ in network, spacing or window")
+            if (folder / "manifest.json").is_file():  # a bundle's stage (all its members) joins the ensemble
+                part_w: Dict[str, list] = {}
+                part_m: Dict[str, list] = {}
+                st = _stage_from_bundle(folder, role, part_w, part_m)
+                sds, member, label = part_w[role], part_m[role][0], str(folder)
+                member_norms = list(st.member_norm) or [(st.norm_mean, st.norm_std)] * len(sds)
+            else:
+                path = folder / checkpoint
+                state = load_checkpoint(path)
+                st = from_dict(StageConfig, state["stage"])
+                if st.role != role:
+                    raise ValueError(f"{path}: is a {st.role!r} stage, given for {role!r}")
+                cfg = state.get("config", {})
+                sds, label = [state["model"]], str(path)
+                member = {
+                    "run": folder.name, "checkpoint": path.name, "epoch": int(state["epoch"]) + 1,
+                    "epochs_planned": int(state.get("epochs", 0)), "fold": state.get("fold"),
+                    "validation": state.get("val", {}), "train_cases": len(state.get("train_cases", [])),
+                    "val_cases": len(state.get("val_cases", [])), "loss": cfg.get("train", {}).get("loss"),
+                    "init_from": _init_chain(state),
+                }
+                member_norms = [(st.norm_mean, st.norm_std)]
+            if stage is not None and (st.network != stage.network or st.spacing != stage.spacing
+                                      or st.window != stage.window or st.normalization != stage.normalization):
+                raise ValueError(f"{label}: ensemble members of stage {role!r} differ in network, spacing, "
+                                 "window or normalization")
             stage = stage or st
-            weights.setdefault(role, []).append(state["model"])
-            cfg = state.get("config", {})
-            members.setdefault(role, []).append({
-                "run": folder.name, "checkpoint": path.name, "epoch": int(state["epoch"]) + 1,
-                "epochs_planned": int(state.get("epochs", 0)), "fold": state.get("fold"),
-                "validation": state.get("val", {}), "train_cases": len(state.get("train_cases", [])),
-                "val_cases": len(state.get("val_cases", [])), "loss": cfg.get("train", {}).get("loss"),
-                "init_from": _init_chain(state),
-            })
-        if stage is not None:
-            stages.append(_with_provenance(stage, members[role], data))
+            weights.setdefault(role, []).extend(sds)
+            members.setdefault(role, []).append(member)
+            norms.extend((float(m), float(sd)) for m, sd in member_norms)
+        stage = replace(stage, member_norm=_member_norm(stage, norms))
+        stages.append(_with_provenance(stage, members[role], data))
     stages = [replace(s, tta=tta[s.role]) if s.role in tta else s for s in stages]
     missing = sorted(set(tta) - {s.role for s in stages})
     if missing:
@@ -95,6 +112,14 @@ def export_bundle(
     return save_bundle(out, stages, weights, postprocess, name=name or Path(out).name, version=version,
                        description=description, provenance=provenance, overwrite=overwrite,
                        limitations=limitations)
+
+
+def _member_norm(stage: StageConfig, norms: Sequence[Tuple[float, float]]) -> Tuple[Tuple[float, float], ...]:
+    """``member_norm`` of an ensemble: empty when every member was trained with the statistics of the
+    stage (the first member's), else one entry per member so that each sees its own normalisation."""
+    if stage.normalization != "zscore" or all(n == (stage.norm_mean, stage.norm_std) for n in norms):
+        return ()
+    return tuple(norms)
 
 
 def _check_tta(tta: Mapping[str, int]) -> Dict[str, int]:
