@@ -71,17 +71,17 @@ class Bundle:
         from .networks import Renormalised, build_network
 
         stage = self.stages[role]
-        norms = list(stage.member_norm) or [(stage.norm_mean, stage.norm_std)] * len(stage.weights)
+        own = (float(stage.norm_mean), float(stage.norm_std))
         models = []
-        for p, sd, mn in zip(self.weight_paths(role), self.load_state_dicts(role), norms):
+        for p, sd, mn in zip(self.weight_paths(role), self.load_state_dicts(role), stage.member_statistics()):
             net = build_network(stage.network)
             try:
                 net.load_state_dict(sd, strict=True)
             except RuntimeError as exc:
                 raise BundleError(f"{p}: weights do not match the {stage.network.architecture!r} network of stage "
                                   f"{stage.name!r}: {str(exc).splitlines()[0]}") from exc
-            if (float(mn[0]), float(mn[1])) != (float(stage.norm_mean), float(stage.norm_std)):
-                net = Renormalised(net, (stage.norm_mean, stage.norm_std), mn)
+            if mn != own:
+                net = Renormalised(net, own, mn)
             net.eval()
             models.append(net)
         return models

@@ -7,7 +7,7 @@ sizes are in array order ``(k, j, i)`` = ``(z, y, x)``, millimetres / voxels.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 # Stage roles the cascade knows. A stage's role says where in the cascade it
 # runs and what its output means.
@@ -116,6 +116,13 @@ class StageConfig:
         if len(self.labels) != n_out:
             raise ValueError(f"stage {self.name!r}: {len(self.labels)} labels {tuple(self.labels)} for "
                              f"{n_out} output channels")
+
+    def member_statistics(self, n: Optional[int] = None) -> List[Tuple[float, float]]:
+        """``(norm_mean, norm_std)`` of each of the ``n`` members (default: one per weight file):
+        ``member_norm``, or the stage's for every member."""
+        if self.member_norm:
+            return [(float(m), float(s)) for m, s in self.member_norm]
+        return [(float(self.norm_mean), float(self.norm_std))] * (len(self.weights) if n is None else n)
 
     def foreground(self, probs):
         """The foreground probability ``(k, j, i)`` from class probabilities ``(C, k, j, i)``."""

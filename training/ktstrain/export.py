@@ -50,9 +50,9 @@ def export_bundle(
     tta: Optional[Mapping[str, int]] = None,
 ) -> Bundle:
     """Bundle the ``which`` checkpoint of each run (final, best, latest or epochNNNN); ``runs`` maps role ->
-    run folders and bundle folders (one bundle folder alone: its stage as it is). ``tta`` maps role -> the most test-time augmentations that stage
-    was validated with (the stage's ``tta``, which caps ``--tta``/``--full`` at inference); other stages
-    keep their configuration's."""
+    run folders and bundle folders (one bundle folder alone: its stage as it is). ``tta`` maps role -> the
+    most test-time augmentations that stage was validated with (the stage's ``tta``, which caps
+    ``--tta``/``--full`` at inference); other stages keep their configuration's."""
     checkpoint = _checkpoint_name(which)
     tta = _check_tta(tta or {})
     stages: List[StageConfig] = []
@@ -76,7 +76,7 @@ def export_bundle(
                 part_m: Dict[str, list] = {}
                 st = _stage_from_bundle(folder, role, part_w, part_m)
                 sds, member, label = part_w[role], part_m[role][0], str(folder)
-                member_norms = list(st.member_norm) or [(st.norm_mean, st.norm_std)] * len(sds)
+                member_norms = st.member_statistics(len(sds))
             else:
                 path = folder / checkpoint
                 state = load_checkpoint(path)
@@ -92,7 +92,7 @@ def export_bundle(
                     "val_cases": len(state.get("val_cases", [])), "loss": cfg.get("train", {}).get("loss"),
                     "init_from": _init_chain(state),
                 }
-                member_norms = [(st.norm_mean, st.norm_std)]
+                member_norms = st.member_statistics(1)
             if stage is not None and (st.network != stage.network or st.spacing != stage.spacing
                                       or st.window != stage.window or st.normalization != stage.normalization):
                 raise ValueError(f"{label}: ensemble members of stage {role!r} differ in network, spacing, "
@@ -100,7 +100,7 @@ def export_bundle(
             stage = stage or st
             weights.setdefault(role, []).extend(sds)
             members.setdefault(role, []).append(member)
-            norms.extend((float(m), float(sd)) for m, sd in member_norms)
+            norms.extend(member_norms)
         stage = replace(stage, member_norm=_member_norm(stage, norms))
         stages.append(_with_provenance(stage, members[role], data))
     stages = [replace(s, tta=tta[s.role]) if s.role in tta else s for s in stages]
@@ -117,7 +117,8 @@ def export_bundle(
 def _member_norm(stage: StageConfig, norms: Sequence[Tuple[float, float]]) -> Tuple[Tuple[float, float], ...]:
     """``member_norm`` of an ensemble: empty when every member was trained with the statistics of the
     stage (the first member's), else one entry per member so that each sees its own normalisation."""
-    if stage.normalization != "zscore" or all(n == (stage.norm_mean, stage.norm_std) for n in norms):
+    own = (float(stage.norm_mean), float(stage.norm_std))
+    if stage.normalization != "zscore" or all(n == own for n in norms):
         return ()
     return tuple(norms)
 
