@@ -189,6 +189,40 @@ def test_bowel_contact_brings_enhancing_loops_to_the_kidneys():
         make_phantom(5, bowel_contact=-0.1, **SMALL)
 
 
+
+def test_hypervascular_tumors_enhance_almost_like_the_cortex(tmp_path):
+    kw = dict(n_tumors=2, **SMALL)
+    base = make_phantom(7, **kw)
+    # 0 (the default) paints exactly what phantoms before the option had
+    assert np.array_equal(make_phantom(7, hypervascular=0.0, **kw).image.array, base.image.array)
+    hyper = make_phantom(7, hypervascular=1.0, **kw)
+    assert hyper.info["hypervascular"] == 1.0 and base.info["hypervascular"] == 0.0
+    # the same anatomy, kidneys and lesions; only the tumors' HU change
+    assert np.array_equal(hyper.label.array, base.label.array)
+    assert np.array_equal(hyper.tissue, base.tissue)
+    img, img0 = hyper.image.array.astype(np.float32), base.image.array.astype(np.float32)
+    cortex = float(np.median(img[_erode(hyper.tissue == T.CORTEX, 1)]))
+    tum = _erode(hyper.label.array == 2, 1)
+    assert tum.sum() > 30
+    med, med0 = float(np.median(img[tum])), float(np.median(img0[tum]))
+    assert med0 < min(120.0, cortex - 20) and 100.0 <= med < cortex and med > med0 + 20
+    # nothing changes farther than 10 mm from a tumor (partial-volume blur reaches just past its edge)
+    far = ndi.distance_transform_edt(hyper.label.array != 2, sampling=hyper.image.spacing[::-1]) > 10.0
+    assert np.array_equal(img[far], img0[far])
+    for t in hyper.info["tumors"]:
+        assert max(100.0, hyper.info["intensity"]["mean"]["cortex"] - 70) <= t["hu"] <= \
+            hyper.info["intensity"]["mean"]["cortex"] - 5
+    with pytest.raises(InputError, match=r"hypervascular must be a probability in \[0, 1\], got 1.5"):
+        make_phantom(7, hypervascular=1.5, **kw)
+    # the command line passes it on
+    from KidneyTumorSegLib.cli import main
+    shape = [str(v) for v in SMALL["shape"]]
+    spacing = [str(v) for v in SMALL["spacing"]]
+    assert main(["phantom", str(tmp_path / "p"), "--seed", "7", "--tumors", "2", "--hypervascular", "1",
+                 "--shape", *shape, "--spacing", *spacing]) == 0
+    info = json.loads((tmp_path / "p" / "case_00000" / "phantom_info.json").read_text())
+    assert info["hypervascular"] == 1.0 and [t["hu"] for t in info["tumors"]] == [t["hu"] for t in hyper.info["tumors"]]
+
 def test_default_geometry_is_realistic():
     for seed in range(20):
         shape, sp = scan_geometry(np.random.default_rng(seed), None, None)

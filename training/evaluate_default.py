@@ -7,7 +7,11 @@
    >= 560 (training used cases < 540): kidney and tumor Dice with the cysts
    as background (the training label map's convention), and how much cyst
    the model calls tumor;
-4. the real abdominal CT (no labels): kidneys found, their side, volume and
+4. with ``--hypervascular N``: N random phantoms with seeds 0..N-1 whose
+   tumors all enhance almost as much as the cortex (``phantom
+   --hypervascular 1``), as clear-cell RCC often does in the arterial phase
+   and no phantom before round 13 had; the same anatomy as group 1;
+5. the real abdominal CT (no labels): kidneys found, their side, volume and
    position, and whether any tumor is called.
 
 Prints KiTS19 Dice per case and the medians, and writes everything (the
@@ -87,6 +91,8 @@ def main() -> None:
     ap.add_argument("--kits", type=int, default=6)
     ap.add_argument("--kits23", type=int, default=6)
     ap.add_argument("--tta", type=int, default=1)
+    ap.add_argument("--hypervascular", type=int, default=0,
+                    help="also N random phantoms (seeds 0..N-1) with hypervascular tumors (default 0: none)")
     args = ap.parse_args()
     work = Path(args.work)
     model = ["--model", args.model] if args.model else []
@@ -99,6 +105,14 @@ def main() -> None:
         sh(*exe, "phantom", ph, "-n", args.phantoms, "--seed", 0)
     sh(*exe, "segment", ph, "-o", work / "pred_phantoms", *common)
     groups["random phantoms (seeds 0..%d)" % (args.phantoms - 1)] = evaluate_folder(work / "pred_phantoms", ph, work / "phantoms.csv")
+
+    if args.hypervascular:
+        hp = work / "hypervascular_phantoms"
+        if not hp.exists():
+            sh(*exe, "phantom", hp, "-n", args.hypervascular, "--seed", 0, "--hypervascular", 1)
+        sh(*exe, "segment", hp, "-o", work / "pred_hypervascular", *common)
+        groups["random phantoms with hypervascular tumors (seeds 0..%d)" % (args.hypervascular - 1)] = evaluate_folder(
+            work / "pred_hypervascular", hp, work / "hypervascular.csv")
 
     kits_dir = SHARED / "kits19-labels"
     if kits_dir.is_dir() and args.kits:

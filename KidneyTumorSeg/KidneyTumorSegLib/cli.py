@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="probability per kidney that liver/spleen touch it with no fat plane (default 0.5)")
     ph.add_argument("--bowel-contact", type=float, default=0.0,
                     help="probability per side that enhancing small-bowel loops reach the kidney (default 0)")
+    ph.add_argument("--hypervascular", type=float, default=0.0,
+                    help="probability per tumor that it enhances almost as much as the cortex, as clear-cell RCC "
+                         "in the arterial phase (default 0)")
     ph.add_argument("--overwrite", action="store_true")
 
     ev = sub.add_parser("evaluate", help="KiTS19 metrics of predictions against references")
@@ -227,6 +230,7 @@ def cmd_phantom(args) -> int:
                                     spacing=tuple(args.spacing) if args.spacing else None, n_tumors=args.tumors,
                                     n_cysts=args.cysts, kits_label=kits, overwrite=args.overwrite,
                                     organ_contact=args.organ_contact, bowel_contact=args.bowel_contact,
+                                    hypervascular=args.hypervascular,
                                     cyst_label=args.cyst_label, randomize_intensity=args.randomize_intensity)
     except (FileExistsError, ValueError) as exc:
         log.error("%s", exc)

@@ -11,7 +11,7 @@ All lengths are millimetres; angles degrees; intensities Hounsfield units.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -191,6 +191,21 @@ def sample_lesion_intensity(rng: np.random.Generator, kind: str, cortex_hu: floa
     hi = min(120.0, cortex_hu - 30.0)
     m = _u(rng, 40.0, max(hi, 45.0))
     return {"hu": m, "heterogeneity": _u(rng, 10, 30), "necrosis_hu": _u(rng, 10, 30)}
+
+
+def sample_hypervascular(rng: np.random.Generator, cortex_hu: float, n: int) -> List[Dict[str, float]]:
+    """``n`` tumour intensities of hypervascular (clear-cell-like) RCC in the arterial phase.
+
+    Mean from cortex - 70 HU (at least 100) to cortex - 5, its texture levels
+    spread 25-45 HU either side of it (10-30 for other tumours) and a necrotic
+    or cystic core of 15-40 HU, as in the corticomedullary phase, where
+    clear-cell RCC enhances heterogeneously and its brightest parts as much as
+    the cortex.
+    """
+    lo = max(100.0, cortex_hu - 70.0)
+    hi = max(lo + 5.0, cortex_hu - 5.0)
+    return [{"hu": _u(rng, lo, hi), "heterogeneity": _u(rng, 25, 45), "necrosis_hu": _u(rng, 15, 40)}
+            for _ in range(n)]
 
 
 # --------------------------------------------------------------------------
