@@ -46,7 +46,7 @@ class SegmentationRun:
 # test-time augmentations per quality setting (each stage caps it at what its bundle was validated with).
 # Model 0.4, 22 held-out phantoms on 2 CPU cores: fast 7 s a phantom, mean composite 0.699; balanced
 # 14 s, 0.710; full 31 s, 0.713. The shipped model 0.5 (two tumor members): fast 9 s, 0.722; balanced
-# 21 s, 0.727; full not yet measured (training/README.md).
+# 21 s, 0.727; full 42 s, 0.716 (training/README.md).
 QUALITY_TTA = {"fast": 1, "balanced": 4, "full": 12}
 
 # the panel's tumor growth choices: None keeps the model's own setting (the shipped model 0.5: one pass)
