@@ -167,6 +167,59 @@ def test_stage4_rejects_a_water_density_candidate_as_a_probable_cyst():
     assert sum(c.kept for c in plain.tumors) == 3
 
 
+
+def test_stage4_rejects_tiny_candidates_and_does_not_list_specks():
+    # four confident false spots in the left kidney, of 0.01, 0.02, 0.08 and 0.27 mL on this grid
+    image, label = toy_case()
+    vox = np.argwhere(label.array == 1)
+    left = vox[vox[:, 2] > label.shape[2] // 2]
+    spots = [left[len(left) * q // 10] for q in (1, 3, 6, 8)]
+    extra = [FalseCandidate(tuple(image.index_to_world([i, j, k])), r, 1.0)
+             for (k, j, i), r in zip(spots, (1.5, 2.0, 2.8, 4.0))]
+    preds = reference_predictors(label, tumor_probability=1.0, extra=extra)
+    # no floors (bundles written before them): every spot is a listed candidate, three of them kept
+    off = run_cascade(image, stages(), preds, PostprocessConfig(candidate_threshold=0.8))
+    vols = sorted(c.volume_ml for c in off.tumors)
+    assert len(vols) == 6 and vols[0] < vols[1] < 0.05 < vols[2] < 0.1 < vols[3] < 1.0 and off.specks_not_listed == 0
+    assert sum(c.kept for c in off.tumors) == 5
+    post = PostprocessConfig(candidate_threshold=0.8, min_candidate_ml=0.1, min_listed_ml=0.05)
+    res = run_cascade(image, stages(), preds, post)
+    assert sorted(c.volume_ml for c in res.tumors) == vols[2:]
+    small = [c for c in res.tumors if not c.kept]
+    assert len(small) == 1 and small[0].volume_ml == vols[2]
+    assert small[0].rejected_because == f"too small ({vols[2]:.2f} mL < 0.1 mL)"
+    assert sum(c.kept for c in res.tumors) == 3  # the two true tumors and the 0.27 mL spot
+    assert res.specks_not_listed == 2 and res.report()["specks_not_listed"] == 2
+    assert "2 speck(s) of tumor probability under 0.05 mL not listed as candidates" in res.messages
+    assert f"1 candidate(s) under 0.1 mL rejected as too small: left {vols[2]:.2f} mL" in res.messages
+    assert not any("rejected below the threshold" in m for m in res.messages)
+    # the candidate map holds exactly the listed candidates, numbered 1..n
+    assert sorted(np.unique(res.candidates.array))[1:] == sorted(c.id for c in res.tumors) == [1, 2, 3, 4]
+    # specks and the small candidate stay kidney; everything else is as without the floors
+    specks = [c for c in off.tumors if c.volume_ml < 0.05]
+    was = np.isin(off.candidates.array, [c.id for c in specks])
+    assert was.sum() > 0 and np.all(res.label.array[was] == 1) and np.all(res.candidates.array[was] == 0)
+    in_small = res.candidates.array == small[0].id
+    assert np.all(res.label.array[in_small] == 1) and np.all(off.label.array[in_small] == 2)
+    same = ~(was | in_small)
+    np.testing.assert_array_equal(res.label.array[same], off.label.array[same])
+    # the annotator can add the small one back
+    added = apply_candidate_choice(res, {c.id for c in res.tumors})
+    assert np.all(added[in_small] == 2)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(min_candidate_ml=-1.0), "min_candidate_ml must be from 0 to 1000 mL, got -1.0"),
+    (dict(min_candidate_ml=0.1, min_listed_ml=0.2),
+     "min_listed_ml must be from 0 to min_candidate_ml (0.1 mL), got 0.2: a candidate stage 4 could keep must be listed"),
+    (dict(min_listed_ml=-0.01),
+     "min_listed_ml must be from 0 to min_candidate_ml (0 mL), got -0.01: a candidate stage 4 could keep must be listed"),
+])
+def test_size_floors_are_checked(kwargs, message):
+    with pytest.raises(ValueError) as e:
+        PostprocessConfig(**kwargs)
+    assert str(e.value) == message
+
 def test_one_kidney():
     image, label = toy_case(kidneys=("left",))
     res = run_cascade(image, stages(), reference_predictors(label, tumor_probability=1.0))

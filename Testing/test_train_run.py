@@ -305,8 +305,11 @@ def test_export_sets_stage4_settings(runs, tmp_path, caplog):
     post = load_bundle(tmp_path / "m").postprocess
     assert (post.tumor_growth_passes, post.tumor_growth_mm, post.cyst_max_hu, post.candidate_threshold) == (3, 13.0, None, 0.8)
     assert post.min_kidney_contact == 0.25
-    assert train_main(args + [str(tmp_path / "off"), "--post", "min_kidney_contact=None"]) == 0
-    assert load_bundle(tmp_path / "off").postprocess.min_kidney_contact is None
+    assert (post.min_candidate_ml, post.min_listed_ml) == (0.1, 0.05)  # new bundles' size floors
+    assert train_main(args + [str(tmp_path / "off"), "--post", "min_kidney_contact=None", "min_listed_ml=0",
+                              "min_candidate_ml=0"]) == 0
+    off = load_bundle(tmp_path / "off").postprocess
+    assert (off.min_kidney_contact, off.min_candidate_ml, off.min_listed_ml) == (None, 0.0, 0.0)
     bad = args + [str(tmp_path / "bad"), "--post"]
     assert train_main(bad + ["growth=3"]) == 1
     assert "--post takes KEY=VALUE with KEY one of fusion, candidate_threshold" in caplog.text
@@ -318,6 +321,8 @@ def test_export_sets_stage4_settings(runs, tmp_path, caplog):
     assert "tumor_growth_mm must be from 0 to 50 mm, got -1.0" in caplog.text
     assert train_main(bad + ["min_kidney_contact=30"]) == 1
     assert "min_kidney_contact must be a fraction from 0 to 1, got 30.0" in caplog.text
+    assert train_main(bad + ["min_candidate_ml=0.02"]) == 1  # under the default listing floor
+    assert "min_listed_ml must be from 0 to min_candidate_ml (0.02 mL), got 0.05" in caplog.text
     assert not (tmp_path / "bad").exists()
 
 

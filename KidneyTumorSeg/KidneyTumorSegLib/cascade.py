@@ -120,10 +120,12 @@ def run_cascade(
     kidneys: List[Kidney] = []
     candidates: List[Candidate] = []
     next_id = 1
+    specks = 0  # components of the tumor mask under post.min_listed_ml: counted, not listed
     roi_offset = tuple(r0 for r0, _ in roi_box)
     for n, (side, mask_roi) in enumerate(kidneys_masks):
         progress("tumor", n / len(kidneys_masks), f"tumors in the {side} kidney")
-        kc, kmask, comps_scored, cc = _tumor_passes(can, mask_roi, roi_offset, tstage, predictors["tumor"], post)
+        kc, kmask, comps_scored, cc, n_specks = _tumor_passes(can, mask_roi, roi_offset, tstage, predictors["tumor"], post)
+        specks += n_specks
         kbox, kvol = kc.box, kc.volume
         kept_mask = np.zeros(kmask.shape, bool)
         if comps_scored:
@@ -170,7 +172,7 @@ def run_cascade(
     progress("tumor", 1.0, "")
     progress("candidates", 1.0, "")
 
-    messages.extend(_describe(kidneys, candidates, post))
+    messages.extend(_describe(kidneys, candidates, post, specks))
     to_input = lambda a: image.with_array(reo.invert(a), meta={})  # noqa: E731
     lo, hi = _index_box_to_world(can, roi_box)
     return CascadeResult(
@@ -180,6 +182,7 @@ def run_cascade(
         candidates=to_input(cand_map),
         kidneys=kidneys,
         tumors=candidates,
+        specks_not_listed=specks,
         messages=messages,
         timings_s=timings,
         roi_lps_mm=(lo, hi),
@@ -265,14 +268,25 @@ def _score_candidates(tprob: np.ndarray, kvol: Volume, post: PostprocessConfig, 
     ``kidney``: stage 2's kidney on the crop, what a candidate's contact is measured against;
     ``first``: the first pass's region on the crop. Contact is measured on the part of a candidate
     inside it, so a growth pass, which only adds voxels outside it, does not change a tumor's verdict.
+    Components under ``post.min_listed_ml`` are specks: removed from the component map, only counted.
+    Returns the component map, the scored candidates (map value = position + 1) and the number of specks.
     """
     cc, ncomp = cc3d.connected_components(tprob >= post.tumor_threshold, connectivity=26, return_N=True)
     out: List[_Scored] = []
+    specks = 0
+    vox_ml = kvol.voxel_volume_ml()
+    counts = np.bincount(cc.ravel(), minlength=ncomp + 1)[1:]
+    if ncomp and post.min_listed_ml > 0:
+        small = counts * vox_ml < post.min_listed_ml
+        if small.any():
+            specks = int(small.sum())
+            keep = np.flatnonzero(~small)
+            remap = np.zeros(ncomp + 1, cc.dtype)
+            remap[keep + 1] = np.arange(1, keep.size + 1)
+            cc, counts, ncomp = remap[cc], counts[keep], int(keep.size)
     if ncomp:
         # one pass over the crop for all components: an untrained or uncertain model can give hundreds
         means = ndimage.mean(tprob, cc, index=np.arange(1, ncomp + 1))
-        counts = np.bincount(cc.ravel(), minlength=ncomp + 1)[1:]
-        vox_ml = kvol.voxel_volume_ml()
         for c, sl in enumerate(ndimage.find_objects(cc), start=1):
             sub = cc[sl] == c
             vol_ml = float(counts[c - 1]) * vox_ml
@@ -282,7 +296,7 @@ def _score_candidates(tprob: np.ndarray, kvol: Volume, post: PostprocessConfig, 
             wide = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
             contact = _kidney_contact((cc[wide] == c) & first[wide], kidney[wide], kvol.spacing_zyx)
             out.append(_Scored(sl, sub, vol_ml, score, hu, contact, _rejection(score, vol_ml, hu, contact, post)))
-    return cc, out
+    return cc, out, specks
 
 
 def _tumor_passes(can: Volume, mask: np.ndarray, offset: Sequence[int], stage: StageConfig, predictor,
@@ -296,7 +310,8 @@ def _tumor_passes(can: Volume, mask: np.ndarray, offset: Sequence[int], stage: S
     candidates dilated by ``post.tumor_growth_mm``, at most
     ``post.tumor_growth_passes`` more times. A growth pass decides only the
     voxels it adds; the earlier passes' probabilities stand where they looked.
-    Returns the last pass's crop, stage 2's kidney on it, its scored candidates and their component map.
+    Returns the last pass's crop, stage 2's kidney on it, its scored candidates, their component map and
+    the number of specks not listed (see :func:`_score_candidates`).
     """
     spacing = can.spacing_zyx
     seen = first = None
@@ -319,7 +334,7 @@ def _tumor_passes(can: Volume, mask: np.ndarray, offset: Sequence[int], stage: S
         # the first pass's region on this crop: kidney contact is measured there
         first_here = np.zeros(kc.allowed.shape, bool)
         first_here[tuple(slice(a - c, b - c) for (a, b), (c, _) in zip(first[0], kc.box))] = first[2]
-        cc, scored = _score_candidates(tprob, kc.volume, post, kidney, first_here)
+        cc, scored, specks = _score_candidates(tprob, kc.volume, post, kidney, first_here)
         if p == post.tumor_growth_passes:
             break
         kept = np.zeros(kc.mask.shape, bool)
@@ -341,7 +356,7 @@ def _tumor_passes(can: Volume, mask: np.ndarray, offset: Sequence[int], stage: S
         frame = _dilate_mm(frame, extra, spacing)
         frame[inner] |= kc.mask
         mask, offset = frame, tuple(a - q for (a, _), q in zip(kc.box, pad))
-    return kc, kidney, scored, cc
+    return kc, kidney, scored, cc, specks
 
 
 def _predict_on_grid(vol: Volume, stage: StageConfig, predictor) -> np.ndarray:
@@ -537,6 +552,7 @@ def _core_hu(hu: np.ndarray, mask: np.ndarray, spacing_zyx, depth_mm: float = 2.
 
 
 _OUTSIDE = "borders the kidney"
+_SMALL = "too small"
 
 
 def _rejection(score: float, vol_ml: float, hu: float, contact: float, post: PostprocessConfig) -> str:
@@ -544,7 +560,7 @@ def _rejection(score: float, vol_ml: float, hu: float, contact: float, post: Pos
     if score < post.candidate_threshold:
         return f"mean probability {score:.2f} < {post.candidate_threshold:g}"
     if vol_ml < post.min_candidate_ml:
-        return f"{vol_ml:.2f} mL < {post.min_candidate_ml:g} mL"
+        return f"{_SMALL} ({vol_ml:.2f} mL < {post.min_candidate_ml:g} mL)"
     if post.min_kidney_contact is not None and contact < post.min_kidney_contact:
         return (f"{_OUTSIDE} over {100 * contact:.0f} % of its surface (< {100 * post.min_kidney_contact:g} %): "
                 "probably outside the kidney")
@@ -553,7 +569,8 @@ def _rejection(score: float, vol_ml: float, hu: float, contact: float, post: Pos
     return ""
 
 
-def _describe(kidneys: Sequence[Kidney], cands: Sequence[Candidate], post: PostprocessConfig) -> List[str]:
+def _describe(kidneys: Sequence[Kidney], cands: Sequence[Candidate], post: PostprocessConfig,
+              specks: int = 0) -> List[str]:
     msgs = []
     sides = [k.side for k in kidneys]
     if sides == ["horseshoe"]:
@@ -574,8 +591,9 @@ def _describe(kidneys: Sequence[Kidney], cands: Sequence[Candidate], post: Postp
         msgs.append("no tumor found")
     cysts = [c for c in rejected if c.rejected_because.startswith("water attenuation")]
     outside = [c for c in rejected if c.rejected_because.startswith(_OUTSIDE)]
-    if len(rejected) > len(cysts) + len(outside):
-        msgs.append(f"{len(rejected) - len(cysts) - len(outside)} candidate(s) rejected below the threshold "
+    small = [c for c in rejected if c.rejected_because.startswith(_SMALL)]
+    if len(rejected) > len(cysts) + len(outside) + len(small):
+        msgs.append(f"{len(rejected) - len(cysts) - len(outside) - len(small)} candidate(s) rejected below the threshold "
                     f"{post.candidate_threshold:g}")
     if outside:
         msgs.append(f"{len(outside)} candidate(s) bordering the kidney over less than {100 * post.min_kidney_contact:g} % "
@@ -584,6 +602,11 @@ def _describe(kidneys: Sequence[Kidney], cands: Sequence[Candidate], post: Postp
     if cysts:
         msgs.append(f"{len(cysts)} candidate(s) of water attenuation (core <= {post.cyst_max_hu:g} HU) rejected as probable "
                     "simple cysts: " + ", ".join(f"{c.side} {c.diameter_3d_mm:.0f} mm, {c.core_hu:.0f} HU" for c in cysts))
+    if small:
+        msgs.append(f"{len(small)} candidate(s) under {post.min_candidate_ml:g} mL rejected as too small: " +
+                    ", ".join(f"{c.side} {c.volume_ml:.2f} mL" for c in small))
+    if specks:
+        msgs.append(f"{specks} speck(s) of tumor probability under {post.min_listed_ml:g} mL not listed as candidates")
     return msgs
 
 

@@ -146,6 +146,17 @@ class PostprocessConfig:
     default, so bundles written before this rule behave as they did) turns
     the rule off; new bundles get 20.
 
+    ``min_candidate_ml``: a candidate smaller than this is rejected (listed,
+    with the reason) whatever its probability. ``min_listed_ml``: a component
+    of the tumor mask smaller than this is a speck, not a candidate: it is not
+    listed nor in the candidate map, only counted in one message (an
+    uncertain model leaves dozens of them). It may not exceed
+    ``min_candidate_ml``, so that nothing stage 4 could keep goes unlisted.
+    Both 0 (the default) keep the behaviour of bundles written before; new
+    bundles get 0.1 and 0.05 mL, chosen from the 510 tumor components of 369
+    real KiTS19/KiTS23 label maps: the smallest tumor of any case is 0.198 mL,
+    and all 96 components under 0.05 mL are fragments beside a larger tumor.
+
     ``tumor_growth_passes`` and ``tumor_growth_mm``: stage 3 sees only stage
     2's kidney (dilated by the tumor stage's ``mask_dilation_mm``), so a
     tumor that bulges out where stage 2 missed it is cut at that rim. When
@@ -173,10 +184,16 @@ class PostprocessConfig:
     tumor_growth_passes: int = 0
     tumor_growth_mm: float = 0.0
     min_kidney_contact: Optional[float] = None
+    min_listed_ml: float = 0.0
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSION_RULES:
             raise ValueError(f"unknown fusion rule {self.fusion!r} (expected one of {FUSION_RULES})")
+        if not 0.0 <= self.min_candidate_ml <= 1000.0:
+            raise ValueError(f"min_candidate_ml must be from 0 to 1000 mL, got {self.min_candidate_ml!r}")
+        if not 0.0 <= self.min_listed_ml <= self.min_candidate_ml:
+            raise ValueError(f"min_listed_ml must be from 0 to min_candidate_ml ({self.min_candidate_ml:g} mL), "
+                             f"got {self.min_listed_ml!r}: a candidate stage 4 could keep must be listed")
         if not isinstance(self.tumor_growth_passes, int) or not 0 <= self.tumor_growth_passes <= 8:
             raise ValueError(f"tumor_growth_passes must be an integer from 0 to 8, got {self.tumor_growth_passes!r}")
         if not 0.0 <= self.tumor_growth_mm <= 50.0:

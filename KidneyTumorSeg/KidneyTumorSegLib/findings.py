@@ -64,6 +64,7 @@ class CascadeResult:
     candidates: Volume
     kidneys: List[Kidney] = field(default_factory=list)
     tumors: List[Candidate] = field(default_factory=list)
+    specks_not_listed: int = 0  # components of the tumor mask under the listing floor (min_listed_ml)
     messages: List[str] = field(default_factory=list)
     timings_s: Dict[str, float] = field(default_factory=dict)
     roi_lps_mm: Optional[Tuple[Tuple[float, float, float], Tuple[float, float, float]]] = None
@@ -79,6 +80,7 @@ class CascadeResult:
             "tumor_candidates": [asdict(c) for c in self.tumors],
             "kept_tumors": sum(1 for c in self.tumors if c.kept),
             "total_tumor_volume_ml": round(sum(c.volume_ml for c in self.tumors if c.kept), 3),
+            "specks_not_listed": self.specks_not_listed,
             "roi_lps_mm": None if self.roi_lps_mm is None else [list(self.roi_lps_mm[0]), list(self.roi_lps_mm[1])],
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
             "label_values": {"0": "background", "1": "kidney", "2": "kidney tumor"},
