@@ -24,6 +24,10 @@ def test_default_model_is_shipped_verified_and_small():
     assert size <= MAX_BYTES, f"{size / 2**20:.1f} MB"
     # it says what it was trained on
     assert "phantom" in bundle.provenance.get("data", "").lower()
+    # stage 4's rules as measured (README, the method, step 4): a single confident voxel is no tumor
+    post = bundle.postprocess
+    assert (post.candidate_threshold, post.min_kidney_contact, post.cyst_max_hu) == (0.8, 0.3, 20.0)
+    assert (post.min_candidate_ml, post.min_listed_ml) == (0.1, 0.05)
 
 
 @pytest.fixture(scope="module")

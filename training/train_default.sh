@@ -219,11 +219,13 @@ fi
   "$R10/tiny_tumor" "$R10/small_cyst" "$R6/k23" --out "$WORK/runs10" --cache "$WORK/runs10/cache" --fold all \
   --splits "$WORK/runs10/splits.json" --init "$WORK/bundle04/tumor_0.safetensors" --device cpu --workers 2 --no-progress
 # the shipped model 0.5: model 0.4 with round 10's tumor stage as a second ensemble member (each member keeps its
-# own z-score statistics); fast mode composite 0.722 against 0.699 on the 22 held-out cases, no tumor on the real CT
+# own z-score statistics); fast mode composite 0.722 against 0.699 on the 22 held-out cases, no tumor on the real CT.
+# 0.5.1: the same weights with stage 4's size floors (a candidate under 0.1 mL rejected, a speck under 0.05 mL not
+# listed); every Dice unchanged (the shipped 0.5.1 was exported from the 0.5 bundle with these settings)
 kidneytumorseg-train export --roi "$WORK/bundle04" --kidney "$WORK/bundle04" --tumor "$WORK/bundle04" "$WORK/runs10/tumor_foldall" \
-  --which final --post min_kidney_contact=0.3 tumor_growth_passes=1 tumor_growth_mm=13 \
+  --which final --post min_kidney_contact=0.3 tumor_growth_passes=1 tumor_growth_mm=13 min_candidate_ml=0.1 min_listed_ml=0.05 \
   -o KidneyTumorSeg/KidneyTumorSegLib/models/default \
-  --name kidneytumorseg-default-phantom-cpu --version 0.5 \
+  --name kidneytumorseg-default-phantom-cpu --version 0.5.1 \
   --description "Preliminary CPU-sized cascade (0.4M parameters per stage) trained on 2 CPU cores on synthetic phantoms only (see README)" \
   --data-description "529 synthetic phantoms over six rounds for all stages (36 full-size random ones, 12 of them with liver/spleen touching the kidneys; 407 small low-resolution ones, 96 of them with enhancing small bowel against the kidneys and 100 with cysts labelled as hard negatives; 48 shaped by KiTS19 label maps of cases < 150; 38 shaped by KiTS23 label maps with cysts, cases < 540); the tumor stage's second member (round 10) on 342: 196 new ones (56 shaped by KiTS19 label maps of cases 65-149, 140 small ones with small tumors) and 146 of the earlier ones replayed (60 with cysts, 48 with enhancing bowel, the 38 KiTS23-shaped ones)" \
   --limitations "preliminary model trained on synthetic phantoms only, below the project's accuracy bar (held-out phantoms: kidney Dice 0.94, tumor Dice 0.73; phantoms shaped by real KiTS19 labels: 0.96 / 0.70); on the one real CT available it scored two bowel loops beside the left kidney as tumor candidates, which only the kidney-contact rule rejects. Not for clinical use: check every kidney outline and tumor candidate."
