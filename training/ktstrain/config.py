@@ -79,7 +79,8 @@ class StageTraining:
             "stage": to_dict(self.stage),
             "train": to_dict(self.train),
             "augment": self.augment.to_dict(),
-            "preprocess": self.preprocess.to_dict(),
+            # the label map is a top-level key of a configuration (the cache key keeps it in preprocess)
+            "preprocess": {k: v for k, v in self.preprocess.to_dict().items() if k != "label_map"},
             "label_map": self.label_map.to_dict(),
         }
 
