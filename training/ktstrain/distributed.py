@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+DDP_TIMEOUT = timedelta(minutes=60)
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,9 @@ def init_world(device_name: str) -> World:
     if use_cuda:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # rank 0 validates on whole cases while the others wait in the next step's all-reduce: allow
+        # longer than NCCL's 10-minute default before a waiting rank is declared hung
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=DDP_TIMEOUT)
     return World(rank, local, size)
 
 
