@@ -12,7 +12,13 @@
    --hypervascular 1``), as clear-cell RCC often does in the arterial phase
    and no phantom before round 13 had; the same anatomy as group 1;
 5. the real abdominal CT (no labels): kidneys found, their side, volume and
-   position, and whether any tumor is called.
+   position, and whether any tumor is called;
+6. with ``--real-variants``: the same real CT as other scanners and
+   protocols would give it (see :func:`real_variants`): thicker and thinner
+   slices, more noise, a softer kernel, the field of view cut to one kidney
+   or through both kidneys, and another storage orientation. No labels, so
+   what is checked is what holds on any real scan: the kidneys found where
+   they are, no tumor called, volumes close to the original's.
 
 Prints KiTS19 Dice per case and the medians, and writes everything (the
 predictions, metrics CSVs, the real CT's preview PNG) under ``--work``.
@@ -83,6 +89,84 @@ def cyst_rows(pred: Path, gt: Path):
     return rows
 
 
+def real_variants(src: Path, dst: Path) -> list:
+    """Write variants of the real CT at ``src`` into ``dst`` (NIfTI, made once; kept between runs).
+
+    Returns ``[(name, what it checks)]``. All are derived with SimpleITK from the one real scan
+    (1.07 x 1.07 x 3 mm): ``slices_5mm`` (a 5 mm reconstruction: z blurred to a 5 mm slab, then
+    resampled), ``slices_1.5mm`` (z interpolated), ``noise_plus20`` (correlated noise of 20 HU sd
+    added, a lower dose), ``soft_kernel`` (in-plane Gaussian blur, sigma 0.8 mm), ``left_half``
+    (field of view cut at the midline: only the patient's left kidney), ``upper_half`` (cut through
+    both kidneys at z 290 mm), ``orientation_pir`` (the same voxels stored in another axis order).
+    """
+    import numpy as np
+    import SimpleITK as sitk
+
+    from KidneyTumorSegLib import volume_io
+
+    variants = [
+        ("original", "as read from DICOM"),
+        ("slices_5mm", "5 mm slices"),
+        ("slices_1.5mm", "1.5 mm slices"),
+        ("noise_plus20", "20 HU more noise"),
+        ("soft_kernel", "softer kernel"),
+        ("left_half", "only the left kidney in the field of view"),
+        ("upper_half", "both kidneys cut by the field of view"),
+        ("orientation_pir", "another storage orientation, same voxels"),
+    ]
+    if all((dst / f"{name}.nii.gz").exists() for name, _ in variants):
+        return variants
+    dst.mkdir(parents=True, exist_ok=True)
+    img = volume_io.volume_to_sitk(volume_io.read_volume(src))
+    img = sitk.Cast(img, sitk.sitkFloat32)
+    sp = img.GetSpacing()
+
+    def resample_z(image, z):
+        size = list(image.GetSize())
+        size[2] = int((size[2] - 1) * sp[2] / z) + 1  # every sample inside the scan
+        return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
+                             (sp[0], sp[1], z), image.GetDirection(), -1024.0, sitk.sitkFloat32)
+
+    def keep_above(image, world_axis, c):
+        """The part of ``image`` whose world coordinate along ``world_axis`` (0 x, 2 z) is at least ``c`` mm."""
+        d = np.array(image.GetDirection()).reshape(3, 3)
+        a = int(np.argmax(abs(d[world_axis])))  # the array axis along that world axis
+        pt = list(image.GetOrigin())
+        pt[world_axis] = c
+        at = image.TransformPhysicalPointToContinuousIndex(pt)[a]
+        n = image.GetSize()[a]
+        lo, hi = (int(np.ceil(at)), n) if d[world_axis, a] > 0 else (0, int(np.floor(at)) + 1)
+        index, size = [0, 0, 0], list(image.GetSize())
+        index[a], size[a] = max(lo, 0), min(hi, n) - max(lo, 0)
+        return sitk.RegionOfInterest(image, size, index)
+
+    rng = np.random.default_rng(20261204)
+    arr = sitk.GetArrayFromImage(img)
+    noise = sitk.GetImageFromArray(rng.standard_normal(arr.shape).astype(np.float32))
+    noise.CopyInformation(img)
+    noise = sitk.SmoothingRecursiveGaussian(noise, [0.6, 0.6, 0.01])
+    narr = sitk.GetArrayFromImage(noise)
+    noisy = sitk.GetImageFromArray(arr + narr * np.float32(20.0 / narr.std()))
+    noisy.CopyInformation(img)
+    out = {
+        "original": img,
+        "slices_5mm": resample_z(sitk.SmoothingRecursiveGaussian(img, [0.01, 0.01, 5.0 / 2.355]), 5.0),
+        "slices_1.5mm": resample_z(img, 1.5),
+        "noise_plus20": noisy,
+        "soft_kernel": sitk.SmoothingRecursiveGaussian(img, [0.8, 0.8, 0.01]),
+        "left_half": keep_above(img, 0, 10.0),  # LPS: +x is the patient's left
+        "upper_half": keep_above(img, 2, 290.0),
+        "orientation_pir": sitk.DICOMOrient(img, "PIR"),
+    }
+    for name, _ in variants:
+        v = sitk.GetImageFromArray(np.rint(sitk.GetArrayFromImage(out[name])).astype(np.int16))
+        v.CopyInformation(out[name])
+        tmp = dst / f".{name}.tmp.nii.gz"
+        sitk.WriteImage(v, str(tmp))
+        tmp.replace(dst / f"{name}.nii.gz")
+    return variants
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="eval-default")
@@ -93,6 +177,8 @@ def main() -> None:
     ap.add_argument("--tta", type=int, default=1)
     ap.add_argument("--hypervascular", type=int, default=0,
                     help="also N random phantoms (seeds 0..N-1) with hypervascular tumors (default 0: none)")
+    ap.add_argument("--real-variants", action="store_true",
+                    help="also the real CT as other protocols would give it (slices, noise, kernel, field of view, orientation)")
     args = ap.parse_args()
     work = Path(args.work)
     model = ["--model", args.model] if args.model else []
@@ -161,6 +247,25 @@ def main() -> None:
             print(f"tumors kept: {rep['kept_tumors']}, candidates: {len(rep['tumor_candidates'])}")
             print("messages:", "; ".join(rep["messages"]))
             print("preview:", rp.with_name(rp.name.replace(".report.json", ".preview.png")))
+
+    if real.is_dir() and args.real_variants:
+        variants = real_variants(real, work / "real_variants")
+        out = work / "pred_real_variants"
+        sh(*exe, "segment", work / "real_variants", "-o", out, *common)
+        print("\n== the real CT as other protocols would give it (no labels: two kidneys expected, no tumor)")
+        print(f"{'variant':16s} {'left mL':>8s} {'right mL':>8s} {'tumors':>6s} {'listed':>6s}  notes")
+        for name, what in variants:
+            rp = out / name / f"{name}.report.json"
+            if not rp.exists():
+                print(f"{name:16s} no report written ({what})")
+                continue
+            rep = json.loads(rp.read_text())
+            vol = {k["side"]: k["volume_ml"] for k in rep["kidneys"]}
+            edge = [k["side"] for k in rep["kidneys"] if k["touches_fov_edge"]]
+            notes = [what] + ([f"at the edge: {', '.join(edge)}"] if edge else [])
+            notes += [f"{c['side']} {c['volume_ml']:.1f} mL p {c['mean_probability']:.2f}" for c in rep["tumor_candidates"] if c["kept"]]
+            print(f"{name:16s} {vol.get('left', 0):8.0f} {vol.get('right', 0):8.0f} {rep['kept_tumors']:6d} "
+                  f"{len(rep['tumor_candidates']):6d}  {'; '.join(notes)}")
 
 
 if __name__ == "__main__":
