@@ -229,6 +229,80 @@ def test_one_kidney():
     assert set(np.unique(seg)) == {0, 1, 3}
 
 
+
+def _one_kidney_and_a_false_one(cut_right_side=False):
+    """Toy case with only a left kidney, and a 20 mm ball lateral to it that stages 1 and 2 take for kidney
+    (as the real CT's spleen when the field of view held one kidney). ``cut_right_side``: the field of view
+    also cuts off the body's right part (a reconstruction centred on the left side)."""
+    image, label = toy_case(kidneys=("left",))
+    if cut_right_side:
+        i0 = int(image.shape[2] * 0.3)
+        origin = image.index_to_world([i0, 0, 0])
+        image = Volume(image.array[:, :, i0:].copy(), spacing=image.spacing, origin=tuple(origin))
+        label = Volume(label.array[:, :, i0:].copy(), spacing=label.spacing, origin=tuple(origin))
+    sp = image.spacing_zyx
+    extent = np.array(image.shape) * np.array(sp)
+    kid = np.argwhere(label.array == 1)
+    k, j, i = kid.mean(axis=0)
+    false = _ellipsoid(image.shape, sp, (k * sp[0], j * sp[1] - 30, min(i * sp[2] + 40, extent[2] - 25)), (20, 20, 20))
+    with_false = label.array.copy()
+    with_false[false & (with_false == 0)] = 1
+    fg = ReferencePredictor(label.with_array(with_false), labels=(1, 2))
+    preds = dict(reference_predictors(label, tumor_probability=1.0), roi=fg, kidney=fg)
+    return image, label, preds
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_two_components_on_one_side_keep_its_name_and_are_flagged(cut):
+    image, label, preds = _one_kidney_and_a_false_one(cut_right_side=cut)
+    from KidneyTumorSegLib.cascade import _midline_x
+    from KidneyTumorSegLib.geometry import canonical_reorient
+
+    mid = _midline_x(canonical_reorient(image).volume(image))
+    assert (mid.cut_right, mid.cut_left) == (cut, False)
+    res = run_cascade(image, stages(), preds, PostprocessConfig(candidate_threshold=0.8))
+    # the true kidney is the larger one and stays "left" (before: the more medial one was renamed "right")
+    assert [k.side for k in res.kidneys] == ["left", "left"]
+    big = max(res.kidneys, key=lambda k: k.volume_with_tumor_ml)
+    assert big.volume_with_tumor_ml == pytest.approx((label.array > 0).sum() * image.voxel_volume_ml(), rel=0.05)
+    vols = " and ".join(f"{k.volume_with_tumor_ml:.0f} mL" for k in res.kidneys)
+    assert f"two kidney-like components on the patient's left ({vols}): one of them is probably not kidney (or a " \
+           "crossed ectopic kidney); check both" in res.messages
+    assert not np.any(res.sides.array == 2)  # nothing is called right
+
+
+def test_side_names_follow_the_midline_and_where_the_field_of_view_cuts_the_body():
+    from KidneyTumorSegLib.cascade import Midline, _assign_sides
+
+    vol = Volume(np.zeros((10, 10, 200), np.int16), spacing=(1.0, 1.0, 1.0), origin=(-100.0, 0.0, 0.0))
+
+    def comp(x):  # a 10 mm block centred at LPS x
+        m = np.zeros(vol.shape, bool)
+        m[:, :, x + 95:x + 105] = True
+        return m
+
+    def names(xs, midline):
+        out, notes = _assign_sides([comp(x) for x in xs], vol, midline, 15.0)
+        return [side for side, _ in out], notes
+
+    assert names([60, -60], Midline(0.0)) == (["left", "right"], [])
+    both, notes = names([40, 90], Midline(0.0))
+    assert both == ["left", "left"] and notes[0].startswith("two kidney-like components on the patient's left (1 mL and 1 mL)")
+    # the body cut on the patient's right: the midline lies further right, so "left" is certain
+    assert names([40, 90], Midline(0.0, cut_right=True))[0] == ["left", "left"]
+    # ... and "right" is not: two "right" ones are named by their position to each other
+    renamed, notes = names([-40, -90], Midline(0.0, cut_right=True))
+    assert renamed == ["left", "right"]
+    assert notes == ["the field of view cuts the body on the patient's right: the midline is uncertain, and the two "
+                     "kidneys were named by their position to each other"]
+    assert names([40, 90], Midline(0.0, cut_left=True))[0] == ["right", "left"]
+    assert names([40, 90], Midline(0.0, cut_left=True, cut_right=True))[0] == ["right", "left"]
+    # a component across the midline is a horseshoe, unless the body is cut on one side (the estimate is off)
+    wide = np.zeros(vol.shape, bool)
+    wide[:, :, 60:140] = True  # x from -40 to +40 mm
+    assert _assign_sides([wide], vol, Midline(0.0), 15.0)[0][0][0] == "horseshoe"
+    assert _assign_sides([wide], vol, Midline(-5.0, cut_right=True), 15.0)[0][0][0] == "left"
+
 def test_horseshoe_kidney_is_one_component_split_in_segments():
     image, label = toy_case(kidneys=(), tumors=False)
     sp = image.spacing_zyx

@@ -108,8 +108,9 @@ def run_cascade(
     if not comps:
         return _empty(image, can, reo, ["no kidney found: the kidney stage found no kidney in the region of interest"], timings, keep_canonical)
 
-    midline_x = _midline_x(can)
-    kidneys_masks = _assign_sides(comps, roi_vol, midline_x, post.horseshoe_crossing_mm)
+    midline = _midline_x(can)
+    kidneys_masks, side_notes = _assign_sides(comps, roi_vol, midline, post.horseshoe_crossing_mm)
+    midline_x = midline.x
 
     # ---- stage 3 + 4: tumors per kidney, candidate choice ------------------
     t = time.perf_counter()
@@ -172,7 +173,7 @@ def run_cascade(
     progress("tumor", 1.0, "")
     progress("candidates", 1.0, "")
 
-    messages.extend(_describe(kidneys, candidates, post, specks))
+    messages.extend(_describe(kidneys, candidates, post, specks, side_notes))
     to_input = lambda a: image.with_array(reo.invert(a), meta={})  # noqa: E731
     lo, hi = _index_box_to_world(can, roi_box)
     return CascadeResult(
@@ -421,42 +422,79 @@ def _largest_components(mask: np.ndarray, keep: int, min_ml: float, voxel_ml: fl
     return out
 
 
-def _midline_x(can: Volume) -> float:
-    """Patient midline (LPS x, mm): centre of the body's extent in x.
+@dataclass(frozen=True)
+class Midline:
+    """The patient's midline (LPS x, mm) and whether the body is cut by the field of view on either side.
+
+    With the body cut on the patient's right (``cut_right``), the visible body's centre lies left of the
+    true midline, so what lies left of ``x`` is certainly left; likewise for ``cut_left``.
+    """
+
+    x: float
+    cut_right: bool = False
+    cut_left: bool = False
+
+    def certain(self, side: str) -> bool:
+        """True when a kidney named ``side`` from this midline is on that side whatever the cut part held."""
+        if side == "left":
+            return not self.cut_left
+        return not self.cut_right
+
+
+def _midline_x(can: Volume) -> Midline:
+    """Patient midline (LPS x, mm): centre of the body's extent in x, and where the field of view cuts the body.
 
     The body is the largest air-separated object in a coarse copy; its
     mid-x is robust to one-sided anatomy (one kidney) and to the couch.
+    The canonical grid's i axis runs along +x (the patient's left).
     """
     step = max(1, int(round(4.0 / min(can.spacing[:2]))))
     zs = max(1, can.shape[0] // 16)
     small = can.array[::zs, ::step, ::step] > -500
     if not small.any():
-        return float(can.index_to_world(np.array(can.shape[::-1]) / 2.0)[0])
+        return Midline(float(can.index_to_world(np.array(can.shape[::-1]) / 2.0)[0]))
     cc, n = cc3d.connected_components(small, connectivity=6, return_N=True)
     counts = np.bincount(cc.ravel())[1:]
     body = cc == (int(np.argmax(counts)) + 1)
     cols = np.nonzero(body.any(axis=(0, 1)))[0]
     mid_i = (cols.min() + cols.max()) / 2.0 * step
-    return float(can.index_to_world([mid_i, can.shape[1] / 2.0, can.shape[0] / 2.0])[0])
+    x = float(can.index_to_world([mid_i, can.shape[1] / 2.0, can.shape[0] / 2.0])[0])
+    return Midline(x, cut_right=bool(cols.min() == 0), cut_left=bool(cols.max() == small.shape[2] - 1))
 
 
-def _assign_sides(comps, roi_vol: Volume, midline_x: float, crossing_mm: float):
-    """Name each kidney component left / right / horseshoe (LPS: +x is the patient's left)."""
-    out = []
+def _assign_sides(comps, roi_vol: Volume, midline: Midline, crossing_mm: float):
+    """Name each kidney component left / right / horseshoe (LPS: +x is the patient's left).
+
+    Returns ``[(side, mask)]`` and the messages it has for the user. Two components on one side of
+    the midline are anatomically unlikely (crossed ectopia is rare; more often one of them is not
+    kidney): where that side is certain (the field of view does not cut the body on the other
+    side) both keep its name and a message asks for a check; otherwise the midline is probably
+    misplaced by the cut, and the more left one is named left.
+    """
+    out, notes = [], []
     for m in comps:
         xs = _world_x_extent(roi_vol, m)
         cx = _centre_world(roi_vol, m)[0]
-        if xs[0] < midline_x - crossing_mm and xs[1] > midline_x + crossing_mm:
+        # a body cut on one side only moves the estimate into that side's kidney: no horseshoe from it
+        if xs[0] < midline.x - crossing_mm and xs[1] > midline.x + crossing_mm and midline.cut_left == midline.cut_right:
             side = "horseshoe"
         else:
-            side = "left" if cx > midline_x else "right"
+            side = "left" if cx > midline.x else "right"
         out.append((side, m))
     if len(out) == 2 and out[0][0] == out[1][0] and "horseshoe" not in (out[0][0], out[1][0]):
-        # two kidneys on one side of a badly estimated midline: the more left one is left
-        a, b = out
-        ax, bx = _centre_world(roi_vol, a[1])[0], _centre_world(roi_vol, b[1])[0]
-        out = [("left" if ax > bx else "right", a[1]), ("left" if bx >= ax else "right", b[1])]
-    return out
+        side = out[0][0]
+        ml = roi_vol.voxel_volume_ml()
+        vols = " and ".join(f"{m.sum() * ml:.0f} mL" for _, m in out)
+        if midline.certain(side):
+            notes.append(f"two kidney-like components on the patient's {side} ({vols}): one of them is probably not "
+                         "kidney (or a crossed ectopic kidney); check both")
+        else:
+            a, b = out
+            ax, bx = _centre_world(roi_vol, a[1])[0], _centre_world(roi_vol, b[1])[0]
+            out = [("left" if ax > bx else "right", a[1]), ("left" if bx >= ax else "right", b[1])]
+            notes.append(f"the field of view cuts the body on the patient's {'left' if midline.cut_left else 'right'}: "
+                         "the midline is uncertain, and the two kidneys were named by their position to each other")
+    return out, notes
 
 
 def _world_x_extent(vol: Volume, mask: np.ndarray) -> Tuple[float, float]:
@@ -570,7 +608,7 @@ def _rejection(score: float, vol_ml: float, hu: float, contact: float, post: Pos
 
 
 def _describe(kidneys: Sequence[Kidney], cands: Sequence[Candidate], post: PostprocessConfig,
-              specks: int = 0) -> List[str]:
+              specks: int = 0, side_notes: Sequence[str] = ()) -> List[str]:
     msgs = []
     sides = [k.side for k in kidneys]
     if sides == ["horseshoe"]:
@@ -582,6 +620,7 @@ def _describe(kidneys: Sequence[Kidney], cands: Sequence[Candidate], post: Postp
     for k in kidneys:
         if k.touches_fov_edge:
             msgs.append(f"the {k.side} kidney reaches the edge of the scan: its volume may be underestimated")
+    msgs.extend(side_notes)
     kept = [c for c in cands if c.kept]
     rejected = [c for c in cands if not c.kept]
     if kept:
