@@ -230,13 +230,19 @@ def test_one_kidney():
 
 
 
-def _one_kidney_and_a_false_one(cut_right_side=False):
+def _one_kidney_and_a_false_one(cut_right_side=False, spine=False, cut_at=0.3):
     """Toy case with only a left kidney, and a 20 mm ball lateral to it that stages 1 and 2 take for kidney
     (as the real CT's spleen when the field of view held one kidney). ``cut_right_side``: the field of view
     also cuts off the body's right part (a reconstruction centred on the left side)."""
     image, label = toy_case(kidneys=("left",))
+    if spine:  # a vertebra (700 HU, 28 mm across) on the body's midline, behind the kidneys' centres
+        sp = image.spacing_zyx
+        extent = np.array(image.shape) * np.array(sp)
+        arr = image.array.copy()
+        arr[_ellipsoid(image.shape, sp, (extent[0] / 2, extent[1] * 0.68, extent[2] / 2), (1e4, 14, 14))] = 700
+        image = image.with_array(arr)
     if cut_right_side:
-        i0 = int(image.shape[2] * 0.3)
+        i0 = int(image.shape[2] * cut_at)
         origin = image.index_to_world([i0, 0, 0])
         image = Volume(image.array[:, :, i0:].copy(), spacing=image.spacing, origin=tuple(origin))
         label = Volume(label.array[:, :, i0:].copy(), spacing=label.spacing, origin=tuple(origin))
@@ -269,6 +275,27 @@ def test_two_components_on_one_side_keep_its_name_and_are_flagged(cut):
     assert f"two kidney-like components on the patient's left ({vols}): one of them is probably not kidney (or a " \
            "crossed ectopic kidney); check both" in res.messages
     assert not np.any(res.sides.array == 2)  # nothing is called right
+
+
+def test_a_field_of_view_cut_near_the_kidney_takes_the_midline_from_the_spine():
+    # the visible body's centre falls on the left kidney itself; the spine says where the midline is
+    image, label, preds = _one_kidney_and_a_false_one(cut_right_side=True, spine=True, cut_at=0.45)
+    from KidneyTumorSegLib.cascade import _midline_x, _spine_x
+    from KidneyTumorSegLib.geometry import canonical_reorient
+
+    can = canonical_reorient(image).volume(image)
+    mid = _midline_x(can)
+    kidney_x = image.index_to_world(np.argwhere(label.array == 1).mean(axis=0)[::-1])[0]
+    assert mid.cut_right and abs(mid.x - kidney_x) < 10  # the body's centre: useless here
+    body_mid = image.index_to_world([image.shape[2] * (0.5 - 0.45) / 0.55, 0, 0])[0]  # the toy body's true midline
+    assert abs(_spine_x(can, (0, can.shape[0])) - body_mid) < 5  # the vertebra, cut by 3 mm, is still found
+    res = run_cascade(image, stages(), preds, PostprocessConfig(candidate_threshold=0.8))
+    assert [k.side for k in res.kidneys] == ["left", "left"]
+    assert "the field of view cuts the body on the patient's right: left and right are named from the spine" in res.messages
+    assert any(m.startswith("two kidney-like components on the patient's left") for m in res.messages)
+    # no bone at all (the toy without a spine): the old estimate, and the rename where it is uncertain
+    plain = _one_kidney_and_a_false_one(cut_right_side=True)[0]
+    assert _spine_x(canonical_reorient(plain).volume(plain), (0, plain.shape[0])) is None
 
 
 def test_side_names_follow_the_midline_and_where_the_field_of_view_cuts_the_body():

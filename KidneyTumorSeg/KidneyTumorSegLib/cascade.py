@@ -109,7 +109,17 @@ def run_cascade(
         return _empty(image, can, reo, ["no kidney found: the kidney stage found no kidney in the region of interest"], timings, keep_canonical)
 
     midline = _midline_x(can)
+    spine_note = []
+    if midline.one_sided_cut:
+        # the visible body's centre is off the midline by what the cut took: the spine's is not
+        sx = _spine_x(can, roi_box[0])
+        if sx is not None:
+            cut = "right" if midline.cut_right else "left"
+            midline = Midline(sx, midline.cut_right, midline.cut_left, from_spine=True)
+            spine_note = [f"the field of view cuts the body on the patient's {cut}: left and right are named from "
+                          "the spine"]
     kidneys_masks, side_notes = _assign_sides(comps, roi_vol, midline, post.horseshoe_crossing_mm)
+    side_notes = spine_note + side_notes
     midline_x = midline.x
 
     # ---- stage 3 + 4: tumors per kidney, candidate choice ------------------
@@ -433,12 +443,53 @@ class Midline:
     x: float
     cut_right: bool = False
     cut_left: bool = False
+    from_spine: bool = False  # x is the vertebral column's, not the visible body's centre: no cut moves it
 
     def certain(self, side: str) -> bool:
         """True when a kidney named ``side`` from this midline is on that side whatever the cut part held."""
+        if self.from_spine:
+            return True
         if side == "left":
             return not self.cut_left
         return not self.cut_right
+
+    @property
+    def one_sided_cut(self) -> bool:
+        return self.cut_left != self.cut_right and not self.from_spine
+
+
+_BONE_HU = 300.0  # above enhanced renal cortex and vessels in the portal phase; the vertebra's shell and body
+_MIN_VERTEBRA_CM2 = 3.0
+
+
+def _spine_x(can: Volume, zrange: Tuple[int, int]) -> Optional[float]:
+    """LPS x (mm) of the vertebral column at the kidneys' levels, or None where it is not found.
+
+    In up to 12 axial slices of ``zrange`` (canonical k), the largest 2D bone component (> 300 HU,
+    at least 3 cm2) is the vertebra at these levels (ribs are thinner, the pelvis lower); the median
+    of their centres' x, when found in at least half the slices.
+    """
+    step = max(1, int(round(2.0 / min(can.spacing[:2]))))
+    k0, k1 = max(0, int(zrange[0])), min(can.shape[0], int(zrange[1]))
+    if k1 <= k0:
+        return None
+    ks = np.unique(np.linspace(k0, k1 - 1, num=min(12, k1 - k0)).astype(int))
+    pix_cm2 = (can.spacing[0] * step) * (can.spacing[1] * step) / 100.0
+    xs = []
+    for k in ks:
+        bone = can.array[k, ::step, ::step] > _BONE_HU
+        if not bone.any():
+            continue
+        cc, n = cc3d.connected_components(bone, connectivity=8, return_N=True)
+        counts = np.bincount(cc.ravel())[1:]
+        c = int(np.argmax(counts))
+        if counts[c] * pix_cm2 < _MIN_VERTEBRA_CM2:
+            continue
+        i_mean = float(np.nonzero(cc == c + 1)[1].mean()) * step
+        xs.append(float(can.index_to_world([i_mean, 0.0, float(k)])[0]))
+    if len(xs) * 2 < len(ks):
+        return None
+    return float(np.median(xs))
 
 
 def _midline_x(can: Volume) -> Midline:
@@ -476,7 +527,7 @@ def _assign_sides(comps, roi_vol: Volume, midline: Midline, crossing_mm: float):
         xs = _world_x_extent(roi_vol, m)
         cx = _centre_world(roi_vol, m)[0]
         # a body cut on one side only moves the estimate into that side's kidney: no horseshoe from it
-        if xs[0] < midline.x - crossing_mm and xs[1] > midline.x + crossing_mm and midline.cut_left == midline.cut_right:
+        if xs[0] < midline.x - crossing_mm and xs[1] > midline.x + crossing_mm and not midline.one_sided_cut:
             side = "horseshoe"
         else:
             side = "left" if cx > midline.x else "right"
