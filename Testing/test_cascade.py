@@ -323,7 +323,9 @@ def test_side_names_follow_the_midline_and_where_the_field_of_view_cuts_the_body
     assert notes == ["the field of view cuts the body on the patient's right: the midline is uncertain, and the two "
                      "kidneys were named by their position to each other"]
     assert names([40, 90], Midline(0.0, cut_left=True))[0] == ["right", "left"]
-    assert names([40, 90], Midline(0.0, cut_left=True, cut_right=True))[0] == ["right", "left"]
+    both_cut = names([40, 90], Midline(0.0, cut_left=True, cut_right=True))
+    assert both_cut[0] == ["right", "left"] and both_cut[1][0].startswith("the field of view cuts the body on the "
+                                                                          "patient's right and left: ")
     # a component across the midline is a horseshoe, unless the body is cut on one side (the estimate is off)
     wide = np.zeros(vol.shape, bool)
     wide[:, :, 60:140] = True  # x from -40 to +40 mm

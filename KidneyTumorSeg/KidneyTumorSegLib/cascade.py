@@ -543,7 +543,8 @@ def _assign_sides(comps, roi_vol: Volume, midline: Midline, crossing_mm: float):
             a, b = out
             ax, bx = _centre_world(roi_vol, a[1])[0], _centre_world(roi_vol, b[1])[0]
             out = [("left" if ax > bx else "right", a[1]), ("left" if bx >= ax else "right", b[1])]
-            notes.append(f"the field of view cuts the body on the patient's {'left' if midline.cut_left else 'right'}: "
+            cut = " and ".join(n for n, c in (("right", midline.cut_right), ("left", midline.cut_left)) if c)
+            notes.append(f"the field of view cuts the body on the patient's {cut}: "
                          "the midline is uncertain, and the two kidneys were named by their position to each other")
     return out, notes
 
