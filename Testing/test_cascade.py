@@ -298,6 +298,20 @@ def test_a_field_of_view_cut_near_the_kidney_takes_the_midline_from_the_spine():
     assert _spine_x(canonical_reorient(plain).volume(plain), (0, plain.shape[0])) is None
 
 
+def test_the_spine_is_a_column_and_ribs_here_and_there_are_not():
+    from KidneyTumorSegLib.cascade import _spine_x
+
+    arr = np.full((12, 100, 100), 40, np.int16)
+    arr[:, 60:80, 45:65] = 700  # 20 x 20 mm of bone in every slice, centred at x 54.5 mm
+    vol = Volume(arr, spacing=(1.0, 1.0, 3.0))
+    assert _spine_x(vol, (0, 12)) == pytest.approx(54.5, abs=1.0)  # sampled every 2 mm
+    ribs = np.full_like(arr, 40)
+    for k in range(12):  # a 4 cm2 piece of bone, somewhere else in every slice
+        j, i = 40, (29 * k) % 70
+        ribs[k, j:j + 20, i:i + 20] = 700
+    assert _spine_x(vol.with_array(ribs), (0, 12)) is None
+
+
 def test_side_names_follow_the_midline_and_where_the_field_of_view_cuts_the_body():
     from KidneyTumorSegLib.cascade import Midline, _assign_sides
 

@@ -466,8 +466,10 @@ def _spine_x(can: Volume, zrange: Tuple[int, int]) -> Optional[float]:
     """LPS x (mm) of the vertebral column at the kidneys' levels, or None where it is not found.
 
     In up to 12 axial slices of ``zrange`` (canonical k), the largest 2D bone component (> 300 HU,
-    at least 3 cm2) is the vertebra at these levels (ribs are thinner, the pelvis lower); the median
-    of their centres' x, when found in at least half the slices.
+    at least 3 cm2) is the vertebra at these levels (ribs are thinner, the pelvis lower). The
+    vertebral column is a column: the median x of the slices whose component centre lies within
+    10 mm (in x) of the median, when at least half the slices do; otherwise (the spine cut away,
+    and the largest pieces are ribs here and there) None.
     """
     step = max(1, int(round(2.0 / min(can.spacing[:2]))))
     k0, k1 = max(0, int(zrange[0])), min(can.shape[0], int(zrange[1]))
@@ -485,11 +487,15 @@ def _spine_x(can: Volume, zrange: Tuple[int, int]) -> Optional[float]:
         c = int(np.argmax(counts))
         if counts[c] * pix_cm2 < _MIN_VERTEBRA_CM2:
             continue
-        i_mean = float(np.nonzero(cc == c + 1)[1].mean()) * step
-        xs.append(float(can.index_to_world([i_mean, 0.0, float(k)])[0]))
+        jj, ii = np.nonzero(cc == c + 1)
+        xs.append(can.index_to_world([float(ii.mean()) * step, float(jj.mean()) * step, float(k)])[:2])
     if len(xs) * 2 < len(ks):
         return None
-    return float(np.median(xs))
+    centres = np.asarray(xs, float)
+    column = np.abs(centres[:, 0] - np.median(centres[:, 0])) <= 10.0
+    if int(column.sum()) * 2 < len(ks):
+        return None
+    return float(np.median(centres[column, 0]))
 
 
 def _midline_x(can: Volume) -> Midline:
