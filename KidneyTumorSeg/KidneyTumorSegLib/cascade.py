@@ -540,11 +540,9 @@ def _assign_sides(comps, roi_vol: Volume, midline: Midline, crossing_mm: float):
         out.append((side, m))
     if len(out) == 2 and out[0][0] == out[1][0] and "horseshoe" not in (out[0][0], out[1][0]):
         side = out[0][0]
-        ml = roi_vol.voxel_volume_ml()
-        vols = " and ".join(f"{m.sum() * ml:.0f} mL" for _, m in out)
         if midline.certain(side):
-            notes.append(f"two kidney-like components on the patient's {side} ({vols}): one of them is probably not "
-                         "kidney (or a crossed ectopic kidney); check both")
+            notes.append(f"two kidney-like components on the patient's {side}, both listed as {side} kidneys: one of "
+                         "them is probably not kidney (or a crossed ectopic kidney); check both")
         else:
             a, b = out
             ax, bx = _centre_world(roi_vol, a[1])[0], _centre_world(roi_vol, b[1])[0]
