@@ -108,18 +108,9 @@ def run_cascade(
     if not comps:
         return _empty(image, can, reo, ["no kidney found: the kidney stage found no kidney in the region of interest"], timings, keep_canonical)
 
-    midline = _midline_x(can)
-    spine_note = []
-    if midline.one_sided_cut:
-        # the visible body's centre is off the midline by what the cut took: the spine's is not
-        sx = _spine_x(can, roi_box[0])
-        if sx is not None:
-            cut = "right" if midline.cut_right else "left"
-            midline = Midline(sx, midline.cut_right, midline.cut_left, from_spine=True)
-            spine_note = [f"the field of view cuts the body on the patient's {cut}: left and right are named from "
-                          "the spine"]
+    midline, spine_notes = _patient_midline(can, roi_box[0])
     kidneys_masks, side_notes = _assign_sides(comps, roi_vol, midline, post.horseshoe_crossing_mm)
-    side_notes = spine_note + side_notes
+    side_notes = spine_notes + side_notes
     midline_x = midline.x
 
     # ---- stage 3 + 4: tumors per kidney, candidate choice ------------------
@@ -482,7 +473,7 @@ def _spine_x(can: Volume, zrange: Tuple[int, int]) -> Optional[float]:
         bone = can.array[k, ::step, ::step] > _BONE_HU
         if not bone.any():
             continue
-        cc, n = cc3d.connected_components(bone, connectivity=8, return_N=True)
+        cc = cc3d.connected_components(bone, connectivity=8)
         counts = np.bincount(cc.ravel())[1:]
         c = int(np.argmax(counts))
         if counts[c] * pix_cm2 < _MIN_VERTEBRA_CM2:
@@ -517,6 +508,23 @@ def _midline_x(can: Volume) -> Midline:
     mid_i = (cols.min() + cols.max()) / 2.0 * step
     x = float(can.index_to_world([mid_i, can.shape[1] / 2.0, can.shape[0] / 2.0])[0])
     return Midline(x, cut_right=bool(cols.min() == 0), cut_left=bool(cols.max() == small.shape[2] - 1))
+
+
+def _patient_midline(can: Volume, zrange: Tuple[int, int]) -> Tuple[Midline, List[str]]:
+    """The midline kidneys are named from, and a message when it is the spine's.
+
+    The visible body's centre, unless the field of view cuts the body on one side only: that moves the
+    centre by what the cut took, the spine's x (at the slices of ``zrange``) not.
+    """
+    midline = _midline_x(can)
+    if not midline.one_sided_cut:
+        return midline, []
+    sx = _spine_x(can, zrange)
+    if sx is None:
+        return midline, []
+    cut = "right" if midline.cut_right else "left"
+    return (Midline(sx, midline.cut_right, midline.cut_left, from_spine=True),
+            [f"the field of view cuts the body on the patient's {cut}: left and right are named from the spine"])
 
 
 def _assign_sides(comps, roi_vol: Volume, midline: Midline, crossing_mm: float):
