@@ -98,6 +98,49 @@ def test_resume_continues_exactly(phantoms, tmp_path):
     assert [r["train_loss"] for r in _log(full)] == [r["train_loss"] for r in _log(part)]
 
 
+def test_fit_epochs_keeps_a_run_inside_its_time_budget():
+    from ktstrain.train import fit_epochs
+
+    # after epoch 0, 100 s left at 10 s an epoch: 10 more, 11 in all
+    assert fit_epochs(0, 10.0, 100.0, 1000) == 11
+    assert fit_epochs(0, 10.0, 105.0, 1000) == 11  # only whole epochs
+    assert fit_epochs(0, 10.0, 1e6, 50) == 50  # never beyond the configuration's epochs
+    assert fit_epochs(7, 10.0, -3.0, 1000) == 8  # time is up: this epoch was the last
+    assert fit_epochs(0, 10.0, 5.0, 1000, warmup_epochs=2) == 3  # a warm-up schedule stays valid
+
+
+def test_time_budget_shortens_the_run_and_its_schedule(phantoms, tmp_path, caplog):
+    torch.set_num_threads(1)
+    cfg = tiny_config("kidney", epochs=1000, checkpoint_every=1000, val_every=1000)
+    budget = 6.0
+    import logging
+    import time
+
+    caplog.set_level(logging.INFO, logger="ktstrain.train")
+    t = time.perf_counter()
+    run = train_stage(cfg, phantoms, tmp_path / "run", tmp_path / "cache", fold="all", device="cpu",
+                      show_progress=False, time_budget_s=budget)
+    wall = time.perf_counter() - t
+    rows = _log(run)
+    pace = max(float(r["seconds"]) for r in rows)
+    assert wall <= budget + pace + 1.0, (wall, pace)
+    ck = load_checkpoint(run / "checkpoint_final.pt")
+    assert 2 <= len(rows) < 1000 and ck["epochs"] == len(rows) == int(ck["epoch"]) + 1
+    # the poly schedule ran to its (new) end: the last epoch's rate is a small fraction of the first
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[-1] < 0.35 * lrs[0], lrs
+    assert "epochs planned (was 1000)" in caplog.text
+
+
+def test_time_budget_is_refused_with_resume_or_when_not_positive(phantoms, tmp_path):
+    cfg = tiny_config("kidney")
+    with pytest.raises(ValueError, match="a time budget cannot be combined with --resume"):
+        train_stage(cfg, phantoms, tmp_path / "r", tmp_path / "cache", device="cpu", resume=True, time_budget_s=60)
+    with pytest.raises(ValueError, match="time budget must be positive, got 0 s"):
+        train_stage(cfg, phantoms, tmp_path / "r", tmp_path / "cache", device="cpu", time_budget_s=0)
+    assert not (tmp_path / "r").exists()
+
+
 def test_init_starts_from_another_runs_weights(phantoms, runs, tmp_path):
     torch.set_num_threads(1)
     _, done = runs

@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--synthetic", type=int, default=0, help="first generate this many phantoms into --data")
     t.add_argument("--synthetic-seed", type=int, default=10000, help="seed of the first generated phantom")
     t.add_argument("--epochs", type=int, help="override the configuration's epochs")
+    t.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="finish within this wall-clock time, preprocessing included: the planned epochs (at most "
+                        "the configuration's) and the learning-rate schedule shrink to what fits")
     t.add_argument("--device", default="auto")
     t.add_argument("--workers", type=int, default=1, help="preprocessing processes")
     t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
@@ -135,7 +138,7 @@ def _train(args) -> int:
                 splits_path=Path(args.splits) if args.splits else None, resume=args.resume, device=args.device,
                 overwrite=args.overwrite, workers=args.workers, epochs=args.epochs,
                 show_progress=not args.no_progress and sys.stderr.isatty(), tensorboard=args.tensorboard,
-                init=Path(args.init) if args.init else None)
+                init=Path(args.init) if args.init else None, time_budget_s=args.time_budget)
     log.info("finished: %s", run)
     return 0
 

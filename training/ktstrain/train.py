@@ -84,6 +84,7 @@ def train_stage(
     show_progress: bool = True,
     tensorboard: bool = False,
     init: Optional[Path] = None,
+    time_budget_s: Optional[float] = None,
 ) -> Path:
     """Train ``cfg``'s stage on ``cases``; returns the run folder.
 
@@ -95,7 +96,22 @@ def train_stage(
     ``init`` (a checkpoint file or a run folder) starts a new run from that
     run's weights with a fresh optimiser and schedule (warm start, fine-tuning);
     the network must have the same architecture. ``resume`` ignores it.
+
+    ``time_budget_s`` fits the run into that much wall-clock time, counted
+    from this call (preprocessing included): after each epoch the planned
+    epochs become what the remaining time holds at the last epoch's pace
+    (:func:`fit_epochs`; at most the configured epochs, never fewer than
+    those done), and the learning-rate schedule and the deep-supervision
+    weights follow the new total. For a session on a lent machine whose
+    time is fixed; it cannot be combined with ``resume``.
     """
+    t_start = time.perf_counter()
+    if time_budget_s is not None:
+        if time_budget_s <= 0:
+            raise ValueError(f"time budget must be positive, got {time_budget_s} s")
+        if resume:
+            raise ValueError("a time budget cannot be combined with --resume: the resumed run keeps the epochs "
+                             "its checkpoints planned")
     world = init_world(device)
     run_dir = Path(run_dir)
     ts = cfg.train
@@ -178,6 +194,8 @@ def train_stage(
     indices = list(range(world.rank, per_rank * world.size, world.size))
     spacing = stage.spacing
     for epoch in range(start_epoch, n_epochs):
+        if epoch >= n_epochs:  # a time budget shortened the plan (the range was fixed at the start)
+            break
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
         lr = sched.start_epoch(epoch)
@@ -205,6 +223,19 @@ def train_stage(
             bar.close()
         train_loss = all_mean(float(np.mean(losses)) if losses else float("nan"), world, dev)
         sched.end_epoch(epoch, train_loss)
+        if time_budget_s is not None:
+            # every rank plans from the same (averaged) figures, so all stop after the same epoch
+            pace = all_mean(time.perf_counter() - t0, world, dev)
+            left = time_budget_s - all_mean(time.perf_counter() - t_start, world, dev)
+            # the first epoch (cuDNN autotuning, loader start-up) may only shorten the plan; the second,
+            # the first at the run's real pace, may also lengthen it back up to the configuration's
+            ceiling = n_epochs if epoch != start_epoch + 1 else int(epochs or ts.epochs)
+            planned = fit_epochs(epoch, pace, left, ceiling, sched.warmup_epochs)
+            if planned != n_epochs:
+                log.info("%s: time budget %.0f s, %.0f s left at %.1f s an epoch: %d epochs planned (was %d)",
+                         stage.name, time_budget_s, left, pace, planned, n_epochs)
+                n_epochs = planned
+                sched.max_epochs = n_epochs
         last = epoch == n_epochs - 1
         if not world.is_main:
             continue
@@ -228,6 +259,17 @@ def train_stage(
             ckpt.save(state, epoch, is_best=is_best, final=last)
     barrier(world)
     return run_dir
+
+
+def fit_epochs(epoch: int, pace_s: float, left_s: float, ceiling: int, warmup_epochs: int = 0) -> int:
+    """Epochs in all once ``epoch`` (0-based) is done, with ``left_s`` seconds left at ``pace_s`` an epoch.
+
+    As many more epochs as fit whole into the time left, at most ``ceiling``
+    in all and never fewer than those done; more than ``warmup_epochs`` when
+    the schedule has a warm-up, so the schedule stays valid.
+    """
+    more = int(max(left_s, 0.0) // max(pace_s, 1e-9))
+    return max(epoch + 1, warmup_epochs + 1, min(int(ceiling), epoch + 1 + more))
 
 
 def load_init_weights(model: torch.nn.Module, init) -> str:
