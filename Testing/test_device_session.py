@@ -40,13 +40,13 @@ def session(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("device")
     cfgs = _tiny_configs(tmp / "configs")
     out, work = tmp / "OUT", tmp / "work"
-    budget = 55.0
+    budget = 80.0
     cmd = [sys.executable, str(ROOT / "training" / "device_session.py"), "--out", str(out), "--work", str(work),
            "--budget", str(budget), "--device", "cpu", "--workers", "2", "--configs", str(cfgs),
            "--bench-config", str(cfgs / "kidney.json"), "--bench-patch", "16", "32", "32",
            "--bench-phantom-shape", "32", "96", "96", "--bench-cases", "2", "--bench-workers", "0", "--bench-iters", "1",
            "--phantom-shape", "32", "96", "96", "--phantom-seconds", "8", "--eval", "1", "--eval-shape", "32", "96", "96",
-           "--export-reserve", "20"]
+           "--export-reserve", "35"]
     t = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(__import__("os").environ, OMP_NUM_THREADS="1"))
     return {"proc": proc, "wall": time.monotonic() - t, "budget": budget, "out": out, "work": work, "configs": cfgs}

@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kits-labels", help="folder of KiTS19 label maps case_*.nii.gz to shape a quarter of them by")
     g.add_argument("--eval", type=int, default=10, help="held-out phantoms (seeds 0..N-1) to score the bundle on")
     g.add_argument("--eval-shape", nargs=3, type=int, help="their shape (default: the held-out set's, full size)")
-    g.add_argument("--export-reserve", type=float, default=75.0,
+    g.add_argument("--export-reserve", type=float, default=90.0,
                    help="seconds kept after training for the export and the evaluation")
     return p
 
