@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from KidneyTumorSegLib.bundle import load_bundle
-from KidneyTumorSegLib.config import NetworkConfig
 from KidneyTumorSegLib.networks import build_network
 from ktstrain.config import load_config
 
@@ -97,7 +96,7 @@ def test_device_configurations_fit_the_bundle_and_transfer_limits():
     total = 0
     for stem in ("coarse", "kidney", "tumor"):
         cfg = load_config(DEVICE_CONFIGS / f"{stem}.json")
-        net = build_network(NetworkConfig(**{**cfg.stage.network.__dict__}))
+        net = build_network(cfg.stage.network)
         size = 4 * sum(p.numel() for p in net.parameters())
         assert size < 16 * 2**20  # one file back from the lent machine
         total += size
