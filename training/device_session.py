@@ -234,6 +234,8 @@ def phase_phantoms(s: Session, args) -> Dict[str, Any]:
 
 
 def phase_train(s: Session, args) -> Dict[str, Path]:
+    from ktstrain.config import load_config
+
     data = args.work / "phantoms" / "train"
     runs = args.work / "runs"
     end = s.at(args.budget) - args.export_reserve
@@ -250,7 +252,7 @@ def phase_train(s: Session, args) -> Dict[str, Path]:
         f = open(logfile, "w")
         procs[role] = (subprocess.Popen([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT),
                        f, logfile)
-        runs_of[role] = runs / f"{json.loads(cfg.read_text()).get('stage', {}).get('name', stem)}_foldall"
+        runs_of[role] = runs / f"{load_config(cfg).stage.name}_foldall"
     info: Dict[str, Any] = {"budget_s": round(budget, 1)}
     for role, (p, f, logfile) in procs.items():
         try:  # a run over its budget by more than the reserve's half is stopped; its last checkpoint still exports
