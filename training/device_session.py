@@ -3,8 +3,8 @@
 A task that is lent a GPU gets 15 minutes of device time in all (start-up
 and idle time included) and at most 10 minutes a command, so the work is
 one prepared command with a wall-clock budget (default 540 s), in phases
-that each have a deadline and that each run even where an earlier one
-failed:
+that each have a deadline (a failed benchmark does not stop the rest; too
+few phantoms or a failed export end the session there):
 
 1. ``bench``: part 8's throughput benchmark (``benchmarks/bench_training.py``,
    both modes: the GPU-sized stage-2 network at 128^3 in bf16, and the real
