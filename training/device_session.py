@@ -131,8 +131,12 @@ def phantom_jobs(root: Path, n_train: int, n_eval: int, shape: Optional[Sequence
 
 
 def make_phantoms(jobs: Sequence[Dict[str, Any]], deadline: float, processes: int) -> Dict[str, Any]:
-    """Run ``jobs`` on ``processes`` workers until ``deadline`` (``time.monotonic()``); returns what was made."""
-    done: List[str] = []
+    """Run ``jobs`` on ``processes`` workers until ``deadline`` (``time.monotonic()``).
+
+    Returns the failures; what was made are the jobs' ``dest`` folders that
+    exist (a case is renamed into place whole, also one finished after the
+    first still running at the deadline).
+    """
     failed: List[str] = []
     ctx = mp.get_context("spawn")  # no inherited torch / CUDA state in the workers
     pool = ctx.Pool(processes)
@@ -143,7 +147,7 @@ def make_phantoms(jobs: Sequence[Dict[str, Any]], deadline: float, processes: in
             if left <= 0:
                 break
             try:
-                done.append(res.get(timeout=left))
+                res.get(timeout=left)
             except mp.TimeoutError:
                 break
             except Exception as exc:  # one bad phantom must not stop the session
@@ -151,9 +155,7 @@ def make_phantoms(jobs: Sequence[Dict[str, Any]], deadline: float, processes: in
     finally:
         pool.terminate()
         pool.join()
-    # a phantom finished after the first one still running at the deadline is there too (renamed whole)
-    made = sorted({str(Path(d)) for d in done} | {str(Path(j["dest"])) for j in jobs if Path(j["dest"]).is_dir()})
-    return {"made": made, "failed": failed}
+    return failed
 
 
 class Session:
@@ -177,22 +179,31 @@ class Session:
         self.save()
 
     def save(self) -> None:
-        tmp = self.out / ".session.json.tmp"
-        tmp.write_text(json.dumps(self.summary, indent=1, default=str))
-        tmp.replace(self.out / "session.json")
+        from KidneyTumorSegLib.atomic import atomic_write_text
+
+        atomic_write_text(self.out / "session.json", json.dumps(self.summary, indent=1, default=str), overwrite=True)
 
 
-def run_logged(cmd: Sequence[str], logfile: Path, timeout: float) -> int:
-    """Run ``cmd`` with its output in ``logfile``; killed (rc -9) past ``timeout`` seconds."""
+def start_logged(cmd: Sequence[Any], logfile: Path) -> subprocess.Popen:
+    """Start ``cmd`` (items made strings) with its output in ``logfile``."""
     log.info("$ %s", " ".join(str(c) for c in cmd))
-    with open(logfile, "w") as f:
-        p = subprocess.Popen([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT)
-        try:
-            return p.wait(timeout=max(timeout, 1.0))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-            return -9
+    with open(logfile, "w") as f:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT)
+
+
+def wait_or_kill(p: subprocess.Popen, timeout: float) -> int:
+    """``p``'s return code; killed (rc -9) past ``timeout`` seconds."""
+    try:
+        return p.wait(timeout=max(timeout, 1.0))
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        return -9
+
+
+def run_logged(cmd: Sequence[Any], logfile: Path, timeout: float) -> int:
+    """Run ``cmd`` with its output in ``logfile``; killed (rc -9) past ``timeout`` seconds."""
+    return wait_or_kill(start_logged(cmd, logfile), timeout)
 
 
 def tail(path: Path, n: int = 15) -> List[str]:
@@ -225,17 +236,18 @@ def phase_phantoms(s: Session, args) -> Dict[str, Any]:
     jobs = phantom_jobs(args.work / "phantoms", args.max_phantoms, args.eval, args.phantom_shape, args.eval_shape, kits)
     deadline = min(time.monotonic() + args.phantom_seconds, s.at(args.budget * 0.5))
     t = time.monotonic()
-    made = make_phantoms(jobs, deadline, args.workers)
-    n_train = sum(1 for m in made["made"] if "/train/" in m.replace(os.sep, "/"))
+    failed = make_phantoms(jobs, deadline, args.workers)
+    n_train, n_eval = (len(list((args.work / "phantoms" / part).glob("case_*"))) for part in ("train", "eval"))
     info = {"ok": n_train >= 5,  # 5-fold splits are written even for --fold all
-            "seconds": round(time.monotonic() - t, 1), "train": n_train,
-            "eval": len(made["made"]) - n_train, "failed": made["failed"][:10], "kits_shaped_available": len(kits)}
+            "seconds": round(time.monotonic() - t, 1), "train": n_train, "eval": n_eval, "failed": failed[:10],
+            "kits_shaped_available": len(kits)}
     s.record("phantoms", **info)
     return info
 
 
 def phase_train(s: Session, args) -> Dict[str, Path]:
     from ktstrain.config import load_config
+    from ktstrain.logs import read_log
 
     data = args.work / "phantoms" / "train"
     runs = args.work / "runs"
@@ -249,21 +261,14 @@ def phase_train(s: Session, args) -> Dict[str, Path]:
         cmd = [sys.executable, "-m", "ktstrain", "train", "--config", cfg, "--data", data, "--out", runs,
                "--cache", runs / f"cache_{role}", "--fold", "all", "--device", args.device, "--workers", prep_workers,
                "--time-budget", f"{budget:.0f}", "--no-progress", "--overwrite"]
-        log.info("$ %s", " ".join(str(c) for c in cmd))
-        f = open(logfile, "w")
-        procs[role] = (subprocess.Popen([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT),
-                       f, logfile)
+        procs[role] = (start_logged(cmd, logfile), logfile)
         runs_of[role] = runs / f"{load_config(cfg).stage.name}_foldall"
     info: Dict[str, Any] = {"budget_s": round(budget, 1)}
-    for role, (p, f, logfile) in procs.items():
-        try:  # a run over its budget by more than the reserve's half is stopped; its last checkpoint still exports
-            rc = p.wait(timeout=max(end + args.export_reserve / 2 - time.monotonic(), 1.0))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-            rc = -9
-        f.close()
-        rows = _training_rows(runs_of[role] / "training_log.csv")
+    for role, (p, logfile) in procs.items():
+        # a run over its budget by more than the reserve's half is stopped; its last checkpoint still exports
+        rc = wait_or_kill(p, end + args.export_reserve / 2 - time.monotonic())
+        csv_path = runs_of[role] / "training_log.csv"
+        rows = read_log(csv_path) if csv_path.is_file() else []
         info[role] = {"ok": rc == 0, "rc": rc, "epochs": len(rows),
                       "first_loss": rows[0]["train_loss"] if rows else None,
                       "last_loss": rows[-1]["train_loss"] if rows else None,
@@ -272,15 +277,6 @@ def phase_train(s: Session, args) -> Dict[str, Path]:
     info["ok"] = all(info[r]["ok"] for r, _ in STAGES)
     s.record("train", **info)
     return runs_of
-
-
-def _training_rows(csv_path: Path) -> List[Dict[str, str]]:
-    import csv
-
-    if not csv_path.is_file():
-        return []
-    with open(csv_path) as f:
-        return list(csv.DictReader(f))
 
 
 def phase_export(s: Session, args, runs_of: Dict[str, Path], phantoms: Dict[str, Any]) -> bool:
