@@ -563,6 +563,8 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
         problem = self.modelProblem(modelPath)
         if problem:
             raise RuntimeError(problem)
+        if models.usesNnunet(modelPath) and not dependencies.ensureNnunet(askConfirmation=True):
+            raise RuntimeError(_("This model is an nnU-Net model, and the nnunetv2 package is not installed."))
         workDir, options = runs.prepareWork(volumeNode, roiNode, modelPath, device, quality, candidateThreshold,
                                             keepComponents, passes)
         return SegmentationRun(volumeNode, options, workDir, outputSegmentation, show3D)

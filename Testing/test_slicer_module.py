@@ -671,6 +671,38 @@ class LogicWithoutSlicerTest(unittest.TestCase):
         self.assertEqual(load_bundle(target).files, bundle.files)
         self.assertEqual([p.name for p in target.parent.iterdir()], ["tiny-test"])
 
+    def test_installed_nnunet_models_are_listed_and_importable(self):
+        import json
+        import os
+
+        import torch
+
+        ts_home = self.tmp / "ts"
+        model = (ts_home / "nnunet" / "results" / "Dataset291_TotalSegmentator_part1_organs" /
+                 "nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres")
+        (model / "fold_0").mkdir(parents=True)
+        (model / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "kidney_right": 2,
+                                                                   "kidney_left": 3}}))
+        (model / "plans.json").write_text("{}")
+        torch.save({"network_weights": {}}, model / "fold_0" / "checkpoint_final.pth")
+        saved = os.environ.get("TOTALSEG_HOME_DIR")
+        os.environ["TOTALSEG_HOME_DIR"] = str(ts_home)
+        try:
+            listed = dict((path, label) for label, path in self.logic.availableModels())
+            self.assertEqual(listed[str(model)], "TotalSegmentator: Dataset291_TotalSegmentator_part1_organs (3d_fullres)")
+            self.assertEqual(self.logic.modelProblem(str(model)), "")
+            target = self.logic.importModel(str(model))
+            self.assertEqual(target.parent, self.logic.userModelsFolder())
+            manifest = json.loads((target / "manifest.json").read_text())
+            self.assertEqual([s["role"] for s in manifest["stages"]], ["kidney"])  # no tumor label: kidneys only
+            self.assertEqual(manifest["stages"][0]["nnunet"]["path"], str(model.resolve()))
+            self.assertIn((target.name, str(target)), self.logic.availableModels())
+        finally:
+            if saved is None:
+                os.environ.pop("TOTALSEG_HOME_DIR", None)
+            else:
+                os.environ["TOTALSEG_HOME_DIR"] = saved
+
     # -- runs --------------------------------------------------------------------
 
     def _phantom_node(self):

@@ -9,6 +9,12 @@ Layout::
       tumor_0.safetensors
       tumor_1.safetensors    several files per stage = an ensemble
 
+A stage may instead reference an nnU-Net v2 trained-model folder
+(``StageConfig.nnunet``: its path, folds, and the SHA-256 of every file
+inference reads); those hashes are checked the same way before loading. A
+bundle whose kidney stage is an nnU-Net model may have no tumor stage (a
+model such as TotalSegmentator's that segments kidneys only).
+
 This is the only module that reads or writes the manifest. Every weight file
 is checked against its SHA-256 before use; a wrong hash, a missing file or an
 unknown schema version raises :class:`BundleError` naming the file.
@@ -54,6 +60,13 @@ class Bundle:
 
     def weight_paths(self, role: str) -> List[Path]:
         return [self.path / w for w in self.stages[role].weights]
+
+    def nnunet_path(self, role: str) -> Path:
+        """The trained-model folder of an nnU-Net stage (a relative path is the bundle folder's)."""
+        src = self.stages[role].nnunet
+        if src is None:
+            raise BundleError(f"stage {self.stages[role].name!r} is not an nnU-Net model")
+        return (self.path / src.path) if not Path(src.path).is_absolute() else Path(src.path)
 
     def load_state_dicts(self, role: str) -> List[Dict[str, Any]]:
         """The verified state dicts of a stage's ensemble members (tensors only, no pickle)."""
@@ -102,8 +115,11 @@ class Bundle:
                     "spacing_zyx_mm": list(s.spacing),
                     "window_hu": list(s.window),
                     "patch_size": list(s.patch_size),
-                    "ensemble": len(s.weights),
+                    "ensemble": len(s.weights) or (len(s.nnunet.folds) if s.nnunet else 0),
                     "provenance": s.provenance,
+                    **({"nnunet": {"path": str(self.nnunet_path(role)), "configuration": s.nnunet.configuration,
+                                   "folds": list(s.nnunet.folds), "checkpoint": s.nnunet.checkpoint,
+                                   "orientation": s.nnunet.orientation}} if s.nnunet else {}),
                 }
                 for role, s in self.stages.items()
             },
@@ -129,6 +145,20 @@ def _verify(path: Path, expected: Optional[str]) -> None:
     if got != expected:
         raise BundleError(f"{path}: SHA-256 mismatch (manifest {expected[:12]}..., file {got[:12]}...); "
                           "the file is corrupt or was replaced")
+
+
+def verify_nnunet(bundle: "Bundle", role: str) -> None:
+    """Check every file an nnU-Net stage reads against the SHA-256 the manifest recorded."""
+    src = bundle.stages[role].nnunet
+    assert src is not None
+    base = bundle.nnunet_path(role).parent
+    if not src.files:
+        raise BundleError(f"{bundle.path / MANIFEST}: stage {bundle.stages[role].name!r} lists no SHA-256 for its "
+                          "nnU-Net files")
+    for rel, digest in sorted(src.files.items()):
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise BundleError(f"{bundle.path / MANIFEST}: nnU-Net file {rel!r} is not inside the model's folder")
+        _verify(base / rel, digest)
 
 
 def load_bundle(path: os.PathLike, verify: bool = True) -> Bundle:
@@ -158,13 +188,14 @@ def load_bundle(path: os.PathLike, verify: bool = True) -> Bundle:
     for s in stages:
         if s.role in by_role:
             raise BundleError(f"{mpath}: two stages with role {s.role!r}")
-        if not s.weights:
+        if not s.weights and s.nnunet is None:
             raise BundleError(f"{mpath}: stage {s.name!r} lists no weight files")
         if s.member_norm and len(s.member_norm) != len(s.weights):
             raise BundleError(f"{mpath}: stage {s.name!r} lists {len(s.member_norm)} member_norm entries for "
                               f"{len(s.weights)} weight files")
         by_role[s.role] = s
-    for role in ("kidney", "tumor"):
+    kidney_nnunet = "kidney" in by_role and by_role["kidney"].nnunet is not None
+    for role in ("kidney",) if kidney_nnunet else ("kidney", "tumor"):
         if role not in by_role:
             raise BundleError(f"{mpath}: the bundle has no {role!r} stage")
     bundle = Bundle(
@@ -185,6 +216,8 @@ def load_bundle(path: os.PathLike, verify: bool = True) -> Bundle:
                 raise BundleError(f"{path / w}: the manifest lists no SHA-256 for this weight file")
             if verify:
                 _verify(path / w, files[w])
+        if s.nnunet is not None and verify:
+            verify_nnunet(bundle, s.role)
     return bundle
 
 
@@ -217,6 +250,9 @@ def save_bundle(
         out_stages = []
         for stage in stages:
             sds = list(state_dicts.get(stage.role, ()))
+            if stage.nnunet is not None:  # referenced, not copied: its files' hashes are in the stage
+                out_stages.append(replace(stage, weights=()))
+                continue
             if not sds:
                 raise ValueError(f"no weights given for stage {stage.name!r} ({stage.role})")
             if stage.member_norm and len(stage.member_norm) != len(sds):

@@ -115,7 +115,7 @@ def run_cascade(
 
     # ---- stage 3 + 4: tumors per kidney, candidate choice ------------------
     t = time.perf_counter()
-    tstage = stages["tumor"]
+    tstage = stages.get("tumor")
     label = np.zeros(can.shape, np.uint8)
     sides = np.zeros(can.shape, np.uint8)
     cand_map = np.zeros(can.shape, np.uint16)
@@ -126,7 +126,12 @@ def run_cascade(
     roi_offset = tuple(r0 for r0, _ in roi_box)
     for n, (side, mask_roi) in enumerate(kidneys_masks):
         progress("tumor", n / len(kidneys_masks), f"tumors in the {side} kidney")
-        kc, kmask, comps_scored, cc, n_specks = _tumor_passes(can, mask_roi, roi_offset, tstage, predictors["tumor"], post)
+        if tstage is None:  # a model of kidneys only: the kidney as stage 2 found it, no candidates
+            kc = kidney_crop(can, mask_roi, roi_offset, kstage)
+            kc, kmask, comps_scored, cc, n_specks = kc, kc.mask, [], None, 0
+        else:
+            kc, kmask, comps_scored, cc, n_specks = _tumor_passes(can, mask_roi, roi_offset, tstage,
+                                                                  predictors["tumor"], post)
         specks += n_specks
         kbox, kvol = kc.box, kc.volume
         kept_mask = np.zeros(kmask.shape, bool)
@@ -174,7 +179,7 @@ def run_cascade(
     progress("tumor", 1.0, "")
     progress("candidates", 1.0, "")
 
-    messages.extend(_describe(kidneys, candidates, post, specks, side_notes))
+    messages.extend(_describe(kidneys, candidates, post, specks, side_notes, tumors=tstage is not None))
     to_input = lambda a: image.with_array(reo.invert(a), meta={})  # noqa: E731
     lo, hi = _index_box_to_world(can, roi_box)
     return CascadeResult(
@@ -367,7 +372,7 @@ def _predict_on_grid(vol: Volume, stage: StageConfig, predictor) -> np.ndarray:
     Resamples to the stage spacing, predicts, and resamples the probability
     back linearly, so thresholds are applied at the output resolution.
     """
-    rec = resample_record(vol.shape, vol.spacing_zyx, stage.spacing)
+    rec = resample_record(vol.shape, vol.spacing_zyx, vol.spacing_zyx if stage.native_grid else stage.spacing)
     src = vol.array if rec.is_identity else vol.array.astype(np.float32, copy=False)
     svol = rec.volume(vol, array=rec.apply(src, order=1))
     probs = np.asarray(predictor.predict(svol))
@@ -379,7 +384,7 @@ def _predict_on_grid(vol: Volume, stage: StageConfig, predictor) -> np.ndarray:
 
 
 def _stage_roi(can: Volume, stage: StageConfig, predictor) -> Optional[Box]:
-    rec = resample_record(can.shape, can.spacing_zyx, stage.spacing)
+    rec = resample_record(can.shape, can.spacing_zyx, can.spacing_zyx if stage.native_grid else stage.spacing)
     coarse = rec.volume(can, array=rec.apply(can.array.astype(np.float32), order=1))
     # only the body can hold a kidney: skipping the air around it saves windows (the padding is air too)
     body = _body_box(coarse.array, stage.mask_value)
@@ -672,7 +677,7 @@ def _rejection(score: float, vol_ml: float, hu: float, contact: float, post: Pos
 
 
 def _describe(kidneys: Sequence[Kidney], cands: Sequence[Candidate], post: PostprocessConfig,
-              specks: int = 0, side_notes: Sequence[str] = ()) -> List[str]:
+              specks: int = 0, side_notes: Sequence[str] = (), tumors: bool = True) -> List[str]:
     msgs = []
     sides = [k.side for k in kidneys]
     if sides == ["horseshoe"]:
@@ -690,8 +695,10 @@ def _describe(kidneys: Sequence[Kidney], cands: Sequence[Candidate], post: Postp
     if kept:
         msgs.append(f"{len(kept)} tumor(s) kept (mean probability >= {post.candidate_threshold:g}): " +
                     ", ".join(f"{c.side} {c.diameter_3d_mm:.0f} mm" for c in kept))
-    else:
+    elif tumors:
         msgs.append("no tumor found")
+    else:
+        msgs.append("the model has no tumor stage: kidneys only, no tumor was looked for")
     cysts = [c for c in rejected if c.rejected_because.startswith("water attenuation")]
     outside = [c for c in rejected if c.rejected_because.startswith(_OUTSIDE)]
     small = [c for c in rejected if c.rejected_because.startswith(_SMALL)]

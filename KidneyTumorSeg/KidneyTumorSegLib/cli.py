@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
+from .cli_models import add_import_parser, add_model_options, cmd_import_model
 
 log = logging.getLogger("kidneytumorseg")
 
@@ -37,7 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("segment", help="segment kidneys and tumors in CT scans")
     s.add_argument("inputs", nargs="+", help="CT file (NIfTI, NRRD, MHA), DICOM folder, KiTS case folder, folder of cases, or glob")
     s.add_argument("-o", "--output", required=True, help="output folder (one subfolder per case)")
-    s.add_argument("--model", help="model bundle folder (default: the shipped model)")
+    s.add_argument("--model", help="model bundle folder, or an nnU-Net v2 trained-model folder, its dataset folder "
+                                   "or exported zip (default: the shipped model)")
+    add_model_options(s)
+    s.add_argument("--no-postprocess", action="store_true",
+                   help="nnU-Net models: write the model's own label map of the whole scan (its argmax or region "
+                        "decoding, its label values), as nnUNetv2_predict does; no cascade, no candidate choice")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     q = s.add_mutually_exclusive_group()
     q.add_argument("--fast", action="store_true", help="no test-time augmentation (default)")
@@ -92,9 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--summary", help="summary JSON")
     ev.add_argument("--overwrite", action="store_true")
 
-    inf = sub.add_parser("info", help="show the model card and the device that will be used")
-    inf.add_argument("--model", help="model bundle folder (default: the shipped model)")
+    inf = sub.add_parser("info", help="show the model card, the device that will be used and the models installed")
+    inf.add_argument("--model", help="model bundle folder or nnU-Net model (default: the shipped model)")
+    add_model_options(inf)
     inf.add_argument("--device", default="auto")
+    add_import_parser(sub)
     return p
 
 
@@ -102,7 +110,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
-        return {"segment": cmd_segment, "phantom": cmd_phantom, "evaluate": cmd_evaluate, "info": cmd_info}[args.command](args)
+        return {"segment": cmd_segment, "phantom": cmd_phantom, "evaluate": cmd_evaluate, "info": cmd_info,
+                "import-model": cmd_import_model}[args.command](args)
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
@@ -113,10 +122,10 @@ def cmd_segment(args) -> int:
     from .bundle import BundleError
     from .config import RuntimeConfig
     from .events import EventWriter, STAGE_TITLES, overall_fraction
-    from .outputs import case_output_paths, check_outputs_free, write_case_outputs
+    from .cli_models import model_options
     from .pipeline import Segmenter
     from .volume import InputError
-    from .volume_io import find_cases, read_volume, validate_ct
+    from .volume_io import find_cases
 
     tta = 12 if args.full else (args.tta or 1)
     if not 1 <= tta <= 12:
@@ -139,8 +148,8 @@ def cmd_segment(args) -> int:
     with _event_stream(args.events) as stream:
         events = EventWriter(stream)
         try:
-            seg = Segmenter(args.model, runtime)
-        except (BundleError, RuntimeError, ValueError) as exc:
+            seg = Segmenter(args.model, runtime, nnunet=model_options(args))
+        except (BundleError, RuntimeError, ValueError, OSError) as exc:
             log.error("%s", exc)
             events.emit("case_failed", case=None, error=str(exc))
             events.emit("done", ok=0, failed=len(cases))
@@ -175,25 +184,7 @@ def cmd_segment(args) -> int:
 
             t0 = time.perf_counter()
             try:
-                targets = case_output_paths(args.output, case_id)
-                if args.no_preview:
-                    targets.pop("preview")
-                if not args.save_candidates:
-                    targets.pop("candidates")
-                check_outputs_free(targets, args.overwrite, input_paths)
-                image = read_volume(path)
-                for w in validate_ct(image):
-                    log.warning("%s: %s", case_id, w)
-                result = seg.segment(image, roi=roi, progress=progress)
-                if result.status != "ok":
-                    raise InputError("; ".join(result.messages) + " (nothing written)")
-                progress("write", 0.0, "writing results")
-                extra = {"model": seg.bundle.card()["name"], "model_version": seg.bundle.version, "device": str(seg.device),
-                         "tta": tta, "tumor_growth": {"passes": seg.post.tumor_growth_passes, "mm": seg.post.tumor_growth_mm},
-                         "seconds": round(time.perf_counter() - t0, 2)}
-                outs = write_case_outputs(result, image, args.output, case_id, overwrite=args.overwrite,
-                                          preview=not args.no_preview, candidates=args.save_candidates, extra_report=extra, inputs=input_paths)
-                progress("write", 1.0, "done")
+                outs, messages = _segment_case(args, seg, case_id, path, input_paths, roi, tta, progress, t0)
             except (InputError, FileExistsError, ValueError, RuntimeError, OSError) as exc:
                 failed += 1
                 if bar is not None:
@@ -204,13 +195,52 @@ def cmd_segment(args) -> int:
             if bar is not None:
                 bar.close()
             ok += 1
-            for m in result.messages:
+            for m in messages:
                 log.info("%s: %s", case_id, m)
             log.info("%s: written to %s (%.1f s)", case_id, outs["label"].parent, time.perf_counter() - t0)
-            events.emit("case_done", case=case_id, status=result.status, outputs={k: str(v) for k, v in outs.items()},
-                        messages=result.messages)
+            events.emit("case_done", case=case_id, status="ok", outputs={k: str(v) for k, v in outs.items()},
+                        messages=messages)
         events.emit("done", ok=ok, failed=failed)
     return 0 if failed == 0 else 1
+
+
+def _segment_case(args, seg, case_id, path, input_paths, roi, tta, progress, t0):
+    """Segment one case and write its files; returns (paths written, messages). Raises on failure, writing nothing."""
+    from .outputs import case_output_paths, check_outputs_free, write_case_outputs, write_raw_outputs
+    from .volume import InputError
+    from .volume_io import read_volume, validate_ct
+
+    targets = case_output_paths(args.output, case_id)
+    if args.no_preview or args.no_postprocess:
+        targets.pop("preview")
+    if not args.save_candidates or args.no_postprocess:
+        targets.pop("candidates")
+    check_outputs_free(targets, args.overwrite, input_paths)
+    image = read_volume(path)
+    for w in validate_ct(image):
+        log.warning("%s: %s", case_id, w)
+    extra = {"model": seg.bundle.card()["name"], "model_version": seg.bundle.version, "device": str(seg.device),
+             "tta": tta}
+    if args.no_postprocess:
+        progress("kidney", 0.0, "running the model on the whole scan")
+        label, names = seg.segment_raw(image)
+        progress("write", 0.0, "writing results")
+        extra["seconds"] = round(time.perf_counter() - t0, 2)
+        outs = write_raw_outputs(label, names, image, args.output, case_id, overwrite=args.overwrite,
+                                 extra_report=extra, inputs=input_paths)
+        progress("write", 1.0, "done")
+        return outs, ["the model's own label map (no cascade, no candidate choice)"]
+    result = seg.segment(image, roi=roi, progress=progress)
+    if result.status != "ok":
+        raise InputError("; ".join(result.messages) + " (nothing written)")
+    progress("write", 0.0, "writing results")
+    extra.update(tumor_growth={"passes": seg.post.tumor_growth_passes, "mm": seg.post.tumor_growth_mm},
+                 seconds=round(time.perf_counter() - t0, 2))
+    outs = write_case_outputs(result, image, args.output, case_id, overwrite=args.overwrite,
+                              preview=not args.no_preview, candidates=args.save_candidates, extra_report=extra,
+                              inputs=input_paths)
+    progress("write", 1.0, "done")
+    return outs, result.messages
 
 
 def cmd_phantom(args) -> int:
@@ -259,8 +289,11 @@ def cmd_evaluate(args) -> int:
 def cmd_info(args) -> int:
     import torch
 
-    from .bundle import BundleError, default_bundle_path, load_bundle
+    from .bundle import BundleError, default_bundle_path
+    from .cli_models import model_options
     from .device import resolve_device
+    from .nnunet_bundle import model_bundle
+    from .nnunet_folder import discover_models
 
     info = {"kidneytumorseg": __version__, "python": sys.version.split()[0], "torch": torch.__version__}
     try:
@@ -275,9 +308,10 @@ def cmd_info(args) -> int:
         info["device_error"] = str(exc)
     path = Path(args.model) if args.model else default_bundle_path()
     try:
-        info["model"] = load_bundle(path).card()
-    except BundleError as exc:
+        info["model"] = model_bundle(path, **model_options(args)).card()
+    except (BundleError, ValueError, OSError) as exc:
         info["model_error"] = str(exc)
+    info["installed_models"] = discover_models()
     print(json.dumps(info, indent=2))
     return 0 if "model" in info and "device_error" not in info else 2
 

@@ -47,6 +47,30 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class NnunetSource:
+    """A stage whose model is an nnU-Net v2 trained-model folder, run by nnU-Net's own predictor.
+
+    ``path``: the trained-model folder (``<Trainer>__<Plans>__<configuration>``),
+    absolute or relative to the bundle folder. ``folds``: its folds used (an
+    ensemble); ``checkpoint``: ``checkpoint_final.pth`` or ``checkpoint_best.pth``.
+    ``orientation``: SimpleITK orientation code of the arrays the model was
+    trained on (``IPL``: KiTS19/21/23 files as stored; ``RAS``: TotalSegmentator);
+    see :mod:`nnunet_stage`. ``labels``: role -> label names replacing the
+    table of :mod:`nnunet_labels` (empty: the table). ``files``: SHA-256 of
+    every file inference reads, by path relative to the folder's parent (the
+    dataset folder), checked before loading.
+    """
+
+    path: str
+    configuration: str = "3d_fullres"
+    folds: Tuple[str, ...] = ("0",)
+    checkpoint: str = "checkpoint_final.pth"
+    orientation: str = "IPL"
+    labels: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+    files: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class StageConfig:
     """One stage of the cascade: what it sees, how it is normalised, its weights.
 
@@ -62,7 +86,9 @@ class StageConfig:
     file, the statistics that member was trained with, where members differ
     (folds see different training cases; members can come from different
     runs); each member then sees its own normalisation. Empty: every member
-    uses ``norm_mean``/``norm_std``.
+    uses ``norm_mean``/``norm_std``. ``nnunet``: the stage's model is an
+    nnU-Net folder (then ``weights``, ``network``, ``spacing``, ``window`` and
+    the normalisation are unused: nnU-Net's plans hold them).
     """
 
     name: str
@@ -90,6 +116,12 @@ class StageConfig:
     weights: Tuple[str, ...] = ()
     member_norm: Tuple[Tuple[float, float], ...] = ()
     provenance: Dict[str, Any] = field(default_factory=dict)
+    nnunet: Optional[NnunetSource] = None
+
+    @property
+    def native_grid(self) -> bool:
+        """True when the stage's model resamples by itself (nnU-Net): the cascade hands it the image as is."""
+        return self.nnunet is not None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -251,6 +283,10 @@ def from_dict(cls: Any, data: Dict[str, Any]) -> Any:
     for k, v in data.items():
         if k == "network" and isinstance(v, dict):
             v = from_dict(NetworkConfig, v)
+        elif k == "nnunet" and isinstance(v, dict):
+            v = from_dict(NnunetSource, v)
+        elif k == "labels" and isinstance(v, dict):
+            v = {str(r): tuple(n) for r, n in v.items()}
         elif isinstance(v, list):
             v = tuple(tuple(e) if isinstance(e, list) else e for e in v)
         kw[k] = v

@@ -107,3 +107,27 @@ def write_candidates(cand: Volume, path: Path, overwrite: bool = False) -> None:
 
     img = volume_to_sitk(cand.with_array(cand.array.astype(np.uint16)))
     atomic_write(path, lambda tmp: sitk.WriteImage(img, tmp, True), overwrite=overwrite)
+
+
+def write_raw_outputs(label: Volume, names: Dict[int, str], image: Volume, outdir: os.PathLike, case_id: str,
+                      overwrite: bool = False, extra_report: Optional[Dict[str, Any]] = None,
+                      inputs: Iterable[os.PathLike] = ()) -> Dict[str, Path]:
+    """A model's own label map (``--no-postprocess``): ``<case>.label.nii.gz`` with the model's label values,
+    ``<case>.seg.nrrd`` with a segment per label name, and ``<case>.report.json`` naming the values. No
+    candidates, no findings and no preview: stage 4 did not run."""
+    from .terminology import segments_for_names
+    from .writers import write_json, write_labelmap, write_seg_nrrd
+
+    paths = {k: p for k, p in case_output_paths(outdir, case_id).items() if k in ("label", "segmentation", "report")}
+    check_outputs_free(paths, overwrite, inputs)
+    paths["label"].parent.mkdir(parents=True, exist_ok=True)
+    write_labelmap(label, paths["label"], overwrite=overwrite)
+    write_seg_nrrd(label, paths["segmentation"], segments_for_names(names), overwrite=overwrite)
+    present = sorted(int(v) for v in names if int(v) and np.any(label.array == int(v)))
+    report = {"case": case_id, "source": str(image.meta.get("source", "")), "status": "ok", "postprocess": False,
+              "label_values": {str(v): n for v, n in sorted(names.items())}, "labels_present": present,
+              "messages": ["the model's own label map: no cascade, no candidate choice (--no-postprocess)"],
+              "outputs": {k: p.name for k, p in paths.items()}}
+    report.update(extra_report or {})
+    write_json(report, paths["report"], overwrite=overwrite)
+    return paths

@@ -6,9 +6,10 @@ import os
 from dataclasses import replace
 from typing import Dict, Optional, Union
 
+import numpy as np
 import torch
 
-from .bundle import Bundle, default_bundle_path, load_bundle, BundleError
+from .bundle import Bundle, default_bundle_path, BundleError
 from .cascade import Progress, RoiWorld, run_cascade
 from .config import RuntimeConfig
 from .findings import CascadeResult
@@ -33,12 +34,17 @@ class Segmenter:
 
     The constructor takes the bundle and runtime settings only; everything
     about the model (architecture, spacing, windows, thresholds) comes from
-    the bundle's manifest. ``runtime.candidate_threshold``,
+    the bundle's manifest. ``bundle`` may also be an nnU-Net v2 model (a
+    trained-model folder, its dataset folder or an exported zip), with
+    ``nnunet`` options ``configuration``, ``folds``, ``checkpoint``,
+    ``orientation``, ``labels`` (see :func:`nnunet_bundle.bundle_from_nnunet`).
+    ``runtime.candidate_threshold``,
     ``runtime.keep_components`` and the tumor growth settings override the
     bundle's values when set.
     """
 
-    def __init__(self, bundle: Union[Bundle, str, os.PathLike, None] = None, runtime: RuntimeConfig = RuntimeConfig()) -> None:
+    def __init__(self, bundle: Union[Bundle, str, os.PathLike, None] = None, runtime: RuntimeConfig = RuntimeConfig(),
+                 nnunet: Optional[Dict] = None) -> None:
         from .device import resolve_device
         from .inference import NetworkPredictor
 
@@ -47,7 +53,12 @@ class Segmenter:
             if not (path / "manifest.json").is_file():
                 raise BundleError(f"{path}: no default model is installed; pass a model bundle folder (--model)")
             bundle = path
-        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        if isinstance(bundle, Bundle):
+            self.bundle = bundle
+        else:
+            from .nnunet_bundle import model_bundle
+
+            self.bundle = model_bundle(bundle, **(nnunet or {}))
         self.runtime = runtime
         if runtime.threads:
             torch.set_num_threads(int(runtime.threads))
@@ -64,11 +75,53 @@ class Segmenter:
             self.post = replace(self.post, tumor_growth_passes=int(runtime.tumor_growth_passes), tumor_growth_mm=mm)
         if runtime.tumor_growth_mm is not None:
             self.post = replace(self.post, tumor_growth_mm=float(runtime.tumor_growth_mm))
-        self.predictors: Dict[str, StageNetwork] = {}
+        self.predictors: Dict[str, object] = {}
+        self.nnunet_runs: Dict[tuple, object] = {}  # one ModelRuns per nnU-Net model, shared by its stages
         for role, stage in stages.items():
+            if stage.nnunet is not None:
+                self.predictors[role] = self._nnunet_stage(role, stage)
+                continue
             models = self.bundle.build_models(role)
             self.predictors[role] = StageNetwork(NetworkPredictor(stage, models, runtime))
         log.info("model %s on %s", self.bundle.name, self.device)
+
+    def _nnunet_stage(self, role: str, stage):
+        from .nnunet_folder import open_model_folder
+        from .nnunet_model import open_model
+        from .nnunet_stage import ModelRuns, NnunetStage
+
+        src = stage.nnunet
+        key = (str(self.bundle.nnunet_path(role)), src.folds, src.checkpoint, src.orientation,
+               tuple(sorted((r, tuple(n)) for r, n in src.labels.items())))
+        if key not in self.nnunet_runs:
+            folder = open_model_folder(self.bundle.nnunet_path(role), src.folds, src.checkpoint)
+            model = open_model(folder, device=str(self.device), tta=self.runtime.tta > 1,
+                               label_overrides={r: list(n) for r, n in src.labels.items()} or None)
+            self.nnunet_runs[key] = ModelRuns(model, src.orientation)
+        return NnunetStage(self.nnunet_runs[key], role, reuse=not stage.mask_outside)
+
+    def nnunet_model(self):
+        """The one nnU-Net model all nnU-Net stages of this bundle use, or None (several, or none)."""
+        runs = list(self.nnunet_runs.values())
+        return runs[0].model if len(runs) == 1 and all(s.nnunet for s in self.stages.values()) else None
+
+    def segment_raw(self, image: Volume):
+        """The nnU-Net model's own label map of ``image`` as stored (no cascade, no stage 4), on its grid.
+
+        Exactly what ``nnUNetv2_predict`` writes for the same file, folds and
+        TTA setting: nnU-Net's preprocessing, sliding window and argmax / region
+        decoding on the array as stored, with its spacing. Returns the label
+        Volume and ``{value: name}`` of the model's labels.
+        """
+        model = self.nnunet_model()
+        if model is None:
+            raise BundleError(f"{self.bundle.name}: --no-postprocess needs a model whose every stage is one nnU-Net "
+                              "model (a trained-model folder, its dataset folder or zip given as --model)")
+        from .nnunet_labels import value_names
+
+        seg = model.segment(image.array, image.spacing_zyx)
+        names = value_names(model.predictor.dataset_json)
+        return image.with_array(seg.astype(np.uint8 if seg.max(initial=0) < 256 else np.uint16), meta={}), names
 
     def segment(self, image: Volume, roi: Optional[RoiWorld] = None, progress: Optional[Progress] = None) -> CascadeResult:
         """Segment one CT volume (HU). See :func:`cascade.run_cascade`.

@@ -124,3 +124,36 @@ KIDNEY_CYST = SegmentDefinition(
 SEG_NRRD_SEGMENTS: Dict[int, SegmentDefinition] = {1: KIDNEY_LEFT, 2: KIDNEY_RIGHT, 3: KIDNEY_TUMOR}
 # KiTS label values (KiTS19: 1 kidney, 2 tumor; KiTS21/23 add 3 cyst).
 KITS_SEGMENTS: Dict[int, SegmentDefinition] = {1: KIDNEY, 2: KIDNEY_TUMOR, 3: KIDNEY_CYST}
+
+# Segments of an nnU-Net model's own label map (``--no-postprocess``): kidney, tumor and cyst labels
+# (matched by name as in nnunet_labels) get the definitions above; other organs a private code (scheme
+# 99KTS, as DICOM allows for local codes) with the label's name, and a colour from a fixed palette.
+_BY_NAME = {"kidney": KIDNEY, "kidneys": KIDNEY, "kidney_left": KIDNEY_LEFT, "left_kidney": KIDNEY_LEFT,
+            "kidney_right": KIDNEY_RIGHT, "right_kidney": KIDNEY_RIGHT, "tumor": KIDNEY_TUMOR,
+            "kidney_tumor": KIDNEY_TUMOR, "tumour": KIDNEY_TUMOR, "cyst": KIDNEY_CYST, "kidney_cyst": KIDNEY_CYST,
+            "masses": KIDNEY_CYST}
+_PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255))
+
+
+def segments_for_names(names: Dict[int, str]) -> Dict[int, SegmentDefinition]:
+    """Segment definitions for ``{label value: name}`` (background, value 0, left out); ids are the names."""
+    out: Dict[int, SegmentDefinition] = {}
+    for value, name in sorted(names.items()):
+        if int(value) == 0:
+            continue
+        key = str(name).strip().lower().replace(" ", "_").replace("-", "_")
+        known = _BY_NAME.get(key) or (KIDNEY_CYST if key.startswith("kidney_cyst") else None)
+        if known is not None:
+            modifier = LEFT if key.endswith("_left") else RIGHT if key.endswith("_right") else known.type_modifier
+            if known.anatomic_region:  # a lesion: laterality belongs to the region
+                out[value] = SegmentDefinition(key, str(name), known.color_rgb, known.category, known.type,
+                                               anatomic_region=known.anatomic_region,
+                                               anatomic_region_modifier=modifier if key.endswith(("_left", "_right")) else None)
+            else:
+                out[value] = SegmentDefinition(key, str(name), known.color_rgb, known.category, known.type,
+                                               type_modifier=modifier)
+            continue
+        out[value] = SegmentDefinition(key, str(name), _PALETTE[int(value) % len(_PALETTE)], ANATOMICAL_STRUCTURE,
+                                       ("99KTS", key[:16] or str(value), str(name)))
+    return out

@@ -28,6 +28,8 @@ CORE_REQUIREMENTS = (
     "tqdm>=4.60,<5",
 )
 PIP_OPTIONS = ("--timeout", "20", "--retries", "1")
+# optional: running nnU-Net v2 models (TotalSegmentator's weights, KiTS models); pyproject's [nnunet] extra
+NNUNET_REQUIREMENT = "nnunetv2>=2.5,<2.9"
 
 
 class MissingExtensionError(RuntimeError):
@@ -76,6 +78,32 @@ def ensureDependencies(askConfirmation: bool = True) -> bool:
         slicer.util.errorDisplay(_installHelp(still, None), windowTitle=_("KidneyTumorSeg: install dependencies"))
         return False
     return True
+
+
+def ensureNnunet(askConfirmation: bool = True) -> bool:
+    """Install nnunetv2 for nnU-Net models, torch pinned to the installed build (else pip pulls another torch)."""
+    if requirementSatisfied(NNUNET_REQUIREMENT):
+        return True
+    import torch
+
+    ask = askConfirmation and not slicer.app.testingEnabled()
+    if ask and not slicer.util.confirmOkCancelDisplay(
+            _("Running nnU-Net models needs the nnunetv2 package. Download and install it now?\n\n{package}").format(
+                package=NNUNET_REQUIREMENT), windowTitle=_("KidneyTumorSeg: install nnU-Net")):
+        return False
+    pinned = "torch==" + torch.__version__.split("+")[0]
+    try:
+        with slicer.util.WaitCursor():
+            slicer.util.pip_install(list(PIP_OPTIONS) + [NNUNET_REQUIREMENT, pinned])
+    except Exception as exc:
+        logging.exception("KidneyTumorSeg: installing nnunetv2 failed")
+        slicer.util.errorDisplay(_("nnunetv2 could not be installed: {error}\nIn Slicer's Python console: "
+                                   "slicer.util.pip_install(['{req}', '{torch}'])").format(
+                                       error=exc, req=NNUNET_REQUIREMENT, torch=pinned),
+                                 windowTitle=_("KidneyTumorSeg: install nnU-Net"))
+        return False
+    importlib.invalidate_caches()
+    return requirementSatisfied(NNUNET_REQUIREMENT)
 
 
 def requirementSatisfied(requirement: str) -> bool:

@@ -25,7 +25,8 @@ def userModelsFolder() -> Path:
 
 
 def availableModels() -> List[Tuple[str, str]]:
-    """(label, folder) of the shipped default model and every bundle in the user models folder."""
+    """(label, folder) of the shipped default model, every bundle in the user models folder, and the nnU-Net
+    models already on this machine (TotalSegmentator's downloaded weights, ``$nnUNet_results``)."""
     default = defaultModelPath()
     label = _("Default model") if (Path(default) / "manifest.json").is_file() else _("Default model (not installed)")
     models = [(label, default)]
@@ -34,13 +35,36 @@ def availableModels() -> List[Tuple[str, str]]:
         for sub in sorted(folder.iterdir()):
             if (sub / "manifest.json").is_file():
                 models.append((sub.name, str(sub)))
+    from KidneyTumorSegLib.nnunet_folder import discover_models
+
+    for m in discover_models():
+        models.append((f"{m['source']}: {m['dataset']} ({m['configuration']})", m["path"]))
     return models
+
+
+def usesNnunet(modelPath: str) -> bool:
+    """An nnU-Net model, or a bundle with a stage that is one (needs the nnunetv2 package)."""
+    if isNnunetModel(modelPath):
+        return True
+    try:
+        manifest = json.loads((Path(modelPath) / "manifest.json").read_text(encoding="utf-8"))
+        return any(isinstance(s, dict) and s.get("nnunet") for s in manifest.get("stages", []))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def isNnunetModel(modelPath: str) -> bool:
+    from KidneyTumorSegLib.nnunet_folder import looks_like_nnunet
+
+    return bool(modelPath) and not (Path(modelPath) / "manifest.json").is_file() and looks_like_nnunet(modelPath)
 
 
 def modelProblem(modelPath: str) -> str:
     """Why ``modelPath`` cannot be used (empty when it looks usable; hashes are checked at run time)."""
     if not modelPath:
         return _("Select a model.")
+    if isNnunetModel(modelPath):
+        return ""
     if not (Path(modelPath) / "manifest.json").is_file():
         if Path(modelPath) == Path(defaultModelPath()):
             return _("No model: the default model is not installed. Import a model bundle with 'Import model…'.")
@@ -49,7 +73,11 @@ def modelProblem(modelPath: str) -> str:
 
 
 def modelImportTarget(source: str) -> Path:
-    """Where ``importModel(source)`` will put the bundle (its manifest's name)."""
+    """Where ``importModel(source)`` will put the bundle (its manifest's name, or the nnU-Net model's)."""
+    if isNnunetModel(source):
+        from KidneyTumorSegLib.nnunet_folder import resolve
+
+        return userModelsFolder() / _safeFolderName("nnunet-" + resolve(source).name.replace("/", "-"))
     with _bundleSource(source) as folder:
         return userModelsFolder() / _safeFolderName(_manifestName(folder))
 
@@ -63,6 +91,8 @@ def importModel(source: str, overwrite: bool = False) -> Path:
     """
     from KidneyTumorSegLib.bundle import MANIFEST, load_bundle
 
+    if isNnunetModel(source):
+        return _importNnunet(source, overwrite)
     with _bundleSource(source) as folder:
         bundle = load_bundle(folder)
         target = userModelsFolder() / _safeFolderName(_manifestName(folder))
@@ -83,6 +113,23 @@ def importModel(source: str, overwrite: bool = False) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
             raise
     return target
+
+
+def _importNnunet(source: str, overwrite: bool) -> Path:
+    """An nnU-Net model (folder or zip) as a bundle in the user models folder: a manifest that references it
+    (a zip is unpacked next to the manifest's folder first), every file it reads recorded by SHA-256."""
+    from KidneyTumorSegLib.nnunet_bundle import bundle_from_nnunet, import_model
+
+    target = modelImportTarget(source)
+    if target.exists() and not overwrite:
+        raise FileExistsError(_("A model named '{name}' is already imported: {path}").format(name=target.name, path=target))
+    if Path(source).suffix.lower() == ".zip":
+        from KidneyTumorSegLib.nnunet_folder import unpack_zip
+
+        source = str(unpack_zip(Path(source), userModelsFolder() / ".nnunet-unpacked"))
+    probe = bundle_from_nnunet(source)
+    roles = {"kidney": source, **({"tumor": source} if "tumor" in probe.stages else {})}
+    return import_model(target, roles, overwrite=overwrite).path
 
 
 class _bundleSource:

@@ -19,11 +19,13 @@ def addImportMenu(button, fromFolder: Callable[[], None], fromFile: Callable[[],
 
 
 def askModelSource(folder: bool) -> str:
-    """A model bundle folder (``folder``) or manifest.json / .zip chosen by the user; empty when cancelled."""
+    """A model bundle or nnU-Net model folder (``folder``), or manifest.json / .zip chosen by the user; empty
+    when cancelled."""
     if folder:
-        return qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Import model bundle folder"))
-    return qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Import model bundle"), "",
-                                          _("Model bundle (manifest.json *.zip)"))
+        return qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(),
+                                                   _("Import a model bundle or nnU-Net model folder"))
+    return qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Import model"), "",
+                                          _("Model bundle or nnU-Net export (manifest.json *.zip)"))
 
 
 def fillModelCombo(combo, models: Sequence[Tuple[str, str]]) -> None:
