@@ -56,7 +56,7 @@ def nnunet_source(folder: NnunetFolder, orientation: Optional[str] = None,
 def nnunet_stage(role: str, source: NnunetSource, dataset: str) -> StageConfig:
     """A stage running ``source`` for ``role``, with the cascade's settings for a model that resamples itself.
 
-    The tumor stage sees each kidney's box with 30 mm of context and nothing
+    The tumor stage sees each kidney's box with 10 mm of context and nothing
     masked (an nnU-Net KiTS model was trained on whole scans); candidates are
     kept to the kidney dilated by 3 mm, widened by the growth pass.
     """
@@ -69,7 +69,7 @@ def nnunet_stage(role: str, source: NnunetSource, dataset: str) -> StageConfig:
         return StageConfig(keep_components=2, min_component_ml=5.0, **common)
     if role == "tumor":
         common["labels"] = ("background", "tumor")
-        return StageConfig(margin_mm=30.0, mask_outside=False, mask_dilation_mm=3.0, **common)
+        return StageConfig(margin_mm=10.0, mask_outside=False, mask_dilation_mm=3.0, **common)
     raise ValueError(f"unknown stage role {role!r}")
 
 

@@ -25,6 +25,8 @@ the same order, mm: what nnU-Net's ``SimpleITKIO`` hands its predictor.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from typing import Any, Dict, List, Sequence
@@ -153,9 +155,10 @@ def _build_predictor(folder: NnunetFolder, device: torch.device, mirroring: bool
         raise NnunetError(f"{folder.checkpoint_paths()[0]}: weights do not fit the network of plans.json: "
                           f"{str(exc).splitlines()[0]}") from exc
     axes = ckpts[0].get("inference_allowed_mirroring_axes")
-    predictor = nnUNetPredictor(tile_step_size=step, use_gaussian=True, use_mirroring=mirroring,
-                                perform_everything_on_device=device.type == "cuda", device=device,
-                                verbose=False, allow_tqdm=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # its constructor prints a note for CPU devices
+        predictor = nnUNetPredictor(tile_step_size=step, use_gaussian=True, use_mirroring=mirroring,
+                                    perform_everything_on_device=device.type == "cuda", device=device,
+                                    verbose=False, allow_tqdm=False)
     predictor.manual_initialization(network, plans_manager, conf, params, dataset_json, trainer.__name__,
                                     tuple(axes) if axes is not None else None)
     return predictor
@@ -194,7 +197,8 @@ class NnunetModel:
         data = np.ascontiguousarray(image, dtype=np.float32)[None]
         prev = None
         if self.previous is not None:
-            prev = self.previous.segment(image, spacing_zyx)
+            # (1, z, y, x) float32: how nnU-Net's reader hands a previous stage's segmentation over
+            prev = self.previous.segment(image, spacing_zyx)[None].astype(np.float32)
         p = self.predictor
         props = {"spacing": [float(s) for s in spacing_zyx]}
         adapter = PreprocessAdapterFromNpy([data], [prev], [props], [None], p.plans_manager, p.dataset_json,

@@ -76,9 +76,9 @@ class ModelRuns:
     def probabilities(self, vol: Volume, reuse: bool) -> np.ndarray:
         """``(2, k, j, i)``: kidney (+tumor) and tumor probability on ``vol``'s grid."""
         if reuse and self._last is not None:
-            part = _inside(self._last[0], vol)
-            if part is not None:
-                return np.ascontiguousarray(self._last[1][(slice(None),) + part])
+            hit = _from_last(self._last[0], self._last[1], vol)
+            if hit is not None:
+                return hit
         arr, spacing = to_orientation(vol.array, vol.spacing_zyx, self.orientation)
         probs = from_orientation(self.model.role_probabilities(arr, spacing, ROLES), self.orientation)
         self.runs += 1
@@ -86,8 +86,16 @@ class ModelRuns:
         return probs
 
 
-def _inside(big: Volume, small: Volume) -> Optional[Tuple[slice, ...]]:
-    """Index slices of ``small``'s grid inside ``big``'s (same spacing and direction, whole voxels), else None."""
+AIR_HU = -1000.0  # a crop's padding beyond the scan is -1024 HU: no kidney or tumor there
+
+
+def _from_last(big: Volume, probs: np.ndarray, small: Volume) -> Optional[np.ndarray]:
+    """``small``'s probabilities cut from the last run on ``big``, or None when that run did not see ``small``.
+
+    Same spacing and direction, whole-voxel offset, the same voxels where the two overlap; voxels of
+    ``small`` outside ``big`` are accepted only as air (the padding of a crop past the scan's edge, or
+    air the last run did not need), where the answer is 0.
+    """
     if not (np.allclose(big.spacing, small.spacing, atol=1e-6) and np.allclose(big.direction, small.direction, atol=1e-6)):
         return None
     offset = big.world_to_index(np.asarray(small.origin))  # (i, j, k)
@@ -95,12 +103,19 @@ def _inside(big: Volume, small: Volume) -> Optional[Tuple[slice, ...]]:
     if not np.allclose(offset, rounded, atol=1e-3):
         return None
     start = [int(v) for v in rounded[::-1]]  # (k, j, i)
-    if any(s < 0 or s + n > m for s, n, m in zip(start, small.shape, big.shape)):
+    src = tuple(slice(max(s, 0), min(s + n, m)) for s, n, m in zip(start, small.shape, big.shape))
+    if any(sl.stop <= sl.start for sl in src):
         return None
-    sl = tuple(slice(s, s + n) for s, n in zip(start, small.shape))
-    if not np.array_equal(big.array[sl], small.array):
+    dst = tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(src, start))
+    if not np.array_equal(big.array[src], small.array[dst]):
         return None  # same place, other voxels (a masked crop): run the model
-    return sl
+    outside = np.ones(small.shape, bool)
+    outside[dst] = False
+    if outside.any() and not (small.array[outside] <= AIR_HU).all():
+        return None
+    out = np.zeros((probs.shape[0],) + small.shape, np.float32)
+    out[(slice(None),) + dst] = probs[(slice(None),) + src]
+    return out
 
 
 class NnunetStage:
