@@ -63,6 +63,8 @@ def _allowed_globals() -> List[Any]:
         from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
     out.append(_reconstruct)
     out.append(numpy.ndarray)
+    # checkpoints saved under numpy 1.x name these numpy.core.multiarray.*
+    out += [(scalar, "numpy.core.multiarray.scalar"), (_reconstruct, "numpy.core.multiarray._reconstruct")]
     for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType", "Float16DType"):
         if hasattr(numpy, "dtypes") and hasattr(numpy.dtypes, name):
             out.append(getattr(numpy.dtypes, name))
@@ -73,6 +75,8 @@ def load_checkpoint(path) -> Dict[str, Any]:
     """An nnU-Net checkpoint read with ``weights_only=True`` and the numpy allow-list; anything else refused."""
     import pickle
 
+    if not hasattr(torch.serialization, "safe_globals"):
+        raise NnunetError(f"{path}: loading nnU-Net checkpoints safely needs torch >= 2.5 (installed {torch.__version__})")
     try:
         with torch.serialization.safe_globals(_allowed_globals()):
             ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -88,18 +92,39 @@ def load_checkpoint(path) -> Dict[str, Any]:
 
 
 def _trainer_class(name: str):
-    """A trainer class from nnunetv2's own package only."""
+    """A trainer class of nnunetv2's own package only.
+
+    Found by reading the trainer package's sources for ``class <name>(`` and
+    importing only the module that defines it: nnU-Net's own lookup imports
+    every trainer module (some pull in timm and torchvision, which may be
+    absent or broken where nnU-Net runs fine) and also searches
+    ``nnUNet_extTrainer`` folders, which are never imported here.
+    """
+    import importlib
+    import re
+
     import nnunetv2
-    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
     if not str(name).isidentifier():
         raise NnunetError(f"trainer name {name!r} is not a class name")
-    folder = os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer")
-    cls = recursive_find_python_class(folder, name, "nnunetv2.training.nnUNetTrainer")
-    if cls is None:
-        raise NnunetError(f"trainer {name!r} is not one of nnunetv2's trainers (installed nnunetv2 "
-                          f"{_version('nnunetv2')}); custom trainers are not imported")
-    return cls
+    root = os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer")
+    pattern = re.compile(rf"^class\s+{re.escape(name)}\s*[(:]", re.MULTILINE)
+    for folder, _, files in sorted(os.walk(root)):
+        for fname in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, fname)
+            with open(path, encoding="utf-8", errors="replace") as f:
+                if not pattern.search(f.read()):
+                    continue
+            rel = os.path.relpath(path[:-3], root).replace(os.sep, ".")
+            try:
+                module = importlib.import_module(f"nnunetv2.training.nnUNetTrainer.{rel}")
+            except Exception as exc:  # noqa: BLE001 - whatever the module's imports raise
+                raise NnunetError(f"trainer {name!r}: importing nnunetv2's module {rel} failed: {exc}") from exc
+            cls = getattr(module, name, None)
+            if isinstance(cls, type):
+                return cls
+    raise NnunetError(f"trainer {name!r} is not one of nnunetv2's trainers (installed nnunetv2 "
+                      f"{_version('nnunetv2')}); custom trainers are not imported")
 
 
 def _check_architecture(conf_manager, where: str) -> None:
