@@ -87,3 +87,13 @@ def test_a_model_without_kidney_label_is_refused_at_segment_time(tmp_path, caplo
     ct.write_bytes(b"")  # never read: the model is refused first
     assert main(["segment", str(ct), "-o", str(out), "--model", str(liver)]) == 2
     assert "the model has no kidney label" in caplog.text and not out.exists()
+
+
+def test_no_postprocess_is_refused_up_front_for_a_model_that_is_not_one_nnunet_model(tmp_path, caplog):
+    if not (default_bundle_path() / "manifest.json").is_file():
+        pytest.skip("the shipped model is not installed")
+    ct = tmp_path / "ct.nii.gz"
+    ct.write_bytes(b"")  # never read
+    out = tmp_path / "out"
+    assert main(["segment", str(ct), "-o", str(out), "--no-postprocess"]) == 2
+    assert "--no-postprocess needs an nnU-Net model given as --model" in caplog.text and not out.exists()

@@ -125,3 +125,20 @@ def test_an_nnunet_style_checkpoint_with_numpy_scalars_loads(tmp_path):
     with pytest.raises(NnunetError, match="not an nnU-Net v2 checkpoint"):
         torch.save({"state_dict": {}}, good)
         load_checkpoint(good)
+
+
+def test_a_checkpoint_saved_under_numpy_1_loads(tmp_path):
+    """TotalSegmentator's and most published checkpoints were saved with numpy 1.x, whose pickles name
+    numpy.core.multiarray.scalar (numpy 2 moved it to numpy._core)."""
+    import zipfile
+
+    src, old = tmp_path / "new.pth", tmp_path / "old.pth"
+    torch.save({"network_weights": {"w": torch.ones(1)}, "logging": {"dice": [np.float64(0.75)]}}, src)
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(old, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray" in data
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            zout.writestr(item, data)
+    assert load_checkpoint(old)["logging"]["dice"] == [0.75]

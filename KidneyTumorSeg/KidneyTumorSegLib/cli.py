@@ -154,6 +154,12 @@ def cmd_segment(args) -> int:
             events.emit("case_failed", case=None, error=str(exc))
             events.emit("done", ok=0, failed=len(cases))
             return 2
+        if args.no_postprocess and (seg.nnunet_model() is None or args.roi):
+            why = ("--roi does not apply: the model runs on the whole scan" if args.roi else
+                   f"{seg.bundle.name}: --no-postprocess needs an nnU-Net model given as --model (every stage one model)")
+            log.error("--no-postprocess: %s", why)
+            events.emit("done", ok=0, failed=len(cases))
+            return 2
         events.emit("start", cases=len(cases), model=seg.bundle.name, device=str(seg.device))
         log.info("%d case(s); model %s; device %s; TTA %d", len(cases), seg.bundle.name, seg.device, tta)
         note = f"Model {seg.bundle.name}: {seg.bundle.limitations}" if seg.bundle.limitations else ""

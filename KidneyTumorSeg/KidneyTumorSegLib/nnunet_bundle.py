@@ -41,13 +41,14 @@ def default_orientation(roles: LabelRoles) -> str:
 
 
 def nnunet_source(folder: NnunetFolder, orientation: Optional[str] = None,
-                  labels: Optional[Mapping[str, Sequence[str]]] = None) -> NnunetSource:
-    """The manifest entry of a model: where it is, what is used, and the SHA-256 of every file read."""
+                  labels: Optional[Mapping[str, Sequence[str]]] = None, hashes: bool = True) -> NnunetSource:
+    """The manifest entry of a model: where it is, what is used, and (``hashes``) the SHA-256 of every file read.
+
+    A model given straight as ``--model`` has no manifest to check against: no hashes (hashing five
+    folds of a large model takes seconds on every run)."""
     roles = label_roles(folder.read_json("dataset.json"), labels)
     base = folder.path.parent
-    files = {}
-    for f in folder.files():
-        files[f.relative_to(base).as_posix()] = sha256_file(f)
+    files = {f.relative_to(base).as_posix(): sha256_file(f) for f in folder.files()} if hashes else {}
     return NnunetSource(path=str(folder.path.resolve()), configuration=folder.configuration, folds=folder.folds,
                         checkpoint=folder.checkpoint, orientation=orientation or default_orientation(roles),
                         labels={r: tuple(n) for r, n in (labels or {}).items()}, files=files)
@@ -78,7 +79,7 @@ def bundle_from_nnunet(path: os.PathLike, configuration: Optional[str] = None, f
                        labels: Optional[Mapping[str, Sequence[str]]] = None) -> Bundle:
     """An in-memory bundle of one nnU-Net model (see the module docstring)."""
     folder = resolve(path, configuration, folds, checkpoint)
-    source = nnunet_source(folder, orientation, labels)
+    source = nnunet_source(folder, orientation, labels, hashes=False)
     roles = label_roles(folder.read_json("dataset.json"), labels)
     stages = {"kidney": nnunet_stage("kidney", source, folder.dataset)}
     if roles.has("tumor"):

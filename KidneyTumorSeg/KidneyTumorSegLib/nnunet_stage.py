@@ -73,6 +73,9 @@ class ModelRuns:
         self._last: Optional[Tuple[Volume, np.ndarray]] = None
         self.runs = 0  # model runs so far (the benchmark and tests read it)
 
+    def forget(self) -> None:
+        self._last = None
+
     def probabilities(self, vol: Volume, reuse: bool) -> np.ndarray:
         """``(2, k, j, i)``: kidney (+tumor) and tumor probability on ``vol``'s grid."""
         if reuse and self._last is not None:

@@ -129,7 +129,11 @@ class Segmenter:
         A segmentation's messages end with the model's limitations, when its
         bundle states any, so every report (and the Slicer status line) shows them.
         """
-        result = run_cascade(image, self.stages, self.predictors, self.post, roi=roi, progress=progress)
+        try:
+            result = run_cascade(image, self.stages, self.predictors, self.post, roi=roi, progress=progress)
+        finally:
+            for runs in self.nnunet_runs.values():
+                runs.forget()  # the last run's probabilities served this scan's later stages only
         if result.status == "ok" and self.bundle.limitations:
             result.messages.append(f"Model {self.bundle.name}: {self.bundle.limitations}")
         return result
