@@ -21,9 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from .bundle import Bundle, BundleError, load_bundle, save_bundle
+from .bundle import Bundle, BundleError, load_bundle, save_bundle, sha256_file
 from .config import NnunetSource, PostprocessConfig, StageConfig
-from .nnunet_folder import NnunetFolder, resolve, sha256_file
+from .nnunet_folder import NnunetFolder, resolve
 from .nnunet_labels import LabelRoles, label_roles
 from .presets import DEFAULT_POSTPROCESS, DEFAULT_TUMOR_GROWTH_MM
 

@@ -14,7 +14,6 @@ checkpoints is :mod:`nnunet_model`'s job.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from .bundle import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -196,14 +197,6 @@ def _pick_configuration(p: Path, configuration: Optional[str]) -> Path:
 
 def default_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kidneytumorseg" / "nnunet"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def unpack_zip(zpath: Path, cache: Optional[Path] = None) -> Path:
