@@ -244,7 +244,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if firstVolumeNode:
                 self._parameterNode.inputVolume = firstVolumeNode
         if not self._parameterNode.modelPath:
-            self._parameterNode.modelPath = self.logic.defaultModelPath()
+            self._parameterNode.modelPath = self.logic.preferredModelPath()
 
     def setParameterNode(self, inputParameterNode: Optional[KidneyTumorSegParameterNode]) -> None:
         if self._parameterNode:
@@ -466,6 +466,7 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
     # -- models (KidneyTumorSegSlicer.models) ------------------------------------
 
     defaultModelPath = staticmethod(models.defaultModelPath)
+    preferredModelPath = staticmethod(models.preferredModelPath)
     userModelsFolder = staticmethod(models.userModelsFolder)
     modelProblem = staticmethod(models.modelProblem)
     availableModels = staticmethod(models.availableModels)

@@ -691,12 +691,16 @@ class LogicWithoutSlicerTest(unittest.TestCase):
             listed = dict((path, label) for label, path in self.logic.availableModels())
             self.assertEqual(listed[str(model)], "TotalSegmentator: Dataset291_TotalSegmentator_part1_organs (3d_fullres)")
             self.assertEqual(self.logic.modelProblem(str(model)), "")
+            # the panel's first choice: the real model on this machine, not the phantom demonstration
+            self.assertEqual(self.logic.preferredModelPath(), str(model))
             target = self.logic.importModel(str(model))
             self.assertEqual(target.parent, self.logic.userModelsFolder())
             manifest = json.loads((target / "manifest.json").read_text())
             self.assertEqual([s["role"] for s in manifest["stages"]], ["kidney"])  # no tumor label: kidneys only
             self.assertEqual(manifest["stages"][0]["nnunet"]["path"], str(model.resolve()))
             self.assertIn((target.name, str(target)), self.logic.availableModels())
+            os.environ["TOTALSEG_HOME_DIR"] = str(self.tmp / "nothing-here")
+            self.assertEqual(self.logic.preferredModelPath(), self.logic.defaultModelPath())
         finally:
             if saved is None:
                 os.environ.pop("TOTALSEG_HOME_DIR", None)

@@ -42,6 +42,24 @@ def availableModels() -> List[Tuple[str, str]]:
     return models
 
 
+def preferredModelPath() -> str:
+    """The panel's first choice: a real model already on this machine (one with a tumor label first, then one
+    with kidneys, e.g. TotalSegmentator's weights), else the shipped phantom model, which fails on real CT."""
+    from KidneyTumorSegLib.nnunet_folder import discover_models
+    from KidneyTumorSegLib.nnunet_labels import LabelError, label_roles
+
+    withKidney = []
+    for m in discover_models():
+        try:
+            roles = label_roles(json.loads((Path(m["path"]) / "dataset.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError, LabelError):
+            continue
+        if roles.has("tumor"):
+            return m["path"]
+        withKidney.append(m["path"])
+    return withKidney[0] if withKidney else defaultModelPath()
+
+
 def usesNnunet(modelPath: str) -> bool:
     """An nnU-Net model, or a bundle with a stage that is one (needs the nnunetv2 package)."""
     if isNnunetModel(modelPath):
