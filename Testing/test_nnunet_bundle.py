@@ -97,3 +97,16 @@ def test_no_postprocess_is_refused_up_front_for_a_model_that_is_not_one_nnunet_m
     out = tmp_path / "out"
     assert main(["segment", str(ct), "-o", str(out), "--no-postprocess"]) == 2
     assert "--no-postprocess needs an nnU-Net model given as --model" in caplog.text and not out.exists()
+
+
+def test_a_model_used_by_two_stages_is_hashed_once_on_import_and_on_load(tmp_path, monkeypatch):
+    import KidneyTumorSegLib.bundle as bundle_mod
+
+    kits = _model(tmp_path, "Dataset220_KiTS2023", KITS, folds=("0", "1"))
+    hashed = []
+    real = bundle_mod.sha256_file
+    monkeypatch.setattr(bundle_mod, "sha256_file", lambda p: hashed.append(p) or real(p))
+    monkeypatch.setattr("KidneyTumorSegLib.nnunet_bundle.sha256_file", bundle_mod.sha256_file)
+    import_model(tmp_path / "b", {"kidney": str(kits), "tumor": str(kits)})
+    # 4 files inference reads: hashed once when recorded, once when save_bundle loads the new bundle back
+    assert len(hashed) == 8 and len(set(hashed)) == 4

@@ -147,8 +147,9 @@ def _verify(path: Path, expected: Optional[str]) -> None:
                           "the file is corrupt or was replaced")
 
 
-def verify_nnunet(bundle: "Bundle", role: str) -> None:
-    """Check every file an nnU-Net stage reads against the SHA-256 the manifest recorded."""
+def verify_nnunet(bundle: "Bundle", role: str, done: Optional[set] = None) -> None:
+    """Check every file an nnU-Net stage reads against the SHA-256 the manifest recorded (those not in ``done``,
+    which collects the files checked: stages of one model share them)."""
     src = bundle.stages[role].nnunet
     assert src is not None
     base = bundle.nnunet_path(role).parent
@@ -158,7 +159,10 @@ def verify_nnunet(bundle: "Bundle", role: str) -> None:
     for rel, digest in sorted(src.files.items()):
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise BundleError(f"{bundle.path / MANIFEST}: nnU-Net file {rel!r} is not inside the model's folder")
-        _verify(base / rel, digest)
+        if done is None or (base / rel, digest) not in done:
+            _verify(base / rel, digest)
+            if done is not None:
+                done.add((base / rel, digest))
 
 
 def load_bundle(path: os.PathLike, verify: bool = True) -> Bundle:
@@ -210,6 +214,7 @@ def load_bundle(path: os.PathLike, verify: bool = True) -> Bundle:
         created=str(data.get("created", "")),
         limitations=str(data.get("limitations", "")),
     )
+    checked: set = set()
     for s in stages:
         for w in s.weights:
             if w not in files:
@@ -217,7 +222,7 @@ def load_bundle(path: os.PathLike, verify: bool = True) -> Bundle:
             if verify:
                 _verify(path / w, files[w])
         if s.nnunet is not None and verify:
-            verify_nnunet(bundle, s.role)
+            verify_nnunet(bundle, s.role, checked)
     return bundle
 
 

@@ -128,7 +128,7 @@ def run_cascade(
         progress("tumor", n / len(kidneys_masks), f"tumors in the {side} kidney")
         if tstage is None:  # a model of kidneys only: the kidney as stage 2 found it, no candidates
             kc = kidney_crop(can, mask_roi, roi_offset, kstage)
-            kc, kmask, comps_scored, cc, n_specks = kc, kc.mask, [], None, 0
+            kmask, comps_scored, cc, n_specks = kc.mask, [], None, 0
         else:
             kc, kmask, comps_scored, cc, n_specks = _tumor_passes(can, mask_roi, roi_offset, tstage,
                                                                   predictors["tumor"], post)

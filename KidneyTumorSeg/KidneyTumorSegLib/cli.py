@@ -225,7 +225,7 @@ def _segment_case(args, seg, case_id, path, input_paths, roi, tta, progress, t0)
     image = read_volume(path)
     for w in validate_ct(image):
         log.warning("%s: %s", case_id, w)
-    extra = {"model": seg.bundle.card()["name"], "model_version": seg.bundle.version, "device": str(seg.device),
+    extra = {"model": seg.bundle.name, "model_version": seg.bundle.version, "device": str(seg.device),
              "tta": tta}
     if args.no_postprocess:
         progress("kidney", 0.0, "running the model on the whole scan")

@@ -79,8 +79,8 @@ def bundle_from_nnunet(path: os.PathLike, configuration: Optional[str] = None, f
                        labels: Optional[Mapping[str, Sequence[str]]] = None) -> Bundle:
     """An in-memory bundle of one nnU-Net model (see the module docstring)."""
     folder = resolve(path, configuration, folds, checkpoint)
-    source = nnunet_source(folder, orientation, labels, hashes=False)
     roles = label_roles(folder.read_json("dataset.json"), labels)
+    source = nnunet_source(folder, orientation, labels, hashes=False)
     stages = {"kidney": nnunet_stage("kidney", source, folder.dataset)}
     if roles.has("tumor"):
         stages["tumor"] = nnunet_stage("tumor", source, folder.dataset)
@@ -93,8 +93,9 @@ def bundle_from_nnunet(path: os.PathLike, configuration: Optional[str] = None, f
                   limitations="" if roles.has("tumor") else "this model segments no kidney tumors: kidneys only")
 
 
-def _stage_from(role: str, spec: str, configuration, folds, checkpoint, orientation, labels):
-    """(stage, state dicts) for ``role`` from a KidneyTumorSeg bundle folder or an nnU-Net model."""
+def _stage_from(role: str, spec: str, configuration, folds, checkpoint, orientation, labels, seen):
+    """(stage, state dicts) for ``role`` from a KidneyTumorSeg bundle folder or an nnU-Net model
+    (``seen``: nnU-Net sources already hashed, by spec)."""
     p = Path(spec)
     if (p / "manifest.json").is_file():
         b = load_bundle(p)
@@ -102,8 +103,10 @@ def _stage_from(role: str, spec: str, configuration, folds, checkpoint, orientat
             raise BundleError(f"{p}: the bundle has no {role!r} stage")
         stage = b.stages[role]
         return stage, ([] if stage.nnunet else b.load_state_dicts(role))
-    folder = resolve(p, configuration, folds, checkpoint)
-    return nnunet_stage(role, nnunet_source(folder, orientation, labels), folder.dataset), []
+    if spec not in seen:
+        folder = resolve(p, configuration, folds, checkpoint)
+        seen[spec] = (nnunet_source(folder, orientation, labels), folder.dataset)
+    return nnunet_stage(role, *seen[spec]), []
 
 
 def import_model(out: os.PathLike, sources: Mapping[str, str], *, configuration: Optional[str] = None,
@@ -113,10 +116,10 @@ def import_model(out: os.PathLike, sources: Mapping[str, str], *, configuration:
     """Write a bundle at ``out`` whose stages come from ``sources`` (role -> model path); see the module docstring."""
     if "kidney" not in sources:
         raise BundleError("a bundle needs a kidney stage (--kidney)")
-    stages, weights = [], {}
+    stages, weights, seen = [], {}, {}
     for role in ("roi", "kidney", "tumor"):
         if role in sources:
-            stage, sds = _stage_from(role, sources[role], configuration, folds, checkpoint, orientation, labels)
+            stage, sds = _stage_from(role, sources[role], configuration, folds, checkpoint, orientation, labels, seen)
             stages.append(stage)
             weights[role] = sds
     post = postprocess or NNUNET_POSTPROCESS

@@ -162,8 +162,13 @@ def _build_predictor(folder: NnunetFolder, device: torch.device, mirroring: bool
     except (KeyError, TypeError, ValueError, AssertionError) as exc:
         raise NnunetError(f"{folder.path / 'plans.json'}: no usable {folder.configuration!r} configuration: {exc}") from exc
     _check_architecture(conf, str(folder.path / "plans.json"))
-    ckpts = [load_checkpoint(p) for p in folder.checkpoint_paths()]
-    trainer = _trainer_class(ckpts[0].get("trainer_name", folder.trainer))
+    params, first = [], {}
+    for path in folder.checkpoint_paths():  # one at a time: a checkpoint also holds the optimizer's state
+        ckpt = load_checkpoint(path)
+        params.append(ckpt["network_weights"])
+        first = first or {k: ckpt.get(k) for k in ("trainer_name", "inference_allowed_mirroring_axes")}
+        del ckpt
+    trainer = _trainer_class(first["trainer_name"] or folder.trainer)
     label_manager = plans_manager.get_label_manager(dataset_json)
     n_in = determine_num_input_channels(plans_manager, conf, dataset_json)
     n_out = label_manager.num_segmentation_heads
@@ -173,13 +178,12 @@ def _build_predictor(folder: NnunetFolder, device: torch.device, mirroring: bool
         network = trainer.build_network_architecture(conf.network_arch_class_name, conf.network_arch_init_kwargs,
                                                      conf.network_arch_init_kwargs_req_import, n_in, n_out,
                                                      enable_deep_supervision=False)
-    params = [c["network_weights"] for c in ckpts]
     try:
         network.load_state_dict(params[0])
     except RuntimeError as exc:
         raise NnunetError(f"{folder.checkpoint_paths()[0]}: weights do not fit the network of plans.json: "
                           f"{str(exc).splitlines()[0]}") from exc
-    axes = ckpts[0].get("inference_allowed_mirroring_axes")
+    axes = first["inference_allowed_mirroring_axes"]
     with contextlib.redirect_stdout(io.StringIO()):  # its constructor prints a note for CPU devices
         predictor = nnUNetPredictor(tile_step_size=step, use_gaussian=True, use_mirroring=mirroring,
                                     perform_everything_on_device=device.type == "cuda", device=device,

@@ -6,7 +6,6 @@ import os
 from dataclasses import replace
 from typing import Dict, Optional, Union
 
-import numpy as np
 import torch
 
 from .bundle import Bundle, default_bundle_path, BundleError
@@ -121,7 +120,7 @@ class Segmenter:
 
         seg = model.segment(image.array, image.spacing_zyx)
         names = value_names(model.predictor.dataset_json)
-        return image.with_array(seg.astype(np.uint8 if seg.max(initial=0) < 256 else np.uint16), meta={}), names
+        return image.with_array(seg, meta={}), names
 
     def segment(self, image: Volume, roi: Optional[RoiWorld] = None, progress: Optional[Progress] = None) -> CascadeResult:
         """Segment one CT volume (HU). See :func:`cascade.run_cascade`.

@@ -93,6 +93,8 @@ def modelProblem(modelPath: str) -> str:
 def modelImportTarget(source: str) -> Path:
     """Where ``importModel(source)`` will put the bundle (its manifest's name, or the nnU-Net model's)."""
     if isNnunetModel(source):
+        if Path(source).suffix.lower() == ".zip":  # named after the file: not unpacked just to ask
+            return userModelsFolder() / _safeFolderName("nnunet-" + Path(source).stem)
         from KidneyTumorSegLib.nnunet_folder import resolve
 
         return userModelsFolder() / _safeFolderName("nnunet-" + resolve(source).name.replace("/", "-"))
