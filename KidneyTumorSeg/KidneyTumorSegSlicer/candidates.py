@@ -7,6 +7,7 @@ from typing import Dict, Sequence
 import slicer
 from slicer.i18n import tr as _
 
+from .labelmaps import segmentArray, setSegmentArray
 from .nodes import ATTR_REPORT, REF_CANDIDATES, REF_FINDINGS, SEGMENT_KIDNEY_LEFT, SEGMENT_KIDNEY_RIGHT, SEGMENT_TUMOR, \
     segmentIds
 from .results import writeFindings
@@ -19,7 +20,6 @@ def setCandidateKept(segmentation, candidateId: int, keep: bool) -> None:
     they become the nearest kidney segment, since the kidney stage segments kidney and
     tumor together as one foreground.
     """
-    import numpy as np
     from KidneyTumorSegLib.findings_table import kept_ids_after
 
     table = segmentation.GetNodeReference(REF_FINDINGS)
@@ -36,16 +36,17 @@ def setCandidateKept(segmentation, candidateId: int, keep: bool) -> None:
         from KidneyTumorSegLib.terminology import KIDNEY_TUMOR
 
         segmentation.GetSegmentation().AddEmptySegment(KIDNEY_TUMOR.segment_id, KIDNEY_TUMOR.name, KIDNEY_TUMOR.color)
+        segment = segmentation.GetSegmentation().GetSegment(KIDNEY_TUMOR.segment_id)
+        segment.SetTag(segment.GetTerminologyEntryTagName(), KIDNEY_TUMOR.terminology_string())
         ids = segmentIds(segmentation)
-    arrays = {sid: slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, sid, candidates).astype(bool)
-              for sid in ids}
+    arrays = {sid: segmentArray(segmentation, sid, candidates).astype(bool) for sid in ids.values()}
     tumorId = ids[SEGMENT_TUMOR]
     kidneyIds = [ids[k] for k in (SEGMENT_KIDNEY_LEFT, SEGMENT_KIDNEY_RIGHT) if k in ids]
     spacingKji = tuple(candidates.GetSpacing())[::-1]
     updates = candidateUpdates(arrays, mask, keep, tumorId, kidneyIds, spacingKji)
     # shrink segments before growing others, so no voxel is in two segments at any step
     for sid in sorted(updates, key=lambda s: int(updates[s].sum()) - int(arrays[s].sum())):
-        slicer.util.updateSegmentBinaryLabelmapFromArray(updates[sid].astype(np.uint8), segmentation, sid, candidates)
+        setSegmentArray(updates[sid], segmentation, sid, candidates)
     writeFindings(table, reportWithKept(report, kept, candidateId, keep))
 
 

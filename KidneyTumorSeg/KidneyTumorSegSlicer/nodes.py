@@ -58,6 +58,14 @@ def removeNodeWithDependents(node) -> None:
             slicer.mrmlScene.RemoveNode(dependent)
 
 
+def forgetStorage(node) -> None:
+    """Detach and remove ``node``'s storage node: its data is then new, and Save asks where to write it."""
+    storage = node.GetStorageNode()
+    if storage is not None:
+        node.SetAndObserveStorageNodeID(None)
+        slicer.mrmlScene.RemoveNode(storage)
+
+
 def placeBesides(node, volumeNode) -> None:
     """Put ``node`` under the input volume's parent (its study) in the subject hierarchy."""
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)

@@ -10,8 +10,8 @@ import vtk
 import slicer
 from slicer.i18n import tr as _
 
-from .nodes import ATTR_REPORT, REF_CANDIDATES, REF_FINDINGS, REF_INPUT, placeBesides, removeNodeWithDependents, \
-    replaceSegments
+from .nodes import ATTR_REPORT, REF_CANDIDATES, REF_FINDINGS, REF_INPUT, forgetStorage, placeBesides, \
+    removeNodeWithDependents, replaceSegments
 
 
 def loadResults(run, outputs: Dict[str, str]) -> None:
@@ -69,6 +69,7 @@ def loadResults(run, outputs: Dict[str, str]) -> None:
             removeNodeWithDependents(node)
         raise
     # from here on nothing fails: swap in the new candidate map and link the findings
+    forgetStorage(candidates)  # its file is in the run's folder, removed when the run ends
     removeNodeWithDependents(segmentation.GetNodeReference(REF_CANDIDATES))
     segmentation.SetNodeReferenceID(REF_CANDIDATES, candidates.GetID())
     segmentation.SetNodeReferenceID(REF_FINDINGS, table.GetID())
@@ -134,8 +135,13 @@ def writeFindings(table, report: Dict) -> None:
     wasModifying = table.StartModify()
     table.SetAndObserveTable(vtkTable)
     # column names as the header: otherwise the view shows them as a first row, and a selected
-    # view row would be the table row below the one meant (panel.selectedTableRow relies on this)
-    table.SetUseColumnNameAsColumnHeader(True)
+    # view row would be the table row below the one meant (panel.selectedTableRow relies on this).
+    # Column titles (a title is the column's name unless set) replace SetUseColumnNameAsColumnHeader,
+    # which Slicer 5.13 reports as deprecated; a Slicer without titles takes the older call.
+    if hasattr(table, "SetUseColumnTitleAsColumnHeader"):
+        table.SetUseColumnTitleAsColumnHeader(True)
+    else:
+        table.SetUseColumnNameAsColumnHeader(True)
     table.SetAttribute(ATTR_REPORT, json.dumps(report))
     table.SetLocked(True)
     table.EndModify(wasModifying)
