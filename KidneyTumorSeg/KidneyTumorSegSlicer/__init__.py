@@ -10,6 +10,7 @@ parameter node, widget, logic, test) and delegates to these files:
 - ``nodes``: node references and segment ids that tie a result together
 - ``results``: loading a finished run into the scene; the findings table
 - ``candidates``: adding back or removing a tumor candidate
+- ``labelmaps``: a segment as a numpy array on a volume's grid, read and written without temporary nodes
 - ``gpu``: the GPU memory warning
 - ``panel``: widget helpers that hold no state
 
