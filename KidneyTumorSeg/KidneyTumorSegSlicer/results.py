@@ -136,9 +136,11 @@ def writeFindings(table, report: Dict) -> None:
     table.SetAndObserveTable(vtkTable)
     # column names as the header: otherwise the view shows them as a first row, and a selected
     # view row would be the table row below the one meant (panel.selectedTableRow relies on this).
-    # Column titles (a title is the column's name unless set) replace SetUseColumnNameAsColumnHeader,
-    # which Slicer 5.13 reports as deprecated; a Slicer without titles takes the older call.
+    # Column titles replace SetUseColumnNameAsColumnHeader, which Slicer 5.13 reports as deprecated;
+    # a Slicer without titles takes the older call.
     if hasattr(table, "SetUseColumnTitleAsColumnHeader"):
+        for name, _kind in TABLE_COLUMNS:
+            table.SetColumnTitle(name, name)
         table.SetUseColumnTitleAsColumnHeader(True)
     else:
         table.SetUseColumnNameAsColumnHeader(True)
