@@ -32,7 +32,8 @@ from slicer.parameterNodeWrapper import parameterNodeWrapper, WithinRange
 
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
-from KidneyTumorSegSlicer import candidates, dependencies, gpu, models, panel, results, runs, sampledata
+from KidneyTumorSegSlicer import candidates, dependencies, gpu, labelmaps, models, panel, results, runs, \
+    sampledata
 from KidneyTumorSegSlicer.nodes import REF_FINDINGS, REF_INPUT, SEGMENT_KIDNEY_LEFT, SEGMENT_KIDNEY_RIGHT, \
     SEGMENT_TUMOR, segmentIds
 from KidneyTumorSegSlicer.runs import SegmentationRun
@@ -615,7 +616,8 @@ class KidneyTumorSegTest(ScriptedLoadableModuleTest):
         label = None
         for key, value in ((SEGMENT_KIDNEY_LEFT, 1), (SEGMENT_KIDNEY_RIGHT, 1), (SEGMENT_TUMOR, 2)):
             self.assertIn(key, ids, f"segment {key} is missing")
-            arr = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, ids[key], volume)
+            # not slicer.util.arrayFromSegmentBinaryLabelmap: it leaves a display node in the scene
+            arr = labelmaps.segmentArray(segmentation, ids[key], volume)
             label = np.zeros(arr.shape, np.uint8) if label is None else label
             label[arr > 0] = value
         return label

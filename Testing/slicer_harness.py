@@ -275,6 +275,10 @@ class SlicerHarness:
             self.applicationLogic.SetModuleLogic(registered, logic)
             self.logics[name] = logic
         self.scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent, self._onNodeAdded)
+        # as in Slicer, a cleared scene has its subject hierarchy node again at once
+        self.scene.AddObserver(slicer.vtkMRMLScene.EndCloseEvent,
+                               lambda scene, event: slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene))
+        slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
 
     def _onNodeAdded(self, caller, event, node=None):
         pass  # replaced in install() by the decorated observer below
@@ -291,9 +295,10 @@ class SlicerHarness:
         def onNodeAdded(caller, event, node):
             # replaces qSlicerSubjectHierarchyPluginLogic::onNodeAdded: Slicer gives every data node
             # shown in the data tree an item under the scene as it is added
+            if not node.IsA("vtkMRMLStorableNode") or node.GetHideFromEditors():
+                return
             sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(caller)
-            if (node.IsA("vtkMRMLStorableNode") and not node.GetHideFromEditors()
-                    and not sh.GetItemByDataNode(node)):
+            if not sh.GetItemByDataNode(node):
                 sh.CreateItem(sh.GetSceneItemID(), node)
 
         self._onNodeAdded = onNodeAdded
@@ -308,9 +313,11 @@ class SlicerHarness:
         pnw = types.ModuleType("slicer.parameterNodeWrapper")  # replaces the parameter node wrapper (Qt GUI binding)
         pnw.parameterNodeWrapper = _parameter_node_wrapper
         pnw.WithinRange = lambda lo, hi: ("WithinRange", lo, hi)
-        qt = types.ModuleType("qt")  # replaces PythonQt: only QTimer is used outside the widget
+        qt = types.ModuleType("qt")  # replaces PythonQt: the timer and the wait cursor (slicer.util.WaitCursor)
         qt.QTimer = QTimer
         qt.Qt = types.SimpleNamespace(WaitCursor=0)
+        qt.QApplication = types.SimpleNamespace(setOverrideCursor=lambda cursor: None,
+                                                restoreOverrideCursor=lambda: None)
         sample_data = types.ModuleType("SampleData")  # replaces the SampleData module (Qt scripted module)
         sample_data.SampleDataLogic = SampleDataLogic
         stand_ins = {"qt": qt, "slicer.i18n": i18n, "slicer.ScriptedLoadableModule": slm,

@@ -159,6 +159,8 @@ def exportVolume(volumeNode, path: Path) -> None:
     from KidneyTumorSegLib.validate import validate_ct
     from KidneyTumorSegLib.volume_io import volume_to_sitk
 
+    if volumeNode.GetImageData() is None:
+        raise ValueError(_("The volume '{name}' has no voxels.").format(name=volumeNode.GetName()))
     ijkToRas = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(ijkToRas)
     volume = volume_from_slicer(slicer.util.arrayFromVolume(volumeNode), slicer.util.arrayFromVTKMatrix(ijkToRas),
