@@ -262,7 +262,6 @@ class SlicerHarness:
         self.logics = {}
         for name, cls, registered in (
                 ("colors", slicer.vtkSlicerColorLogic, "Colors"),
-                ("terminologies", slicer.vtkSlicerTerminologiesModuleLogic, "Terminologies"),
                 ("volumes", slicer.vtkSlicerVolumesLogic, "Volumes"),
                 ("segmentations", slicer.vtkSlicerSegmentationsModuleLogic, "Segmentations"),
                 ("subjecthierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic, "SubjectHierarchy"),
@@ -275,13 +274,11 @@ class SlicerHarness:
             self.applicationLogic.SetModuleLogic(registered, logic)
             self.logics[name] = logic
         self.scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent, self._onNodeAdded)
+        self.scene.AddObserver(slicer.vtkMRMLScene.NodeAboutToBeRemovedEvent, self._onNodeAboutToBeRemoved)
         # as in Slicer, a cleared scene has its subject hierarchy node again at once
         self.scene.AddObserver(slicer.vtkMRMLScene.EndCloseEvent,
                                lambda scene, event: slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene))
         slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
-
-    def _onNodeAdded(self, caller, event, node=None):
-        pass  # replaced in install() by the decorated observer below
 
     def install(self):
         """Put the scene, the logics and the stand-ins in place and import the module; returns it."""
@@ -301,7 +298,18 @@ class SlicerHarness:
             if not sh.GetItemByDataNode(node):
                 sh.CreateItem(sh.GetSceneItemID(), node)
 
+        @vtk.calldata_type(vtk.VTK_OBJECT)
+        def onNodeAboutToBeRemoved(caller, event, node):
+            # replaces qSlicerSubjectHierarchyPluginLogic::onNodeAboutToBeRemoved: a removed data node's item goes too
+            if not node.IsA("vtkMRMLStorableNode"):
+                return
+            sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(caller)
+            item = sh.GetItemByDataNode(node) if sh is not None else 0
+            if item:
+                sh.RemoveItem(item, False, False)
+
         self._onNodeAdded = onNodeAdded
+        self._onNodeAboutToBeRemoved = onNodeAboutToBeRemoved
         self._make_scene()
 
         i18n = types.ModuleType("slicer.i18n")  # replaces slicer.i18n (Qt's translator)

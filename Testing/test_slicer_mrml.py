@@ -42,15 +42,21 @@ def slicer(harness):
 
 @pytest.fixture(scope="module")
 def core_run(tmp_path_factory):
-    """A phantom CT and the core's outputs for it (shipped model, background process): (ct path, outputs, phantom)."""
+    """An oblique phantom CT and the core's outputs for it (shipped model, background process).
+
+    Returns (CT path, outputs by kind, phantom). The CT's axes are turned 12 degrees about S, so
+    results that land on the CT's grid in Slicer land there through its full direction matrix.
+    """
     from KidneyTumorSegLib.background import run_segmentation
     from KidneyTumorSegLib.phantom import make_phantom
     from KidneyTumorSegLib.volume_io import volume_to_sitk
 
     folder = tmp_path_factory.mktemp("core-run")
     phantom = make_phantom(3, shape=(48, 160, 160), spacing=(2.2, 2.2, 5.0), n_tumors=2)
+    image = volume_to_sitk(phantom.image)
+    image.SetDirection(tuple((_rotation(2, 12) @ np.asarray(image.GetDirection()).reshape(3, 3)).ravel()))
     ct = folder / "ct.nrrd"
-    sitk.WriteImage(volume_to_sitk(phantom.image), str(ct))
+    sitk.WriteImage(image, str(ct))
     outputs = run_segmentation(str(ct), str(folder / "out"), device="cpu", save_candidates=True)
     report = json.loads(Path(outputs["report"]).read_text(encoding="utf-8"))
     kept = {c["kept"] for c in report["tumor_candidates"]}
