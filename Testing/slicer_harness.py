@@ -273,11 +273,12 @@ class SlicerHarness:
             logic.SetMRMLScene(self.scene)
             self.applicationLogic.SetModuleLogic(registered, logic)
             self.logics[name] = logic
-        self.scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent, self._onNodeAdded)
-        self.scene.AddObserver(slicer.vtkMRMLScene.NodeAboutToBeRemovedEvent, self._onNodeAboutToBeRemoved)
-        # as in Slicer, a cleared scene has its subject hierarchy node again at once
-        self.scene.AddObserver(slicer.vtkMRMLScene.EndCloseEvent,
-                               lambda scene, event: slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene))
+        self._observers = [
+            self.scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent, self._onNodeAdded),
+            self.scene.AddObserver(slicer.vtkMRMLScene.NodeAboutToBeRemovedEvent, self._onNodeAboutToBeRemoved),
+            # as in Slicer, a cleared scene has its subject hierarchy node again at once
+            self.scene.AddObserver(slicer.vtkMRMLScene.EndCloseEvent, lambda scene, event:
+                                   slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene))]
         slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
 
     def install(self):
@@ -363,6 +364,8 @@ class SlicerHarness:
         for name in ("app", "mrmlScene", "modules", "i18n", "ScriptedLoadableModule", "parameterNodeWrapper"):
             if hasattr(slicer, name):
                 delattr(slicer, name)
+        for tag in self._observers:
+            self.scene.RemoveObserver(tag)
         self.scene.Clear(1)
 
     # -- what the tests look at ---------------------------------------------------------------

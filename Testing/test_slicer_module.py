@@ -18,7 +18,6 @@ from __future__ import annotations
 import ast
 import py_compile
 import re
-import shlex
 import sys
 import unittest
 import xml.etree.ElementTree as ET
@@ -397,6 +396,9 @@ class _VolumeNode:
     def GetName(self):
         return "phantom"
 
+    def GetImageData(self):
+        return self.array  # the module only checks that there are voxels
+
     def GetParentTransformNode(self):
         return None
 
@@ -498,16 +500,9 @@ class LogicWithoutSlicerTest(unittest.TestCase):
         cls._home = tempfile.TemporaryDirectory(prefix="kts-slicer-")
         home = Path(cls._home.name)
         (home / "tmp").mkdir()
-        (home / "slicer" / "bin").mkdir(parents=True)
-        # PythonSlicer stand-in: this interpreter, found through slicer.app.slicerHome. A script that
-        # runs it by its own path rather than a link to it: a link elsewhere loses a virtual
-        # environment (Python finds pyvenv.cfg beside the path it was started by), and with it numpy.
-        if sys.platform == "win32":
-            (home / "slicer" / "bin" / "PythonSlicer.exe").symlink_to(sys.executable)
-        else:
-            launcher = home / "slicer" / "bin" / "PythonSlicer"
-            launcher.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n', encoding="utf-8")
-            launcher.chmod(0o755)
+        from slicer_harness import write_python_slicer
+
+        write_python_slicer(home / "slicer")  # PythonSlicer stand-in, found through slicer.app.slicerHome
         cls.kts = _load_module_with_stubs(home)
         cls.logic = cls.kts.KidneyTumorSegLogic()
         # the helper modules, as imported by the module under the stand-ins
