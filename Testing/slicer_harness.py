@@ -1,14 +1,16 @@
 """Slicer's own classes without Slicer's application: PyPI's slicer-core, with stand-ins only for Qt and the app.
 
-slicer-core (Kitware; Python >= 3.10) has Slicer's MRML scene, nodes, storage nodes, module
-logics and its copy of ``slicer.util``, but no Qt and no application object. ``SlicerHarness``
-builds what Slicer's application would: one scene (``slicer.mrmlScene``) with the module logics
-registered on it, and puts a stand-in in place of each call that needs Qt or the application.
-Every stand-in is listed in ``SlicerHarness.install`` with the Slicer call it replaces; nothing
-else of Slicer is imitated, so the module's Slicer-side code runs on the real nodes.
+slicer-core (Kitware; Python >= 3.10) has Slicer's MRML scene, nodes, storage nodes, module logics
+and its copy of ``slicer.util``, but no Qt and no application. ``SlicerHarness.install`` builds
+what the application would (one scene, ``slicer.mrmlScene``, with the real module logics on it)
+and puts a stand-in, each commented with what it replaces, in place of: ``slicer.app`` (folders,
+``coreIOManager().loadNodes`` through the real volume and segmentation logics, ``processEvents``),
+``slicer.modules.<name>.logic()``, ``slicer.i18n``, ``qt`` (QTimer, the wait cursor), the
+``ScriptedLoadableModule`` base classes, ``parameterNodeWrapper``, the SampleData module and the
+subject-hierarchy plugin logic's node added / removed handling. Everything else is Slicer's own.
 
-Used by ``test_slicer_mrml.py`` and ``test_slicer_logic_mrml.py``; they skip with the reason
-``unavailable()`` gives where slicer-core cannot be installed (Python 3.9, Slicer 5.8's).
+Used by test_slicer_mrml.py and test_slicer_logic_mrml.py, which skip with ``unavailable()``'s
+reason where slicer-core cannot be installed (Python 3.9, Slicer 5.8's).
 """
 from __future__ import annotations
 
@@ -234,6 +236,56 @@ def _scripted_module_classes():
                                           ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest)}
 
 
+def _subject_hierarchy_plugin():
+    """Scene observers that replace qSlicerSubjectHierarchyPluginLogic's onNodeAdded / onNodeAboutToBeRemoved.
+
+    In Slicer every data node shown in the data tree gets an item under the scene as it is added,
+    and a removed data node's item goes with it.
+    """
+    import slicer
+    import vtk
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAdded(scene, event, node):
+        if not node.IsA("vtkMRMLStorableNode") or node.GetHideFromEditors():
+            return
+        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+        if not sh.GetItemByDataNode(node):
+            sh.CreateItem(sh.GetSceneItemID(), node)
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAboutToBeRemoved(scene, event, node):
+        if not node.IsA("vtkMRMLStorableNode"):
+            return
+        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+        item = sh.GetItemByDataNode(node) if sh is not None else 0
+        if item:
+            sh.RemoveItem(item, False, False)
+
+    return onNodeAdded, onNodeAboutToBeRemoved
+
+
+def _stand_in_modules() -> Dict[str, types.ModuleType]:
+    """The modules that replace Slicer's Qt-based ones, by their names in sys.modules."""
+    i18n = types.ModuleType("slicer.i18n")  # replaces slicer.i18n (Qt's translator)
+    i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")  # replaces the Qt base classes
+    for name, cls in _scripted_module_classes().items():
+        setattr(slm, name, cls)
+    pnw = types.ModuleType("slicer.parameterNodeWrapper")  # replaces the parameter node wrapper (Qt GUI binding)
+    pnw.parameterNodeWrapper = _parameter_node_wrapper
+    pnw.WithinRange = lambda lo, hi: ("WithinRange", lo, hi)
+    qt = types.ModuleType("qt")  # replaces PythonQt: the timer and the wait cursor (slicer.util.WaitCursor)
+    qt.QTimer = QTimer
+    qt.Qt = types.SimpleNamespace(WaitCursor=0)
+    qt.QApplication = types.SimpleNamespace(setOverrideCursor=lambda cursor: None, restoreOverrideCursor=lambda: None)
+    sample_data = types.ModuleType("SampleData")  # replaces the SampleData module (Qt scripted module)
+    sample_data.SampleDataLogic = SampleDataLogic
+    return {"qt": qt, "slicer.i18n": i18n, "slicer.ScriptedLoadableModule": slm, "slicer.parameterNodeWrapper": pnw,
+            "SampleData": sample_data}
+
+
 class SlicerHarness:
     """One bare Slicer scene with its module logics, and the stand-ins for Qt and the application.
 
@@ -273,9 +325,10 @@ class SlicerHarness:
             logic.SetMRMLScene(self.scene)
             self.applicationLogic.SetModuleLogic(registered, logic)
             self.logics[name] = logic
+        onNodeAdded, onNodeAboutToBeRemoved = _subject_hierarchy_plugin()
         self._observers = [
-            self.scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent, self._onNodeAdded),
-            self.scene.AddObserver(slicer.vtkMRMLScene.NodeAboutToBeRemovedEvent, self._onNodeAboutToBeRemoved),
+            self.scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent, onNodeAdded),
+            self.scene.AddObserver(slicer.vtkMRMLScene.NodeAboutToBeRemovedEvent, onNodeAboutToBeRemoved),
             # as in Slicer, a cleared scene has its subject hierarchy node again at once
             self.scene.AddObserver(slicer.vtkMRMLScene.EndCloseEvent, lambda scene, event:
                                    slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene))]
@@ -284,53 +337,11 @@ class SlicerHarness:
     def install(self):
         """Put the scene, the logics and the stand-ins in place and import the module; returns it."""
         import slicer
-        import vtk
 
         (self.home / "tmp").mkdir(parents=True, exist_ok=True)
         write_python_slicer(self.home / "slicer")
-
-        @vtk.calldata_type(vtk.VTK_OBJECT)
-        def onNodeAdded(caller, event, node):
-            # replaces qSlicerSubjectHierarchyPluginLogic::onNodeAdded: Slicer gives every data node
-            # shown in the data tree an item under the scene as it is added
-            if not node.IsA("vtkMRMLStorableNode") or node.GetHideFromEditors():
-                return
-            sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(caller)
-            if not sh.GetItemByDataNode(node):
-                sh.CreateItem(sh.GetSceneItemID(), node)
-
-        @vtk.calldata_type(vtk.VTK_OBJECT)
-        def onNodeAboutToBeRemoved(caller, event, node):
-            # replaces qSlicerSubjectHierarchyPluginLogic::onNodeAboutToBeRemoved: a removed data node's item goes too
-            if not node.IsA("vtkMRMLStorableNode"):
-                return
-            sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(caller)
-            item = sh.GetItemByDataNode(node) if sh is not None else 0
-            if item:
-                sh.RemoveItem(item, False, False)
-
-        self._onNodeAdded = onNodeAdded
-        self._onNodeAboutToBeRemoved = onNodeAboutToBeRemoved
         self._make_scene()
-
-        i18n = types.ModuleType("slicer.i18n")  # replaces slicer.i18n (Qt's translator)
-        i18n.tr = lambda text: text
-        i18n.translate = lambda context, text: text
-        slm = types.ModuleType("slicer.ScriptedLoadableModule")  # replaces the Qt base classes
-        for name, cls in _scripted_module_classes().items():
-            setattr(slm, name, cls)
-        pnw = types.ModuleType("slicer.parameterNodeWrapper")  # replaces the parameter node wrapper (Qt GUI binding)
-        pnw.parameterNodeWrapper = _parameter_node_wrapper
-        pnw.WithinRange = lambda lo, hi: ("WithinRange", lo, hi)
-        qt = types.ModuleType("qt")  # replaces PythonQt: the timer and the wait cursor (slicer.util.WaitCursor)
-        qt.QTimer = QTimer
-        qt.Qt = types.SimpleNamespace(WaitCursor=0)
-        qt.QApplication = types.SimpleNamespace(setOverrideCursor=lambda cursor: None,
-                                                restoreOverrideCursor=lambda: None)
-        sample_data = types.ModuleType("SampleData")  # replaces the SampleData module (Qt scripted module)
-        sample_data.SampleDataLogic = SampleDataLogic
-        stand_ins = {"qt": qt, "slicer.i18n": i18n, "slicer.ScriptedLoadableModule": slm,
-                     "slicer.parameterNodeWrapper": pnw, "SampleData": sample_data}
+        stand_ins = _stand_in_modules()
         self._saved_modules = {name: sys.modules.get(name) for name in _MODULES}
         sys.modules.update(stand_ins)
         slicer.mrmlScene = self.scene  # the application's scene
