@@ -225,10 +225,7 @@ def _scripted_module_classes():
                 node = slicer.mrmlScene.AddNode(node)
             return node
 
-    class ScriptedLoadableModuleTest(unittest.TestCase):
-        def __init__(self, methodName="runTest"):
-            super().__init__(methodName)
-
+    class ScriptedLoadableModuleTest(unittest.TestCase):  # runTest by default, as Slicer's
         def delayDisplay(self, message, msec=None):
             logging.info("self-test: %s", message)
 
