@@ -2,6 +2,9 @@
 import pytest
 import torch
 
+# fixtures of the tests on Slicer's real MRML classes (harness, slicer, core_run)
+from mrml_fixtures import core_run, harness, slicer  # noqa: F401
+
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():

@@ -14,17 +14,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from slicer_harness import SlicerHarness, unavailable
+from mrml_fixtures import SKIP_WITHOUT_SLICER_CORE
 
-pytestmark = pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "slicer-core is available")
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    h = SlicerHarness(tmp_path_factory.mktemp("slicer-home"))
-    h.install()
-    yield h
-    h.uninstall()
+pytestmark = SKIP_WITHOUT_SLICER_CORE
 
 
 @pytest.fixture(scope="module")
