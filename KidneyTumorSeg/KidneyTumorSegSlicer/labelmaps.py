@@ -2,7 +2,7 @@
 
 ``slicer.util.arrayFromSegmentBinaryLabelmap`` and ``updateSegmentBinaryLabelmapFromArray`` go
 through a temporary label map volume node, and each call leaves that node's display node in the
-scene (and may remove a shared colour node): one candidate edit left several nodes behind. These
+scene: one candidate edit left several nodes behind (found on slicer-core's real classes). These
 work on ``vtkOrientedImageData`` only, the way the Segment Editor does, so the scene is unchanged
 except for the edited segment.
 """
