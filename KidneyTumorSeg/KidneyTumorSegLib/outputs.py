@@ -10,8 +10,9 @@
   or rejected, as in the report), uint16, so an annotator can add a rejected
   candidate or remove a kept one
 
-Every file is written atomically. Nothing is written unless all targets are
-free (or ``overwrite``), so a refused run leaves the folder as it was.
+A case's files are written together (``case_folder``): into a staging folder, then moved into the
+case folder only once all of them are written, so the case folder is complete or absent. Nothing is
+written unless all targets are free (or ``overwrite``), so a refused run leaves the folder as it was.
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def write_case_outputs(
     extra_report: Optional[Dict[str, Any]] = None,
     inputs: Iterable[os.PathLike] = (),
 ) -> Dict[str, Path]:
-    """Write the case's files; returns their paths by kind (see module docstring)."""
+    """Write the case's files, all or none (``case_folder``); returns their paths by kind (module docstring)."""
     from .preview import write_preview
     from .writers import write_json, write_labelmap, write_seg_nrrd
 
@@ -69,23 +70,31 @@ def write_case_outputs(
     if not candidates:
         paths.pop("candidates")
     check_outputs_free(paths, overwrite, inputs)
-    paths["label"].parent.mkdir(parents=True, exist_ok=True)
-    write_labelmap(result.label, paths["label"], overwrite=overwrite)
     seg = result.label.with_array(segment_map(result.label.array, result.sides.array))
-    write_seg_nrrd(seg, paths["segmentation"], SEG_NRRD_SEGMENTS, overwrite=overwrite)
     report = dict(case=case_id, source=str(image.meta.get("source", "")), **result.report())
     report["outputs"] = {k: p.name for k, p in paths.items()}
     if extra_report:
         report.update(extra_report)
-    write_json(report, paths["report"], overwrite=overwrite)
-    if candidates:
-        write_candidates(result.candidates, paths["candidates"], overwrite=overwrite)
-    if preview:
-        can_img = result.canonical_image
-        can_lab = result.canonical_label
-        focus = _largest_kept_tumor_centre(result, can_img)
-        write_preview(can_img, can_lab, paths["preview"], focus=focus, overwrite=overwrite)
+    writers = {
+        "label": lambda path: write_labelmap(result.label, path),
+        "segmentation": lambda path: write_seg_nrrd(seg, path, SEG_NRRD_SEGMENTS),
+        "report": lambda path: write_json(report, path),
+        "candidates": lambda path: write_candidates(result.candidates, path),
+        "preview": lambda path: write_preview(result.canonical_image, result.canonical_label, path,
+                                              focus=_largest_kept_tumor_centre(result, result.canonical_image)),
+    }
+    _write_staged(paths, writers, overwrite)
     return paths
+
+
+def _write_staged(paths: Dict[str, Path], writers: Dict[str, Any], overwrite: bool) -> None:
+    """Write every file of ``paths`` (by kind) with its writer in a staging folder, then move them in together."""
+    from .case_folder import staged_case_folder, write_file
+
+    folder = next(iter(paths.values())).parent
+    with staged_case_folder(folder, overwrite=overwrite) as staging:
+        for kind, final in paths.items():
+            write_file(final, staging / final.name, writers[kind])
 
 
 def _largest_kept_tumor_centre(result: CascadeResult, can: Volume):
@@ -120,14 +129,13 @@ def write_raw_outputs(label: Volume, names: Dict[int, str], image: Volume, outdi
 
     paths = {k: p for k, p in case_output_paths(outdir, case_id).items() if k in ("label", "segmentation", "report")}
     check_outputs_free(paths, overwrite, inputs)
-    paths["label"].parent.mkdir(parents=True, exist_ok=True)
-    write_labelmap(label, paths["label"], overwrite=overwrite)
-    write_seg_nrrd(label, paths["segmentation"], segments_for_names(names), overwrite=overwrite)
     present = sorted(int(v) for v in names if int(v) and np.any(label.array == int(v)))
     report = {"case": case_id, "source": str(image.meta.get("source", "")), "status": "ok", "postprocess": False,
               "label_values": {str(v): n for v, n in sorted(names.items())}, "labels_present": present,
               "messages": ["the model's own label map: no cascade, no candidate choice (--no-postprocess)"],
               "outputs": {k: p.name for k, p in paths.items()}}
     report.update(extra_report or {})
-    write_json(report, paths["report"], overwrite=overwrite)
+    _write_staged(paths, {"label": lambda path: write_labelmap(label, path),
+                          "segmentation": lambda path: write_seg_nrrd(label, path, segments_for_names(names)),
+                          "report": lambda path: write_json(report, path)}, overwrite)
     return paths
