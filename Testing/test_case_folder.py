@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,20 @@ def test_a_live_runs_staging_folder_is_left_alone(tmp_path):
             assert staging_a.is_dir(), "a staging folder of a running process is not stale"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
     assert (tmp_path / "a" / "x.json").is_file() and (tmp_path / "b" / "y.json").is_file()
+
+
+def test_the_command_refuses_an_unwritable_output_before_loading_the_model(tmpfs, tmp_path, caplog):
+    from KidneyTumorSegLib.cli import main
+
+    read_only = tmpfs("size=64k,ro")
+    ct = tmp_path / "ct.nii.gz"
+    import SimpleITK as sitk
+
+    from KidneyTumorSegLib.volume_io import volume_to_sitk
+
+    sitk.WriteImage(volume_to_sitk(make_phantom(1, shape=(16, 32, 32), spacing=(4.0, 4.0, 5.0)).image), str(ct))
+    started = time.perf_counter()
+    assert main(["segment", str(ct), "-o", str(read_only / "out"), "--model", str(tmp_path / "no-such-model")]) == 2
+    assert f"cannot write in the output folder {read_only / 'out'}: Read-only file system" in caplog.text
+    assert "no-such-model" not in caplog.text, "refused before the model is even looked at"
+    assert time.perf_counter() - started < 5

@@ -15,18 +15,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
+from .cli_checks import duplicate_case_problem, events_problem, float_arg, int_arg, output_problem, roi_arg
 from .cli_models import add_import_parser, add_model_options, cmd_import_model
 
 log = logging.getLogger("kidneytumorseg")
-
-
-def _floats(n: int):
-    def parse(text: str):
-        vals = [float(v) for v in text.replace(",", " ").split()]
-        if len(vals) != n:
-            raise argparse.ArgumentTypeError(f"expected {n} numbers, got {text!r}")
-        return tuple(vals)
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,20 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
     q = s.add_mutually_exclusive_group()
     q.add_argument("--fast", action="store_true", help="no test-time augmentation (default)")
     q.add_argument("--full", action="store_true", help="report 000's 12 test-time augmentations")
-    q.add_argument("--tta", type=int, help="number of test-time augmentations, 1 to 12")
-    s.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap 0..0.9 (default 0.25)")
-    s.add_argument("--batch", type=int, default=2, help="windows per forward pass (default 2)")
+    q.add_argument("--tta", type=int_arg(1, 12), help="number of test-time augmentations, 1 to 12")
+    s.add_argument("--overlap", type=float_arg(0.0, 0.9), default=0.25, help="sliding-window overlap 0..0.9 (default 0.25)")
+    s.add_argument("--batch", type=int_arg(1), default=2, help="windows per forward pass (default 2)")
     s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    s.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
-    s.add_argument("--candidate-threshold", type=float, help="keep a tumor candidate when its mean probability is at least this (model default 0.8)")
+    s.add_argument("--threads", type=int_arg(0), default=0, help="CPU threads for torch (default: torch's choice)")
+    s.add_argument("--candidate-threshold", type=float_arg(0.0, 1.0), help="keep a tumor candidate when its mean probability is at least this (model default 0.8)")
     s.add_argument("--keep-components", type=int, choices=[1, 2], help="kidneys to keep (model default 2)")
     s.add_argument("--tumor-growth", type=int, metavar="PASSES",
                    help="run the tumor stage again, at most PASSES (0-8) more times, around kept tumors that reach "
                         "past the kidney stage's outline (exophytic tumors it missed); default: the model's setting "
                         "(the shipped model: 1)")
-    s.add_argument("--tumor-growth-mm", type=float, metavar="MM",
+    s.add_argument("--tumor-growth-mm", type=float_arg(0.0, 50.0), metavar="MM",
                    help="how far past those tumors a growth pass looks (default: the model's, else 13 mm)")
-    s.add_argument("--roi", type=_floats(6), metavar="X0,Y0,Z0,X1,Y1,Z1", help="region of interest in LPS mm; replaces stage 1")
+    s.add_argument("--roi", type=roi_arg, metavar="X0,Y0,Z0,X1,Y1,Z1", help="region of interest in LPS mm; replaces stage 1")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("--no-preview", action="store_true", help="do not write the PNG preview")
     s.add_argument("--save-candidates", action="store_true", help="also write <case>.candidates.nii.gz (tumor candidate ids)")
@@ -127,19 +119,18 @@ def cmd_segment(args) -> int:
     from .volume import InputError
     from .volume_io import find_cases
 
-    tta = 12 if args.full else (args.tta or 1)
-    if not 1 <= tta <= 12:
-        log.error("--tta must be between 1 and 12")
-        return 2
-    if not 0.0 <= args.overlap < 1.0:
-        log.error("--overlap must be in [0, 1)")
-        return 2
+    tta = 12 if args.full else (args.tta or 1)  # the parser checked the values (cli_checks)
     cases = []
     try:
         for spec in args.inputs:
             cases.extend(find_cases(spec))
     except InputError as exc:
         log.error("%s", exc)
+        return 2
+    problem = (duplicate_case_problem(cases, args.output) or events_problem(args.events, [p for _, p in cases])
+               or output_problem(args.output))
+    if problem:
+        log.error("%s", problem)
         return 2
     runtime = RuntimeConfig(device=args.device, tta=tta, overlap=args.overlap, sw_batch_size=args.batch,
                             precision=args.precision, threads=args.threads,
@@ -168,8 +159,7 @@ def cmd_segment(args) -> int:
         roi = None
         if args.roi:
             from .cascade import RoiWorld
-            lo, hi = args.roi[:3], args.roi[3:]
-            roi = RoiWorld(tuple(min(a, b) for a, b in zip(lo, hi)), tuple(max(a, b) for a, b in zip(lo, hi)))
+            roi = RoiWorld(tuple(args.roi[:3]), tuple(args.roi[3:]))  # the parser checked lo < hi
         ok = failed = 0
         input_paths = [p for _, p in cases]
         for index, (case_id, path) in enumerate(cases):
