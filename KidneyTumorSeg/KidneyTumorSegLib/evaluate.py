@@ -12,7 +12,10 @@ Predictions and references are paired by case id. Either side may be:
 * our ``segment`` command's output folder (``<out>/<id>/<id>.label.nii.gz``).
 
 Both label maps of a case must be on the same grid (shape, spacing, origin and
-direction within 1e-3); metrics come from :mod:`metrics`.
+direction within 1e-3) and hold only KiTS labels (0 background, 1 kidney,
+2 tumor, 3 cyst; integer values stored as floats are fine): other label sets,
+fractional or NaN values and images given as label maps are refused before
+anything is written. Metrics come from :mod:`metrics`.
 """
 from __future__ import annotations
 
@@ -39,6 +42,10 @@ ID_TAILS = (".label", "_label", "_labels", "_seg", "_segmentation", "-label", "-
 # Per-case file names inside a case folder, in order of preference.
 CASE_FOLDER_FILES = ("{id}.label.nii.gz", "segmentation.nii.gz", "aggregated_MAJ_seg.nii.gz")
 GRID_TOLERANCE = 1e-3
+# The values a label map may hold (KiTS19: 0-2; KiTS21/23 add 3, cyst, which metrics counts with the
+# tumor as KiTS21's "masses" region). Anything else is refused, not scored.
+KITS_LABELS = {0: "background", 1: "kidney", 2: "tumor", 3: "cyst"}
+_SHOWN_VALUES = 5  # distinct unexpected values named in the message
 
 
 @dataclass
@@ -208,18 +215,46 @@ def summarise(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def load_pair(case_id: str, pred_path: PathLike, gt_path: PathLike) -> Tuple[np.ndarray, np.ndarray, Tuple[float, float, float]]:
-    """Read both label maps; check they share a grid. Returns ``(pred, gt, spacing_zyx)``,
-    arrays ``[k, j, i]`` of integer labels (non-integer predictions are rounded, as KiTS19 does)."""
+    """Read both label maps; check they share a grid and hold only KiTS labels.
+
+    Returns ``(pred, gt, spacing_zyx)``, uint8 arrays ``[k, j, i]``. Integer
+    values stored as floats are accepted; anything else raises ``InputError``
+    (see :func:`check_labels`).
+    """
     pred_img = _read(case_id, "prediction", pred_path)
     gt_img = _read(case_id, "reference", gt_path)
     check_same_grid(case_id, pred_img, gt_img)
-    pred = sitk.GetArrayFromImage(pred_img)
-    gt = sitk.GetArrayFromImage(gt_img)
-    if not np.issubdtype(pred.dtype, np.integer):
-        pred = np.rint(pred).astype(np.int16)
-    if not np.issubdtype(gt.dtype, np.integer):
-        gt = np.rint(gt).astype(np.int16)
+    pred = check_labels(case_id, "prediction", pred_path, sitk.GetArrayFromImage(pred_img))
+    gt = check_labels(case_id, "reference", gt_path, sitk.GetArrayFromImage(gt_img))
     return pred, gt, tuple(float(s) for s in gt_img.GetSpacing()[::-1])  # type: ignore[return-value]
+
+
+def check_labels(case_id: str, role: str, path: PathLike, arr: np.ndarray) -> np.ndarray:
+    """``arr`` as uint8 when every voxel holds a KiTS label (:data:`KITS_LABELS`, integer-valued).
+
+    Otherwise raises ``InputError`` naming the case, the file, how many voxels
+    are wrong and their first few distinct values: another label set (7, 255),
+    fractional or NaN values, or an image given in place of a label map.
+    """
+    top = max(KITS_LABELS)
+    if arr.dtype.kind in "iub" and (arr.size == 0 or (arr.min() >= 0 and arr.max() <= top)):
+        return arr.astype(np.uint8, copy=False)
+    with np.errstate(invalid="ignore"):
+        ok = (arr >= 0) & (arr <= top)  # NaN fails both
+        if arr.dtype.kind == "f":
+            ok &= arr == np.floor(arr)
+    if ok.all():
+        return arr.astype(np.uint8)
+    values = np.unique(arr[~ok])
+    shown = ", ".join(str(int(v)) if arr.dtype.kind in "iub" else f"{v:g}" for v in values[:_SHOWN_VALUES])
+    if values.size > _SHOWN_VALUES:
+        shown += f" and {values.size - _SHOWN_VALUES} more"
+    allowed = ", ".join(f"{v} ({name})" for v, name in sorted(KITS_LABELS.items())[:-1])
+    allowed += f" and {top} ({KITS_LABELS[top]})"
+    raise InputError(
+        f"case '{case_id}': the {role} '{path}' is not a KiTS label map: {int(np.count_nonzero(~ok))} voxel(s) "
+        f"have values other than {allowed}: {shown}"
+    )
 
 
 def check_same_grid(case_id: str, pred: sitk.Image, gt: sitk.Image, tol: float = GRID_TOLERANCE) -> None:
@@ -244,6 +279,10 @@ def _read(case_id: str, role: str, path: PathLike) -> sitk.Image:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(f"case '{case_id}': cannot read the {role} '{path}': {str(exc).strip().splitlines()[-1]}") from None
+    if str(path).lower().endswith((".nii", ".nii.gz")):
+        from .volume_io import nifti_nonfinite_restored
+
+        img = nifti_nonfinite_restored(path, img)  # ITK reads NaN as 0: a NaN label must not pass as background
     if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             f"case '{case_id}': the {role} '{path}' is not a 3D label map "

@@ -10,7 +10,10 @@ Inputs: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage
 (``.mha``, ``.mhd``), a DICOM series folder (any transfer syntax GDCM reads,
 JPEG 2000 included) or one file of it, and a KiTS case folder
 (``case_XXXXX/imaging.nii.gz``). Problems with the input raise ``InputError``
-with a message meant for the user.
+with a message meant for the user. NaN/Inf voxels of a float NIfTI, which
+ITK reads as 0, are put back (``nifti_nonfinite_restored``) so they are
+refused like in any other format; a DICOM series with missing or unevenly
+spaced slices is refused (``dicom_checks``).
 
 CT checks live in ``validate.py``, case discovery in ``cases.py`` and path
 classification in ``formats.py``; their public names are re-exported here so
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import re
 import struct
 import zlib
@@ -30,6 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .cases import case_id_for, find_cases, is_kits_case
+from .dicom_checks import check_slice_positions, slice_positions
 from .formats import (
     IMAGE_SUFFIXES, KITS_IMAGE, KITS_LABEL, SUPPORTED, PathLike, dicom_series, image_suffix, is_dicom_file,
 )
@@ -37,7 +42,7 @@ from .validate import MAX_SPACING_MM, MIN_SPACING_MM, validate_ct
 from .volume import InputError, Volume
 
 __all__ = [
-    "read_volume", "read_label", "sitk_to_volume", "volume_to_sitk", "DICOM_TAGS",
+    "read_volume", "read_label", "sitk_to_volume", "volume_to_sitk", "nifti_nonfinite_restored", "DICOM_TAGS",
     # re-exported from formats, validate and cases
     "IMAGE_SUFFIXES", "KITS_IMAGE", "KITS_LABEL", "SUPPORTED", "PathLike", "dicom_series", "image_suffix",
     "is_dicom_file", "MIN_SPACING_MM", "MAX_SPACING_MM", "validate_ct", "find_cases", "case_id_for", "is_kits_case",
@@ -171,6 +176,8 @@ def _read_file(p: Path) -> Tuple[sitk.Image, Dict[str, Any]]:
             raise InputError(f"cannot read '{p}' as an image: the compressed file is truncated or corrupt")
     if squeeze is not None:
         img = _squeeze(p, img, squeeze)
+    if suffix in (".nii", ".nii.gz"):
+        img = nifti_nonfinite_restored(p, img)
     return img, {"source": str(p), "format": _FORMATS.get(suffix, "other")}
 
 
@@ -231,10 +238,19 @@ def _read_dicom(
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(files))
     reader.MetaDataDictionaryArrayUpdateOn()
+    # ITK's stderr warning on uneven slices is replaced by check_slice_positions' message.
+    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.GlobalWarningDisplayOff()
     try:
         img = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"cannot read '{source}' as an image: {_reason(exc)}") from None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
+    if img.GetDimension() == 3 and img.GetSize()[2] == len(files):
+        uneven = check_slice_positions(f"'{source}'", slice_positions(reader, len(files), img.GetDirection()))
+        if uneven:
+            logger.warning("%s", uneven)
     meta: Dict[str, Any] = {"source": str(source), "format": "dicom", "dicom_files": len(files), "dicom_series": len(series)}
     for key, tag in DICOM_TAGS.items():
         if reader.HasMetaDataKey(0, tag):
@@ -245,6 +261,74 @@ def _read_dicom(
     if squeeze is not None:
         img = _squeeze(source, img, squeeze)
     return img, meta
+
+
+def nifti_nonfinite_restored(p: PathLike, img: sitk.Image) -> sitk.Image:
+    """``img`` (read by SimpleITK from the NIfTI-1 file ``p``) with its NaN/Inf voxels put back.
+
+    ITK's NIfTI library replaces every NaN and infinite float voxel with 0 as it
+    reads (then applies ``scl_slope``/``scl_inter``), so a corrupt float image
+    would pass as a valid one. Where the read image holds that fill value at
+    all, the stored floats are scanned in chunks and the non-finite ones are
+    restored (scaled like the rest). Images of other types, and files whose
+    data does not match the image read, come back unchanged.
+    """
+    layout = _nifti_float_layout(Path(p))
+    if layout is None or img.GetNumberOfComponentsPerPixel() != 1:
+        return img
+    dtype, offset, slope, inter = layout
+    scaled = math.isfinite(slope) and slope != 0.0
+    view = sitk.GetArrayViewFromImage(img)
+    fills = {0.0, 0.0 * slope + inter if scaled else 0.0}
+    if view.dtype.kind != "f" or not any(np.any(view == v) for v in fills):
+        return img
+    n = int(view.size)
+    step = (1 << 24) // dtype.itemsize
+    arr: Optional[np.ndarray] = None
+    opener = gzip.open if image_suffix(p) == ".nii.gz" else open
+    try:
+        with opener(p, "rb") as f:
+            f.seek(offset)
+            for start in range(0, n, step):
+                buf = f.read(min(step, n - start) * dtype.itemsize)
+                stored = np.frombuffer(buf, dtype)
+                bad = np.flatnonzero(~np.isfinite(stored))
+                if bad.size:
+                    if arr is None:
+                        arr = sitk.GetArrayFromImage(img)
+                    values = stored[bad].astype(np.float64)
+                    with np.errstate(invalid="ignore"):
+                        arr.reshape(-1)[start + bad] = values * slope + inter if scaled else values
+                if stored.size < min(step, n - start):
+                    return img  # the data is shorter than the image: leave it to the reader's checks
+    except (OSError, EOFError, zlib.error):
+        return img
+    if arr is None:
+        return img
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    return out
+
+
+def _nifti_float_layout(p: Path) -> Optional[Tuple[np.dtype, int, float, float]]:
+    """``(dtype, vox_offset, scl_slope, scl_inter)`` of a float32/float64 NIfTI-1 file, else None."""
+    opener = gzip.open if image_suffix(p) == ".nii.gz" else open
+    try:
+        with opener(p, "rb") as f:
+            hdr = f.read(348)
+    except (OSError, EOFError, zlib.error):
+        return None
+    if len(hdr) < 348:
+        return None
+    end = "<" if struct.unpack("<i", hdr[:4])[0] == 348 else ">"
+    if struct.unpack(end + "i", hdr[:4])[0] != 348:
+        return None
+    code = {16: "f4", 64: "f8"}.get(struct.unpack(end + "h", hdr[70:72])[0])
+    if code is None:
+        return None
+    vox_offset, slope, inter = struct.unpack(end + "3f", hdr[108:120])
+    offset = int(vox_offset) if math.isfinite(vox_offset) and vox_offset >= 352 else 352
+    return np.dtype(end + code), offset, float(slope), float(inter) if math.isfinite(inter) else 0.0
 
 
 def _gzip_truncated(p: Path, data_bytes: int) -> bool:
