@@ -12,6 +12,13 @@ already; RNG states are stored as tensors and lists here (NumPy's legacy state
 holds an ndarray); :func:`to_safe` turns NumPy scalars and arrays, paths,
 sets and dataclasses elsewhere in the state into such values before saving,
 so every checkpoint this module writes loads with ``weights_only=True``.
+
+A file that cannot be read (cut short by a full disk or an interrupted copy,
+damaged) raises :class:`CheckpointError`, one line naming it. A resume
+(:meth:`CheckpointManager.resume_state`) then falls back to the newest
+readable earlier checkpoint: an epoch checkpoint or, in a run that keeps none
+(``keep_last=0``), ``checkpoint_previous.pt``, the latest one before the last
+save.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -33,7 +40,12 @@ logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 LATEST, BEST, FINAL = "checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt"
+PREVIOUS = "checkpoint_previous.pt"
 _EPOCH_RE = re.compile(r"^checkpoint_epoch(\d{4,})\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded (truncated, corrupt, or holding objects ``weights_only`` refuses)."""
 
 
 def epoch_name(epoch: int) -> str:
@@ -141,17 +153,33 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu", weights_only: boo
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=weights_only)
-    except Exception as exc:
-        if weights_only and "weights_only" in str(exc).lower():
-            raise ValueError(f"{path}: the checkpoint holds objects that weights_only loading refuses "
-                             f"(it was not written by ktstrain.checkpoint); load it with weights_only=False "
-                             f"only if you trust its source. Detail: {str(exc).splitlines()[0]}") from None
-        raise
+    with open(path, "rb") as f:  # outside the try: a file that cannot be opened is not a corrupt one
+        try:
+            state = torch.load(f, map_location=map_location, weights_only=weights_only)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            if weights_only and "weights_only" in str(exc).lower():
+                raise CheckpointError(f"{path}: the checkpoint holds objects that weights_only loading refuses "
+                                      f"(it was not written by ktstrain.checkpoint); load it with weights_only="
+                                      f"False only if you trust its source. Detail: {str(exc).splitlines()[0]}"
+                                      ) from None
+            if "deserialize object on" in str(exc):  # saved on a device map_location does not map; not damage
+                raise
+            # a damaged file fails anywhere in torch's zip reader or unpickler, with any exception type
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({_reason(exc)})") from None
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict, got {type(state).__name__}")
+        raise CheckpointError(f"{path}: expected a checkpoint dict, got {type(state).__name__}")
     return state
+
+
+def _reason(exc: BaseException) -> str:
+    """The first sentence of ``exc``'s message (torch's zip reader appends a paragraph of advice)."""
+    lines = str(exc).strip().splitlines()
+    first = re.split(r"\. (?=[A-Z])", lines[0])[0] if lines else ""
+    if first and isinstance(exc, RuntimeError):
+        return first
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 class CheckpointManager:
@@ -159,15 +187,19 @@ class CheckpointManager:
 
     :meth:`save` always writes ``checkpoint_latest.pt`` (what a resume
     reads); every ``every`` epochs also ``checkpoint_epochNNNN.pt``, keeping the
-    newest ``keep_last`` of those (0 keeps none); ``checkpoint_best.pt`` when
-    ``is_best``; ``checkpoint_final.pt`` when ``final``. The state is
-    serialised once and written to each name atomically.
+    newest ``keep_last`` of those; ``checkpoint_best.pt`` when ``is_best``;
+    ``checkpoint_final.pt`` when ``final``. The state is serialised once and
+    written to each name atomically. With ``keep_last=0`` (no epoch
+    checkpoints) the last ``checkpoint_latest.pt`` is first renamed to
+    ``checkpoint_previous.pt`` (one atomic rename), so a resume still has an
+    earlier checkpoint when the latest one is unreadable.
     """
 
     def __init__(self, folder: PathLike, keep_last: int = 3, every: int = 1) -> None:
         self.folder = Path(folder)
         self.keep_last = max(int(keep_last), 0)
         self.every = max(int(every), 1)
+        self._rotate = True  # False after a resume fell back from an unreadable checkpoint_latest.pt
 
     def epoch_files(self) -> Dict[int, Path]:
         """``{epoch: path}`` of the epoch checkpoints present."""
@@ -184,6 +216,12 @@ class CheckpointManager:
         """Write the files due for ``epoch`` (also stored in the state as ``epoch``); returns them."""
         state = dict(state, epoch=int(epoch))
         data = _serialise(state)
+        latest = self.folder / LATEST
+        if self.keep_last == 0 and self._rotate and latest.is_file():
+            # a kill between this rename and the write below leaves checkpoint_previous.pt alone: resume_state
+            # takes it
+            os.replace(latest, self.folder / PREVIOUS)
+        self._rotate = True  # (an unreadable latest file is overwritten, never kept as the previous one)
         names = [LATEST]
         if self.keep_last and (epoch + 1) % self.every == 0:
             names.append(epoch_name(epoch))
@@ -208,9 +246,58 @@ class CheckpointManager:
                 logger.info("removed %s: newer than the resumed epoch %d", p.name, epoch)
 
     def latest(self) -> Optional[Path]:
-        """``checkpoint_latest.pt`` if present, else the newest epoch checkpoint, else None."""
-        p = self.folder / LATEST
-        if p.is_file():
-            return p
+        """``checkpoint_latest.pt`` if present, else ``checkpoint_previous.pt``, else the newest epoch
+        checkpoint, else None (files present, not necessarily readable: see :meth:`resume_state`)."""
+        for p in (self.folder / LATEST, self.folder / PREVIOUS):
+            if p.is_file():
+                return p
         files = self.epoch_files()
         return files[max(files)] if files else None
+
+    def resume_state(self, map_location: Any = "cpu") -> Tuple[Path, Dict[str, Any]]:
+        """The checkpoint a resume starts from, and its state.
+
+        ``checkpoint_latest.pt`` when readable. When it is missing or
+        unreadable: of ``checkpoint_previous.pt`` and the epoch checkpoints, the
+        readable one with the highest epoch, logged with the name of both files.
+        ``FileNotFoundError`` when the folder has no checkpoint at all;
+        :class:`CheckpointError` (one line naming the file) when none is readable.
+        """
+        latest = self.folder / LATEST
+        epochs = list(reversed(self.epoch_files().values()))
+        if not latest.is_file() and not epochs and not (self.folder / PREVIOUS).is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.folder}")
+        error: Optional[CheckpointError] = None
+        if latest.is_file():
+            try:
+                return latest, load_checkpoint(latest, map_location)
+            except CheckpointError as exc:
+                error = exc
+        found = self._newest_readable(epochs, map_location)
+        if found is None:
+            reason = str(error) if error else f"{latest} is missing"
+            raise CheckpointError(f"cannot resume: {reason} and {self.folder} holds no earlier readable "
+                                  f"checkpoint; start over with --overwrite")
+        if error is None:
+            logger.warning("%s is missing: resuming from %s", latest, found[0])
+        else:
+            logger.error("%s", error)
+            logger.warning("falling back to the previous checkpoint %s (%s is unreadable)", found[0], latest)
+            self._rotate = False  # the next save replaces the unreadable file instead of keeping it
+        return found
+
+    def _newest_readable(self, epochs: List[Path], map_location: Any) -> Optional[Tuple[Path, Dict[str, Any]]]:
+        """Of the newest readable epoch checkpoint and ``checkpoint_previous.pt``, the one of the later epoch."""
+        found: Optional[Tuple[Path, Dict[str, Any]]] = None
+        previous = self.folder / PREVIOUS
+        for p in epochs + ([previous] if previous.is_file() else []):
+            if found is not None and p != previous:
+                continue  # older epoch checkpoints: the newest readable one is found
+            try:
+                state = load_checkpoint(p, map_location)
+            except CheckpointError as exc:
+                logger.warning("%s", exc)
+                continue
+            if found is None or int(state["epoch"]) > int(found[1]["epoch"]):
+                found = (p, state)
+        return found

@@ -164,11 +164,28 @@ def unused_cases(folds: Sequence[Fold], case_ids: Sequence[str]) -> List[str]:
     return sorted(set(case_ids) - named)
 
 
+def fitted_folds(n_cases: int, n_folds: int) -> int:
+    """The folds of a split of ``n_cases`` cases when ``n_folds`` are configured: ``min(n_folds, n_cases)``,
+    logged when fewer; ``ValueError`` under 2 cases (each fold validates on at least one case)."""
+    if n_cases < 2:
+        raise ValueError(f"only {n_cases} case{'' if n_cases == 1 else 's'} found: a split needs at least 2 cases")
+    if n_cases < n_folds:
+        logger.warning("only %d cases: making a %d-fold split instead of the %d folds configured",
+                       n_cases, n_cases, n_folds)
+    return min(int(n_folds), int(n_cases))
+
+
 def get_or_create_splits(path: Union[str, os.PathLike], case_ids: Sequence[str], n_folds: int = 5, seed: int = 0,
-                         tumor_volumes: Optional[Mapping[str, float]] = None) -> List[Fold]:
-    """Honour the split file at ``path`` if it exists (validated against ``case_ids``); else make and write one."""
+                         tumor_volumes: Optional[Mapping[str, float]] = None, fit: bool = False) -> List[Fold]:
+    """Honour the split file at ``path`` if it exists (validated against ``case_ids``); else make and write one.
+
+    ``fit``: a new split of fewer cases than ``n_folds`` gets one fold a case (:func:`fitted_folds`) instead of
+    failing; for a run on every case (``--fold all``), which needs the split only for the runs of single folds.
+    """
     path = Path(path)
     if not path.exists():
+        if fit:
+            n_folds = fitted_folds(len(set(case_ids)), n_folds)
         folds = make_folds(case_ids, n_folds, seed, tumor_volumes)
         try:
             write_splits(path, folds, seed=seed, stratified_by="tumor_volume" if tumor_volumes is not None else None)

@@ -3,14 +3,18 @@
 Everything that decides a step is a function of ``(seed, epoch, index)``:
 the patch sampler draws patch ``index`` of ``epoch`` from its own RNG and
 the augmentation of step ``s`` uses a generator seeded from
-``(seed, epoch, s, rank)``. With the model, optimiser, scheduler, scaler and
-global RNG states in the checkpoint, ``--resume`` continues a killed run
-exactly where its last checkpoint left it (a test checks the weights).
+``(seed, epoch, s, rank)``. The global generators (Python, NumPy, torch)
+are seeded from ``seed`` at the start; with the model, optimiser, scheduler,
+scaler and global RNG states in the checkpoint, ``--resume`` continues a
+killed run exactly where its last checkpoint left it (tests check the
+weights and the whole state, after a SIGKILL too), from the newest readable
+checkpoint when the latest one is damaged.
 """
 from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -120,10 +124,10 @@ def train_stage(
     ids = [c.case_id for c in cases]
     splits_path = Path(splits_path) if splits_path else run_dir.parent / "splits.json"
     if world.is_main:
-        folds = get_or_create_splits(splits_path, ids, n_folds=ts.n_folds, seed=ts.seed)
+        folds = get_or_create_splits(splits_path, ids, n_folds=ts.n_folds, seed=ts.seed, fit=fold == "all")
     barrier(world)
     if not world.is_main:
-        folds = get_or_create_splits(splits_path, ids, n_folds=ts.n_folds, seed=ts.seed)
+        folds = get_or_create_splits(splits_path, ids, n_folds=ts.n_folds, seed=ts.seed, fit=fold == "all")
     part = fold_cases(folds, fold)
 
     # preprocessing (main rank first, so the others only read the cache)
@@ -140,7 +144,7 @@ def train_stage(
     # model, optimisation
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch sizes: let cuDNN pick the fastest kernels
-    torch.manual_seed(ts.seed)
+    seed_everything(ts.seed)
     model = build_network(stage.network).to(dev)
     init_from = None
     if init is not None and not resume:
@@ -158,20 +162,8 @@ def train_stage(
 
     start_epoch, best = 0, -math.inf
     if resume:
-        path = ckpt.latest()
-        if path is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir}")
-        state = load_checkpoint(path, map_location="cpu")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"])
-        start_epoch, best = int(state["epoch"]) + 1, float(state.get("best", -math.inf))
-        log.info("resuming %s after epoch %d (%s)", run_dir, start_epoch - 1, path.name)
-        if world.is_main:
-            ckpt.discard_after(start_epoch - 1)
-    elif world.is_main and (run_dir / "checkpoint_latest.pt").exists() and not overwrite:
+        start_epoch, best = resume_from(ckpt, model, opt, sched, scaler, discard=world.is_main)
+    elif world.is_main and ckpt.latest() is not None and not overwrite:
         raise FileExistsError(f"output exists: {run_dir} has checkpoints (use --resume to continue, --overwrite to start over)")
     net = model
     if world.distributed:
@@ -259,6 +251,32 @@ def train_stage(
             ckpt.save(state, epoch, is_best=is_best, final=last)
     barrier(world)
     return run_dir
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators, so that a run starts from the same random state
+    whatever its process drew before (and a resumed run, which restores the states its checkpoint saved,
+    goes on as the uninterrupted run would)."""
+    random.seed(int(seed))
+    np.random.seed(int(seed) % 2**32)
+    torch.manual_seed(int(seed))
+
+
+def resume_from(ckpt: CheckpointManager, model, opt, sched, scaler, discard: bool = True) -> Tuple[int, float]:
+    """Load the run's checkpoint to resume from (:meth:`CheckpointManager.resume_state`: the latest, or the
+    newest readable earlier one) into the training objects and the global generators; returns the epoch to
+    start at and the best metric so far. ``discard``: delete the epoch checkpoints after it (main rank)."""
+    path, state = ckpt.resume_state(map_location="cpu")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    restore_rng(state["rng"])
+    done = int(state["epoch"])
+    log.info("resuming %s after epoch %d (%s)", ckpt.folder, done, path.name)
+    if discard:
+        ckpt.discard_after(done)
+    return done + 1, float(state.get("best", -math.inf))
 
 
 def fit_epochs(epoch: int, pace_s: float, left_s: float, ceiling: int, warmup_epochs: int = 0) -> int:
