@@ -40,7 +40,7 @@ def test_model_limitations_travel_with_every_result(tmp_path):
     assert b.limitations == note and b.card()["limitations"] == note
     ph = make_phantom(5, shape=(32, 96, 96), spacing=(3.5, 3.5, 5.0), n_tumors=1)
     result = Segmenter(b, RuntimeConfig(device="cpu")).segment(ph.image)
-    assert result.status == "ok"
+    assert result.status == "implausible"  # an always-foreground model; its limitations are still said
     assert result.messages[-1] == f"Model tiny-test: {note}"
     assert result.report()["messages"][-1] == f"Model tiny-test: {note}"
     # a bundle that states none adds nothing

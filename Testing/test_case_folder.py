@@ -89,8 +89,11 @@ def test_a_full_or_read_only_output_location_is_found_before_any_work(tmpfs, tmp
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(OutputError, match=r"^output folder .*a-file is a file$"):
         check_output_folder(tmp_path / "a-file")
-    assert check_output_folder(tmp_path / "new" / "out").is_dir()
-    assert list((tmp_path / "new" / "out").iterdir()) == [], "the probe file is removed"
+    with pytest.raises(OutputError, match=r"^folder .*a-file is a file$"):
+        check_output_folder(tmp_path / "a-file" / "out")
+    before = sorted(tmp_path.iterdir())
+    assert check_output_folder(tmp_path / "new" / "out") == tmp_path / "new" / "out"
+    assert sorted(tmp_path.iterdir()) == before, "nothing is created: no folder, and the probe file is removed"
 
 
 def test_a_failing_writer_leaves_an_existing_case_folder_as_it_was(case, tmp_path, monkeypatch):

@@ -45,6 +45,7 @@ def test_default_model_segments_the_sample_phantom(sample_result):
     kidney, tumor = dice(pred > 0, ref > 0), dice(pred == 2, ref == 2)
     assert kidney >= sample.KIDNEY_DICE_MIN, kidney
     assert tumor >= sample.TUMOR_DICE_MIN, tumor
+    assert (result.status, result.plausibility["reasons"]) == ("ok", []), "a good result is not flagged"
 
 
 def test_default_model_reports_two_kidneys_on_the_sample_phantom(sample_result):
@@ -69,3 +70,4 @@ def test_default_model_on_the_real_ct_finds_two_kidneys_and_no_tumor():
     assert kidneys["left"]["centre_lps_mm"][0] > 40 and kidneys["right"]["centre_lps_mm"][0] < -40
     assert abs(kidneys["left"]["centre_lps_mm"][2] - kidneys["right"]["centre_lps_mm"][2]) < 50
     assert report["kept_tumors"] == 0, [c for c in report["tumor_candidates"] if c["kept"]]
+    assert (report["status"], report["plausibility"]["reasons"]) == ("ok", []), "two real kidneys are not flagged"

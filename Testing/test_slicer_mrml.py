@@ -68,7 +68,8 @@ def test_findings_table_node_lists_kidneys_and_candidates_with_names_as_header(h
     table = run.tableNode
     report = json.loads(Path(core_run[1]["report"]).read_text(encoding="utf-8"))
     rows = findings_rows(report)
-    assert table.GetNumberOfRows() == len(rows) == len(report["kidneys"]) + len(report["tumor_candidates"])
+    warnings = len(report["plausibility"]["reasons"])
+    assert table.GetNumberOfRows() == len(rows) == warnings + len(report["kidneys"]) + len(report["tumor_candidates"])
     assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == [n for n, _ in TABLE_COLUMNS]
     # the view's header is the column names, so view row n is table row n
     assert table.GetUseColumnTitleAsColumnHeader()
@@ -215,3 +216,19 @@ def test_segmentation_saves_as_seg_nrrd_and_builds_a_closed_surface(harness, sli
     arrays = segment_arrays(harness, reread, volume)
     np.testing.assert_array_equal(arrays["kidney_tumor"], label == 2)
     np.testing.assert_array_equal(arrays["kidney_left"] | arrays["kidney_right"], label == 1)
+
+
+def test_an_implausible_result_says_so_in_the_status_line_and_the_table(harness, slicer, core_run, tmp_path):
+    ct, outputs, phantom = core_run
+    report = json.loads(Path(outputs["report"]).read_text(encoding="utf-8"))
+    report["status"] = "implausible"
+    report["plausibility"] = {"plausible": False, "notes": [],
+                              "reasons": ["two kidneys on the patient's left: one of them is probably not kidney"]}
+    edited = tmp_path / "edited.report.json"
+    edited.write_text(json.dumps(report), encoding="utf-8")
+    _, run = load_results(harness, slicer, (ct, dict(outputs, report=str(edited)), phantom), tmp_path)
+    assert run.messages[0] == ("Implausible result, check it: two kidneys on the patient's left: one of them is "
+                               "probably not kidney")
+    table = run.tableNode
+    assert (table.GetCellText(0, 0), table.GetCellText(0, 9)) == ("Warning", "implausible")
+    assert harness.module.KidneyTumorSegLogic.candidateOfRow(table, 0) is None

@@ -29,7 +29,7 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
-from . import measure
+from . import measure, plausibility
 from .config import PostprocessConfig, StageConfig
 from .findings import CascadeResult, Candidate, Kidney
 from .geometry import Box, Crop, canonical_reorient, expand_box, resample_record
@@ -180,10 +180,12 @@ def run_cascade(
     progress("candidates", 1.0, "")
 
     messages.extend(_describe(kidneys, candidates, post, specks, side_notes, tumors=tstage is not None))
+    plausible = plausibility.check(can, label, sides, cand_map, kidneys, candidates, midline_x)
     to_input = lambda a: image.with_array(reo.invert(a), meta={})  # noqa: E731
     lo, hi = _index_box_to_world(can, roi_box)
     return CascadeResult(
-        status="ok",
+        status="ok" if plausible["plausible"] else "implausible",
+        plausibility=plausible,
         label=to_input(label),
         sides=to_input(sides),
         candidates=to_input(cand_map),

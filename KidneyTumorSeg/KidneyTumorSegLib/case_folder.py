@@ -33,17 +33,21 @@ class OutputError(OSError):
 
 
 def check_output_folder(outdir: os.PathLike) -> Path:
-    """Make sure ``outdir`` exists (creating it) and takes a new file; raises ``OutputError`` if not.
+    """Make sure a new file can be written in ``outdir``, or in the folder it would be made in; raises
+    ``OutputError`` if not. Nothing is left behind (a missing ``outdir`` is not created yet).
 
     Run before any inference, so an unwritable or full output location is found in a second, not
     after the whole computation.
     """
     folder = Path(outdir)
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"output folder {folder} is a file")
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "output folder" if existing == folder else "folder"
+        raise OutputError(f"{where} {existing} is a file")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=str(folder))
+        fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=str(existing))
         try:
             os.write(fd, b"\0" * 4096)
             os.fsync(fd)

@@ -227,8 +227,10 @@ def _segment_case(args, seg, case_id, path, input_paths, roi, tta, progress, t0)
         progress("write", 1.0, "done")
         return outs, ["the model's own label map (no cascade, no candidate choice)"]
     result = seg.segment(image, roi=roi, progress=progress)
-    if result.status != "ok":
+    if result.status == "no_kidney":
         raise InputError("; ".join(result.messages) + " (nothing written)")
+    for reason in result.plausibility.get("reasons", []):
+        log.warning("%s: implausible result: %s", case_id, reason)
     progress("write", 0.0, "writing results")
     extra.update(tumor_growth={"passes": seg.post.tumor_growth_passes, "mm": seg.post.tumor_growth_mm},
                  seconds=round(time.perf_counter() - t0, 2))

@@ -58,7 +58,7 @@ class CascadeResult:
     an annotator can add a rejected one or remove a kept one.
     """
 
-    status: str  # "ok" | "no_kidney"
+    status: str  # "ok" | "implausible" (plausibility's reasons) | "no_kidney"
     label: Volume
     sides: Volume
     candidates: Volume
@@ -70,12 +70,15 @@ class CascadeResult:
     roi_lps_mm: Optional[Tuple[Tuple[float, float, float], Tuple[float, float, float]]] = None
     canonical_image: Optional[Volume] = None  # the input in canonical orientation (for previews)
     canonical_label: Optional[Volume] = None
+    # plausibility.check's {"plausible", "reasons"} (empty when nothing was checked: no kidney found)
+    plausibility: Dict[str, Any] = field(default_factory=dict)
 
     def report(self) -> Dict[str, Any]:
         """JSON-able summary (no arrays)."""
         return {
             "status": self.status,
             "messages": list(self.messages),
+            "plausibility": dict(self.plausibility),
             "kidneys": [asdict(k) for k in self.kidneys],
             "tumor_candidates": [asdict(c) for c in self.tumors],
             "kept_tumors": sum(1 for c in self.tumors if c.kept),

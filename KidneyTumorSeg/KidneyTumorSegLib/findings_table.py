@@ -26,6 +26,8 @@ TABLE_COLUMNS: List[Tuple[str, str]] = [
 
 KIDNEY = "Kidney"
 TUMOR = "Tumor candidate"
+WARNING = "Warning"
+IMPLAUSIBLE = "implausible"
 KEPT = "kept"
 REJECTED = "rejected"
 
@@ -39,7 +41,11 @@ def _num(value: Any, digits: int):
 
 
 def findings_rows(report: Mapping[str, Any]) -> List[Dict[str, Any]]:
-    """One row per kidney, then one per tumor candidate (by id), keyed by the names in :data:`TABLE_COLUMNS`.
+    """A row per plausibility warning, one per kidney, then one per tumor candidate (by id), keyed by the
+    names in :data:`TABLE_COLUMNS`.
+
+    A warning row (Type "Warning", Status "implausible") gives one of ``plausibility``'s reasons in
+    "Reason"; the rest of it is empty.
 
     Volumes in mL (2 decimals), diameters in mm (1 decimal), mean probability
     0..1 (3 decimals), "Core HU" the median attenuation of the candidate's core
@@ -50,7 +56,8 @@ def findings_rows(report: Mapping[str, Any]) -> List[Dict[str, Any]]:
     callers that act on a selected row. Rows stay in the same order when a
     candidate's status changes, so a selection survives an edit.
     """
-    rows: List[Dict[str, Any]] = []
+    rows: List[Dict[str, Any]] = [_warning_row(reason) for reason in
+                                  (report.get("plausibility") or {}).get("reasons", []) or []]
     for k in report.get("kidneys", []) or []:
         rows.append({
             "Type": KIDNEY, "Id": None, "Side": _side(k.get("side")), "Volume (mL)": _num(k.get("volume_ml"), 2),
@@ -73,6 +80,14 @@ def findings_rows(report: Mapping[str, Any]) -> List[Dict[str, Any]]:
             "candidate_id": int(c["id"]), "kidney_index": c.get("kidney_index"),
         })
     return rows
+
+
+def _warning_row(reason: str) -> Dict[str, Any]:
+    """A row that says why the result looks implausible (``plausibility``), first in the table."""
+    row: Dict[str, Any] = {name: None for name, _ in TABLE_COLUMNS}
+    row.update({"Type": WARNING, "Status": IMPLAUSIBLE, "Reason": str(reason), "candidate_id": None,
+                "kidney_index": None})
+    return row
 
 
 def kept_ids_after(report: Mapping[str, Any], add: Iterable[int] = (), remove: Iterable[int] = ()) -> Set[int]:

@@ -133,6 +133,6 @@ class Segmenter:
         finally:
             for runs in self.nnunet_runs.values():
                 runs.forget()  # the last run's probabilities served this scan's later stages only
-        if result.status == "ok" and self.bundle.limitations:
+        if result.status != "no_kidney" and self.bundle.limitations:
             result.messages.append(f"Model {self.bundle.name}: {self.bundle.limitations}")
         return result

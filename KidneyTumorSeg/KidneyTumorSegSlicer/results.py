@@ -79,7 +79,9 @@ def loadResults(run, outputs: Dict[str, str]) -> None:
     showSegmentation(segmentation, volumeNode, run.show3D)
     run.segmentationNode = segmentation
     run.tableNode = table
-    run.messages = list(report.get("messages", []))
+    reasons = (report.get("plausibility") or {}).get("reasons", [])
+    warning = [_("Implausible result, check it: {reasons}").format(reasons="; ".join(reasons))] if reasons else []
+    run.messages = warning + list(report.get("messages", []))
 
 
 def showSegmentation(segmentation, volumeNode, show3D: bool = False) -> None:
