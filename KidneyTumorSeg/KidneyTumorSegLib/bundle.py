@@ -15,9 +15,14 @@ inference reads); those hashes are checked the same way before loading. A
 bundle whose kidney stage is an nnU-Net model may have no tumor stage (a
 model such as TotalSegmentator's that segments kidneys only).
 
-This is the only module that reads or writes the manifest. Every weight file
-is checked against its SHA-256 before use; a wrong hash, a missing file or an
-unknown schema version raises :class:`BundleError` naming the file.
+This is the only module that reads or writes the manifest. The manifest is
+checked completely when a bundle is loaded (:mod:`bundle_checks`: types,
+ranges, weight file names that are plain names of files in the bundle
+folder), before any file it names is opened. Every weight file is checked
+against its SHA-256 (looked up by :meth:`Bundle.sha256_of` only) and its
+safetensors header before use; a wrong hash, a missing file, a file that is
+not safetensors or an unknown schema version raises :class:`BundleError`
+naming the file.
 """
 from __future__ import annotations
 
@@ -31,11 +36,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from .bundle_checks import IN_BUNDLE_RULE, ManifestError, plain_name, safetensors_problem, validate_manifest
 from .config import PostprocessConfig, StageConfig, from_dict, to_dict
 
 SCHEMA = "kidneytumorseg-bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20
 
 
 class BundleError(ValueError):
@@ -59,7 +66,23 @@ class Bundle:
         return self.stages.get(role)
 
     def weight_paths(self, role: str) -> List[Path]:
-        return [self.path / w for w in self.stages[role].weights]
+        return [weight_path(self.path, w) for w in self.stages[role].weights]
+
+    def sha256_of(self, name: str) -> str:
+        """The SHA-256 the manifest records for weight file ``name`` (as a stage lists it): the one look-up."""
+        digest = self.files.get(name)
+        if digest is None:
+            raise BundleError(f"{weight_path(self.path, name)}: the manifest lists no SHA-256 for this weight file")
+        return digest
+
+    def checked_weight(self, name: str) -> Path:
+        """The path of weight file ``name`` once its name, SHA-256 and safetensors header are checked."""
+        path = weight_path(self.path, name)
+        _verify(path, self.sha256_of(name))
+        problem = safetensors_problem(path)
+        if problem:
+            raise BundleError(f"{path}: not a safetensors weight file ({problem})")
+        return path
 
     def nnunet_path(self, role: str) -> Path:
         """The trained-model folder of an nnU-Net stage (a relative path is the bundle folder's)."""
@@ -70,12 +93,16 @@ class Bundle:
 
     def load_state_dicts(self, role: str) -> List[Dict[str, Any]]:
         """The verified state dicts of a stage's ensemble members (tensors only, no pickle)."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         out = []
-        for p in self.weight_paths(role):
-            _verify(p, self.files.get(p.name))
-            out.append(load_file(str(p)))
+        for name in self.stages[role].weights:
+            p = self.checked_weight(name)
+            try:
+                out.append(load_file(str(p)))
+            except (SafetensorError, ValueError, RuntimeError) as exc:
+                raise BundleError(f"{p}: not a safetensors weight file ({str(exc).splitlines()[0]})") from exc
         return out
 
     def build_models(self, role: str):
@@ -136,9 +163,18 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def weight_path(folder: Path, name: str) -> Path:
+    """The path of weight file ``name`` of the bundle at ``folder``: only a plain name of a file in that folder."""
+    if not plain_name(name):
+        raise BundleError(f"{folder}: weight file name {name!r} {IN_BUNDLE_RULE}")
+    return folder / name
+
+
 def _verify(path: Path, expected: Optional[str]) -> None:
-    if not path.is_file():
+    if not path.exists():
         raise BundleError(f"{path}: weight file listed in the manifest is missing")
+    if not path.is_file():
+        raise BundleError(f"{path}: weight file listed in the manifest is not a regular file")
     if expected is None:
         raise BundleError(f"{path}: the manifest lists no SHA-256 for this weight file")
     got = sha256_file(path)
@@ -165,23 +201,37 @@ def verify_nnunet(bundle: "Bundle", role: str, done: Optional[set] = None) -> No
                 done.add((base / rel, digest))
 
 
-def load_bundle(path: os.PathLike, verify: bool = True) -> Bundle:
-    """Read and check a bundle folder (``verify`` hashes every weight file now)."""
-    path = Path(path)
+def read_manifest(path: Path) -> Dict[str, Any]:
+    """The manifest of the bundle folder ``path``, checked completely (:func:`bundle_checks.validate_manifest`)
+    before any file it names is opened; :class:`BundleError` naming the manifest and the field otherwise."""
     mpath = path / MANIFEST
     if not path.is_dir():
         raise BundleError(f"{path}: model bundle folder not found")
     if not mpath.is_file():
         raise BundleError(f"{mpath}: model bundle has no manifest")
+    if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{mpath}: manifest is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
     try:
         data = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BundleError(f"{mpath}: manifest is not valid JSON: {exc}") from exc
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise BundleError(f"{mpath}: not a KidneyTumorSeg model manifest (schema {data.get('schema') if isinstance(data, dict) else None!r})")
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
         raise BundleError(f"{mpath}: unknown schema version {version!r} (this KidneyTumorSeg reads version {SCHEMA_VERSION})")
+    try:
+        validate_manifest(data)
+    except ManifestError as exc:
+        raise BundleError(f"{mpath}: {exc}") from exc
+    return data
+
+
+def load_bundle(path: os.PathLike, verify: bool = True) -> Bundle:
+    """Read and check a bundle folder (``verify`` hashes every weight file now)."""
+    path = Path(path)
+    mpath = path / MANIFEST
+    data = read_manifest(path)
     try:
         stages = [from_dict(StageConfig, s) for s in data["stages"]]
         post = from_dict(PostprocessConfig, data.get("postprocess", {}))
@@ -217,10 +267,10 @@ def load_bundle(path: os.PathLike, verify: bool = True) -> Bundle:
     checked: set = set()
     for s in stages:
         for w in s.weights:
-            if w not in files:
-                raise BundleError(f"{path / w}: the manifest lists no SHA-256 for this weight file")
             if verify:
-                _verify(path / w, files[w])
+                bundle.checked_weight(w)
+            else:
+                bundle.sha256_of(w)
         if s.nnunet is not None and verify:
             verify_nnunet(bundle, s.role, checked)
     return bundle

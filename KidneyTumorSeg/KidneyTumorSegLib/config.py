@@ -130,7 +130,7 @@ class StageConfig:
             raise ValueError(f"stage {self.name!r}: unknown input_mode {self.input_mode!r} (expected one of {INPUT_MODES})")
         if self.normalization not in NORMALISATIONS:
             raise ValueError(f"stage {self.name!r}: unknown normalization {self.normalization!r}")
-        if self.window[0] >= self.window[1]:
+        if not self.window[0] < self.window[1]:  # NaN too
             raise ValueError(f"stage {self.name!r}: window {self.window} is empty")
         if self.member_norm:
             if self.normalization != "zscore":
