@@ -24,14 +24,15 @@ def _scene(kidney_hu=150.0):
     return Volume(hu, spacing=(2.0, 2.0, 2.0)), label, sides
 
 
-def _kidney(index, side, x, ml=250.0, edge=False):
-    return Kidney(index=index, side=side, volume_ml=ml, volume_with_tumor_ml=ml, centre_lps_mm=(x, 40.0, 20.0),
-                  touches_fov_edge=edge)
+def _kidney(index, side, x, ml=250.0, edge=False, tissue=None):
+    return Kidney(index=index, side=side, volume_ml=ml if tissue is None else tissue, volume_with_tumor_ml=ml,
+                  centre_lps_mm=(x, 40.0, 20.0), touches_fov_edge=edge)
 
 
-def _tumor(id_, kidney_index, ml, kept=True):
-    return Candidate(id=id_, kidney_index=kidney_index, side="left", volume_ml=ml, axial_diameter_mm=30.0,
-                     diameter_3d_mm=35.0, mean_probability=0.9, kept=kept, centre_lps_mm=(90.0, 40.0, 20.0))
+def _tumor(id_, kidney_index, ml, kept=True, diameter=None):
+    d = diameter if diameter is not None else 1.1 * (6 * ml / 3.1416) ** (1 / 3) * 10  # a near ball
+    return Candidate(id=id_, kidney_index=kidney_index, side="left", volume_ml=ml, axial_diameter_mm=d,
+                     diameter_3d_mm=d, mean_probability=0.9, kept=kept, centre_lps_mm=(90.0, 40.0, 20.0))
 
 
 NORMAL = [_kidney(0, "left", 90.0), _kidney(1, "right", 30.0)]
@@ -96,3 +97,15 @@ def test_warnings_lead_the_findings_table():
     assert (rows[0]["Status"], rows[0]["Reason"], rows[0]["candidate_id"]) == (
         "implausible", "two kidneys on the patient's left: one of them is probably not kidney", None)
     assert "| Warning |" in findings_markdown(report)
+
+
+def test_little_kidney_tissue_and_a_strip_shaped_tumor():
+    """What a kidney stage run on the wrong anatomy gave: 22 mL of 'kidney' under a 133 mL 'tumor' 103 mm long."""
+    kidneys = [_kidney(0, "left", 90.0, ml=155.0, tissue=22.0), NORMAL[1]]
+    result = _check(kidneys=kidneys, tumors=[_tumor(1, 0, 133.0, diameter=103.0)])
+    assert result["reasons"] == [
+        "the left kidney has 22 mL of kidney tissue besides its tumors; real kidneys have 43-660 mL"]
+    strip = _check(tumors=[_tumor(1, 0, 45.0, diameter=92.0)])
+    assert strip["reasons"] == ["tumor 1 is a strip, not a ball (45 mL across 92 mm), less compact than 99% of "
+                                "real kidney tumors"]
+    assert _check(tumors=[_tumor(1, 0, 15.0, diameter=80.0)])["reasons"] == [], "too small to judge its shape"
