@@ -91,10 +91,7 @@ def test_native_spacing_reproduces_reference_exactly():
     sp = image.spacing_zyx
     st = stages(fine=sp, tumor=sp)
     res = run_cascade(image, st, reference_predictors(label, tumor_probability=1.0))
-    # the toy's kidneys are smaller than real ones (about 50 mL): that, and nothing else, is flagged
-    assert res.status == "implausible"
-    assert len(res.plausibility["reasons"]) == 2
-    assert all("; real kidneys measure " in r for r in res.plausibility["reasons"]), res.plausibility
+    assert res.status == "ok" and res.plausibility["reasons"] == []
     assert res.label.same_grid(image)
     assert np.array_equal(res.label.array, label.array)
     assert sorted(k.side for k in res.kidneys) == ["left", "right"]
@@ -426,7 +423,12 @@ def test_phantoms_with_default_spacings_reproduce_reference(seed):
     ph = make_phantom(seed=seed, shape=(48, 192, 192), spacing=(1.8, 1.8, 4.0), n_tumors=2)
     st = {s.role: s for s in default_stages()}
     res = run_cascade(ph.image, st, reference_predictors(ph.label, tumor_probability=1.0))
-    assert res.status == "ok" and res.label.same_grid(ph.image)
+    assert res.label.same_grid(ph.image)
+    # seed 12's reference itself is unusual: a 164 mL tumor leaves its kidney 39 mL of tissue, less than
+    # 726 of the 730 real KiTS kidneys have, and plausibility says so (nothing else is flagged)
+    flagged = {12: ["the right kidney has 39 mL of kidney tissue besides its tumors; real kidneys have 43-660 mL"]}
+    assert res.plausibility["reasons"] == flagged.get(seed, [])
+    assert res.status == ("implausible" if seed in flagged else "ok")
     m = case_metrics(res.label.array, ph.label.array, ph.image.spacing_zyx)
     # the only differences are resampling to the stage grids and back
     assert m["kidney_dice"] > 0.97, m
