@@ -14,6 +14,9 @@ from .volume import InputError, Volume
 
 # Plausibility limits for a CT's voxel spacing (mm).
 MIN_SPACING_MM, MAX_SPACING_MM = 0.05, 50.0
+# Farther from the scanner's origin than this (mm) is a corrupt header; at about 1e16 mm a voxel step is lost
+# to rounding.
+MAX_ORIGIN_MM = 1e5
 
 
 def _not_ct_message(name: str, modality: str) -> str:
@@ -27,7 +30,8 @@ def validate_ct(vol: Volume) -> List[str]:
     a 2D image, non-numeric voxels, NaN or infinite voxels, a constant image,
     intensities that cannot be HU (nothing above -500 HU, or no negative
     value at all: raw stored values without rescale, MR, a mask), absurd
-    spacing (below 0.05 mm or above 50 mm) and a degenerate direction matrix.
+    spacing (below 0.05 mm or above 50 mm), a NaN or infinite origin or
+    direction, an origin more than 100 m away, and a degenerate direction matrix.
     Returns warnings for odd but usable scans: thick slices, coarse or very
     fine pixels, few slices, extreme intensities, no air or no bone, default
     geometry. Works on any ``Volume`` (also arrays coming from Slicer).
@@ -80,6 +84,13 @@ def _check_geometry(vol: Volume, name: str) -> List[str]:
             f"a CT has pixels of about 0.3-1 mm and slices of 0.5-10 mm. Check the file's header"
         )
     d = vol.direction_matrix
+    if not (np.isfinite(d).all() and np.isfinite(vol.origin).all()):
+        raise InputError(
+            f"{name} has a non-finite origin {vol.origin} or direction matrix {vol.direction}; check the file's header"
+        )
+    if np.abs(vol.origin).max() > MAX_ORIGIN_MM:
+        raise InputError(f"{name} has an implausible origin {vol.origin} mm, more than 100 m from the scanner's; "
+                         f"check the file's header")
     if abs(np.linalg.det(d)) < 1e-3:
         raise InputError(f"{name} has a degenerate direction matrix {vol.direction}; check the file's header")
     # The slice axis is the index axis closest to the patient's head-foot (LPS z) axis.

@@ -13,7 +13,9 @@ JPEG 2000 included) or one file of it, and a KiTS case folder
 with a message meant for the user. NaN/Inf voxels of a float NIfTI, which
 ITK reads as 0, are put back (``nifti_nonfinite_restored``) so they are
 refused like in any other format; a DICOM series with missing or unevenly
-spaced slices is refused (``dicom_checks``).
+spaced slices is refused (``dicom_checks``). A file's header is checked before
+ITK reads it (``formats.header_problem``, ``formats.data_shortfall``): headers
+that crash ITK, and data shorter than the header claims, are refused.
 
 CT checks live in ``validate.py``, case discovery in ``cases.py`` and path
 classification in ``formats.py``; their public names are re-exported here so
@@ -36,7 +38,8 @@ import SimpleITK as sitk
 from .cases import case_id_for, find_cases, is_kits_case
 from .dicom_checks import check_slice_positions, slice_positions
 from .formats import (
-    IMAGE_SUFFIXES, KITS_IMAGE, KITS_LABEL, SUPPORTED, PathLike, dicom_series, image_suffix, is_dicom_file,
+    IMAGE_SUFFIXES, KITS_IMAGE, KITS_LABEL, SUPPORTED, PathLike, data_shortfall, dicom_series, header_problem,
+    image_suffix, is_dicom_file,
 )
 from .validate import MAX_SPACING_MM, MIN_SPACING_MM, validate_ct
 from .volume import InputError, Volume
@@ -160,11 +163,19 @@ def _read_any(p: Path, label: bool) -> Tuple[sitk.Image, Dict[str, Any]]:
 def _read_file(p: Path) -> Tuple[sitk.Image, Dict[str, Any]]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
+    problem = header_problem(p)  # headers that crash ITK
     try:
-        reader.ReadImageInformation()
+        if problem is None:
+            reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise InputError(f"cannot read '{p}' as an image: {_reason(exc)}") from None
-    squeeze = _check_layout(p, reader.GetSize(), reader.GetNumberOfComponents())
+        problem = _reason(exc)
+    if problem is None:
+        squeeze = _check_layout(p, reader.GetSize(), reader.GetNumberOfComponents())
+        # before ITK allocates what the header claims (and reads missing data as zeros)
+        component = sitk.Image([1, 1], reader.GetPixelID()).GetSizeOfPixelComponent()
+        problem = data_shortfall(p, reader.GetSize(), component)
+    if problem is not None:
+        raise InputError(f"cannot read '{p}' as an image: {problem}")
     try:
         img = reader.Execute()
     except RuntimeError as exc:
@@ -291,7 +302,7 @@ def nifti_nonfinite_restored(p: PathLike, img: sitk.Image) -> sitk.Image:
             f.seek(offset)
             for start in range(0, n, step):
                 buf = f.read(min(step, n - start) * dtype.itemsize)
-                stored = np.frombuffer(buf, dtype)
+                stored = np.frombuffer(buf[: len(buf) - len(buf) % dtype.itemsize], dtype)  # a cut file: whole values
                 bad = np.flatnonzero(~np.isfinite(stored))
                 if bad.size:
                     if arr is None:
@@ -362,12 +373,20 @@ def _reason(exc: BaseException) -> str:
         return f"not a recognised image format, or a corrupt file (supported: {SUPPORTED})"
     if "does not exist" in msg:
         return "no such file"
+    if "Unknown component type" in msg:
+        return "its voxel type is not one ITK can read (check the header's data type)"
+    if "File cannot be read" in msg:  # MetaImage: the errno it adds ("No such file") is stale
+        return "the header or the voxel data is invalid, or the data is truncated"
     lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
     kept = []
     for ln in lines:
         if ln.startswith("Exception thrown in SimpleITK") or re.match(r"^/\S+:\d+:?$", ln):
             continue
-        ln = re.sub(r"^(ITK ERROR|sitk::ERROR):\s*(\w+\(0x[0-9a-f]+\):\s*)?", "", ln)
+        ln = re.sub(r"^(ITK ERROR|s?itk::ERROR):\s*(\w+\(0x[0-9a-f]+\):\s*)?", "", ln)
         kept.append(ln)
+    nrrd = [ln for ln in kept if ln.startswith("[nrrd]")]
+    if nrrd:  # teem's chain of callers: the innermost message says what is wrong
+        kept = [re.sub(r"^\[nrrd\] \w+: *", "", ln) for ln in nrrd[-2:]]
+        kept = [ln for ln in kept if ln and ln != "trouble"] or kept
     text = "; ".join(kept) or msg.strip() or type(exc).__name__
     return text if len(text) <= 400 else text[:397] + "..."
