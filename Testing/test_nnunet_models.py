@@ -137,7 +137,7 @@ def test_a_full_kits_model_runs_once_for_both_stages_and_stage4_judges_its_tumor
     runs = list(seg.nnunet_runs.values())
     assert len(runs) == 1
     # the model is barely trained: whether it finds a kidney depends on its training; both outcomes are exact
-    if result.status == "ok":
+    if result.status != "no_kidney":  # found (plausible or not)
         assert runs[0].runs == 1  # stage 3's kidney boxes answered from stage 2's run on the whole scan
         assert all(0.0 <= c.mean_probability <= 1.0 for c in result.tumors)
         assert all(c.kept == (c.rejected_because == "") for c in result.tumors)
@@ -168,7 +168,7 @@ def test_a_bundle_of_two_models_runs_the_tumor_model_only_on_each_kidneys_box(re
     tumor_runs.model = recorder = _Recording(tumor_runs.model)
     image = read_volume(ct)
     result = seg.segment(image)
-    if result.status == "ok":
+    if result.status != "no_kidney":  # found (plausible or not)
         assert len(recorder.shapes) == len(result.kidneys)  # once per kidney, on its box
         assert seg.predictors["kidney"].runs.runs == 1
     else:
