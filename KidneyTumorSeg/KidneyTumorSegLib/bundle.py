@@ -20,9 +20,11 @@ checked completely when a bundle is loaded (:mod:`bundle_checks`: types,
 ranges, weight file names that are plain names of files in the bundle
 folder), before any file it names is opened. Every weight file is checked
 against its SHA-256 (looked up by :meth:`Bundle.sha256_of` only) and its
-safetensors header before use; a wrong hash, a missing file, a file that is
-not safetensors or an unknown schema version raises :class:`BundleError`
-naming the file.
+safetensors header before use (:mod:`bundle_weights`); a wrong hash, a
+missing file, a file that is not safetensors or an unknown schema version
+raises :class:`BundleError` naming the file. A stage's network is compared
+with its weight files' headers (names, shapes, floating point) before it is
+allocated, so a manifest cannot make a small bundle allocate a large network.
 """
 from __future__ import annotations
 
@@ -36,8 +38,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from .bundle_checks import IN_BUNDLE_RULE, ManifestError, plain_name, safetensors_problem, validate_manifest
-from .config import PostprocessConfig, StageConfig, from_dict, to_dict
+from .bundle_checks import IN_BUNDLE_RULE, ManifestError, plain_name, show, validate_manifest
+from .bundle_weights import network_tensors, safetensors_problem, tensors_problem
+from .config import PostprocessConfig, StageConfig, from_dict, short, to_dict
 
 SCHEMA = "kidneytumorseg-bundle"
 SCHEMA_VERSION = 1
@@ -88,38 +91,39 @@ class Bundle:
         """The trained-model folder of an nnU-Net stage (a relative path is the bundle folder's)."""
         src = self.stages[role].nnunet
         if src is None:
-            raise BundleError(f"stage {self.stages[role].name!r} is not an nnU-Net model")
+            raise BundleError(f"stage {short(self.stages[role].name)} is not an nnU-Net model")
         return (self.path / src.path) if not Path(src.path).is_absolute() else Path(src.path)
 
     def load_state_dicts(self, role: str) -> List[Dict[str, Any]]:
         """The verified state dicts of a stage's ensemble members (tensors only, no pickle)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        out = []
-        for name in self.stages[role].weights:
-            p = self.checked_weight(name)
-            try:
-                out.append(load_file(str(p)))
-            except (SafetensorError, ValueError, RuntimeError) as exc:
-                raise BundleError(f"{p}: not a safetensors weight file ({str(exc).splitlines()[0]})") from exc
-        return out
+        return [_load_file(self.checked_weight(name)) for name in self.stages[role].weights]
 
     def build_models(self, role: str):
         """Networks of a stage with their weights loaded, in eval mode; a member trained with other
-        normalisation statistics than the stage's (``member_norm``) re-normalises its input."""
+        normalisation statistics than the stage's (``member_norm``) re-normalises its input. Each weight
+        file's header is compared with the network (built on the meta device) before anything is allocated."""
         from .networks import Renormalised, build_network
 
         stage = self.stages[role]
+        expected, problem = network_tensors(stage.network)
+        if problem:
+            raise BundleError(f"{self.path / MANIFEST}: stage {short(stage.name)}: its network cannot be built: "
+                              f"{problem}")
         own = (float(stage.norm_mean), float(stage.norm_std))
         models = []
-        for p, sd, mn in zip(self.weight_paths(role), self.load_state_dicts(role), stage.member_statistics()):
+        for name, mn in zip(stage.weights, stage.member_statistics()):
+            p = self.checked_weight(name)
+            problem = tensors_problem(p, expected)
+            if problem:
+                raise BundleError(f"{p}: weights do not match the {stage.network.architecture!r} network of stage "
+                                  f"{short(stage.name)}: {problem}")
+            sd = _load_file(p)
             net = build_network(stage.network)
             try:
                 net.load_state_dict(sd, strict=True)
             except RuntimeError as exc:
                 raise BundleError(f"{p}: weights do not match the {stage.network.architecture!r} network of stage "
-                                  f"{stage.name!r}: {str(exc).splitlines()[0]}") from exc
+                                  f"{short(stage.name)}: {str(exc).splitlines()[0]}") from exc
             if mn != own:
                 net = Renormalised(net, own, mn)
             net.eval()
@@ -155,6 +159,16 @@ class Bundle:
         }
 
 
+def _load_file(p: Path) -> Dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(p))
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise BundleError(f"{p}: not a safetensors weight file ({str(exc).splitlines()[0]})") from exc
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -171,13 +185,16 @@ def weight_path(folder: Path, name: str) -> Path:
 
 
 def _verify(path: Path, expected: Optional[str]) -> None:
-    if not path.exists():
-        raise BundleError(f"{path}: weight file listed in the manifest is missing")
-    if not path.is_file():
-        raise BundleError(f"{path}: weight file listed in the manifest is not a regular file")
-    if expected is None:
-        raise BundleError(f"{path}: the manifest lists no SHA-256 for this weight file")
-    got = sha256_file(path)
+    try:
+        if not path.exists():
+            raise BundleError(f"{path}: weight file listed in the manifest is missing")
+        if not path.is_file():
+            raise BundleError(f"{path}: weight file listed in the manifest is not a regular file")
+        if expected is None:
+            raise BundleError(f"{path}: the manifest lists no SHA-256 for this weight file")
+        got = sha256_file(path)
+    except OSError as exc:
+        raise BundleError(f"{path}: weight file listed in the manifest cannot be read: {exc.strerror or exc}") from exc
     if got != expected:
         raise BundleError(f"{path}: SHA-256 mismatch (manifest {expected[:12]}..., file {got[:12]}...); "
                           "the file is corrupt or was replaced")
@@ -190,11 +207,11 @@ def verify_nnunet(bundle: "Bundle", role: str, done: Optional[set] = None) -> No
     assert src is not None
     base = bundle.nnunet_path(role).parent
     if not src.files:
-        raise BundleError(f"{bundle.path / MANIFEST}: stage {bundle.stages[role].name!r} lists no SHA-256 for its "
-                          "nnU-Net files")
+        raise BundleError(f"{bundle.path / MANIFEST}: stage {short(bundle.stages[role].name)} lists no SHA-256 for "
+                          "its nnU-Net files")
     for rel, digest in sorted(src.files.items()):
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
-            raise BundleError(f"{bundle.path / MANIFEST}: nnU-Net file {rel!r} is not inside the model's folder")
+            raise BundleError(f"{bundle.path / MANIFEST}: nnU-Net file {short(rel)} is not inside the model's folder")
         if done is None or (base / rel, digest) not in done:
             _verify(base / rel, digest)
             if done is not None:
@@ -213,13 +230,15 @@ def read_manifest(path: Path) -> Dict[str, Any]:
         raise BundleError(f"{mpath}: manifest is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
     try:
         data = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BundleError(f"{mpath}: manifest is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise BundleError(f"{mpath}: not a KidneyTumorSeg model manifest (schema {data.get('schema') if isinstance(data, dict) else None!r})")
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON, a 5000-digit number
+        raise BundleError(f"{mpath}: manifest is not valid JSON: {str(exc).split(';')[0]}") from exc
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema != SCHEMA:
+        raise BundleError(f"{mpath}: not a KidneyTumorSeg model manifest (schema {show(schema)})")
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise BundleError(f"{mpath}: unknown schema version {version!r} (this KidneyTumorSeg reads version {SCHEMA_VERSION})")
+        raise BundleError(f"{mpath}: unknown schema version {show(version)} (this KidneyTumorSeg reads version "
+                          f"{SCHEMA_VERSION})")
     try:
         validate_manifest(data)
     except ManifestError as exc:
@@ -243,9 +262,9 @@ def load_bundle(path: os.PathLike, verify: bool = True) -> Bundle:
         if s.role in by_role:
             raise BundleError(f"{mpath}: two stages with role {s.role!r}")
         if not s.weights and s.nnunet is None:
-            raise BundleError(f"{mpath}: stage {s.name!r} lists no weight files")
+            raise BundleError(f"{mpath}: stage {short(s.name)} lists no weight files")
         if s.member_norm and len(s.member_norm) != len(s.weights):
-            raise BundleError(f"{mpath}: stage {s.name!r} lists {len(s.member_norm)} member_norm entries for "
+            raise BundleError(f"{mpath}: stage {short(s.name)} lists {len(s.member_norm)} member_norm entries for "
                               f"{len(s.weights)} weight files")
         by_role[s.role] = s
     kidney_nnunet = "kidney" in by_role and by_role["kidney"].nnunet is not None
@@ -309,9 +328,9 @@ def save_bundle(
                 out_stages.append(replace(stage, weights=()))
                 continue
             if not sds:
-                raise ValueError(f"no weights given for stage {stage.name!r} ({stage.role})")
+                raise ValueError(f"no weights given for stage {short(stage.name)} ({stage.role})")
             if stage.member_norm and len(stage.member_norm) != len(sds):
-                raise ValueError(f"stage {stage.name!r}: {len(stage.member_norm)} member_norm entries for "
+                raise ValueError(f"stage {short(stage.name)}: {len(stage.member_norm)} member_norm entries for "
                                  f"{len(sds)} ensemble members")
             names = []
             for n, sd in enumerate(sds):

@@ -10,17 +10,13 @@ Rules between fields of a built configuration (labels per output channel,
 foreground channels) stay in :mod:`config`.
 
 :func:`plain_name` is the rule for weight file names: a plain name of a file
-in the bundle folder. :func:`safetensors_problem` reads a weight file's
-header only, so a pickle, a ``torch.save`` checkpoint or any other file is
-named as such and never loaded.
+in the bundle folder. A weight file's header is checked by :mod:`bundle_weights`.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
-from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from .config import FUSION_RULES, INPUT_MODES, NORMALISATIONS, ROLES, NetworkConfig
@@ -36,7 +32,8 @@ ARCHITECTURES = ("resunet", "unet", "preact_resunet", "vnet")
 MAX_TTA = 12
 NORMS = ("instance", "batch", "group")
 ACTIVATIONS = ("leakyrelu", "relu", "elu", "prelu", "gelu")
-SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors' own limit
+MAX_NAME_BYTES = 255  # the longest file name of common file systems
+MAX_LISTED = 5  # unknown fields named in one message
 PLAIN_RULE = "a plain file name (no path separators, no '..', not absolute)"
 IN_BUNDLE_RULE = "is not a plain file name in the bundle folder (no path separators, no '..', not absolute)"
 
@@ -63,7 +60,7 @@ def show(value: Any, limit: int = 60) -> str:
 def plain_name(name: Any) -> bool:
     """True for a plain file name: no folder, no '..', not absolute, nothing unprintable."""
     return (isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\:")
-            and name.isprintable())
+            and name.isprintable() and len(name.encode("utf-8")) <= MAX_NAME_BYTES)
 
 
 def _finite(v: Any) -> bool:
@@ -166,10 +163,13 @@ def _strides(net: dict) -> Optional[str]:
     def ok(s: Any) -> bool:
         return _int(s, 1, 8) or (isinstance(s, list) and len(s) == dims and all(_int(e, 1, 8) for e in s))
 
-    if isinstance(strides, list) and len(strides) == len(channels) and all(ok(s) for s in strides):
-        return None
-    return f"network.strides must be one stride per level of network.channels ({len(channels)}), each an integer " \
-           f"from 1 to 8 or a list of spatial_dims of them, got {show(strides)}"
+    if not (isinstance(strides, list) and len(strides) == len(channels) and all(ok(s) for s in strides)):
+        return f"network.strides must be one stride per level of network.channels ({len(channels)}), each an " \
+               f"integer from 1 to 8 or a list of spatial_dims of them, got {show(strides)}"
+    if net.get("architecture", NetworkConfig.architecture) != "vnet" and strides[0] not in (1, [1] * dims):
+        return f"network.strides must start with 1 (the output has the resolution of the first level), " \
+               f"got {show(strides)}"
+    return None
 
 
 NETWORK_CHECKS: Dict[str, Any] = {
@@ -187,8 +187,9 @@ NETWORK_CHECKS: Dict[str, Any] = {
     "norm": _choice(NORMS, fold_case=True),
     "act": _choice(ACTIVATIONS, fold_case=True),
     "dropout": _rule("a number from 0 to less than 1", lambda v: _finite(v) and 0 <= v < 1),
-    "heads": _rule("an object of head names to integers from 1 to 64",
-                   lambda v: isinstance(v, dict) and all(_int(n, 1, 64) for n in v.values())),
+    "heads": _rule("an object of head names to integers from 1 to 64",  # names: letters, digits, _; not "seg"
+                   lambda v: isinstance(v, dict) and all(_FOLD.fullmatch(h) and h != "seg" and _int(n, 1, 64)
+                                                         for h, n in v.items())),
 }
 
 NNUNET_CHECKS: Dict[str, Any] = {
@@ -262,7 +263,7 @@ FILES_CHECK = _names_to_sha256("weight file names", plain_name, IN_BUNDLE_RULE)
 
 
 def _key(k: str) -> str:
-    return k if k.isidentifier() else show(k, 40)
+    return k if k.isidentifier() and len(k) <= 40 else show(k, 40)
 
 
 def check_fields(obj: dict, checks: Mapping[str, Any], where: str = "", prefix: str = "",
@@ -270,7 +271,9 @@ def check_fields(obj: dict, checks: Mapping[str, Any], where: str = "", prefix: 
     """Check ``obj``'s fields with the table ``checks``; raise :class:`ManifestError` for the first problem."""
     unknown = [k for k in obj if k not in checks]
     if unknown:
-        raise ManifestError(f"{where}unknown field(s) {', '.join(prefix + _key(k) for k in unknown)}")
+        names = ", ".join(prefix + _key(k) for k in unknown[:MAX_LISTED])
+        more = f" and {len(unknown) - MAX_LISTED} more" if len(unknown) > MAX_LISTED else ""
+        raise ManifestError(f"{where}unknown field(s) {names}{more}")
     for key in required:
         if key not in obj:
             raise ManifestError(f"{where}{prefix}{key} is missing")
@@ -315,25 +318,3 @@ def validate_manifest(data: Any) -> None:
     problem = FILES_CHECK(data["files"])
     if problem:
         raise ManifestError(f"files {problem}")
-
-
-def safetensors_problem(path: Path) -> Optional[str]:
-    """Why the file at ``path`` is not a safetensors file, from its header alone (nothing is loaded), or None."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if head[:1] == b"\x80":
-            return "a Python pickle, which is never loaded"
-        if head[:4] == b"PK\x03\x04":
-            return "a zip archive such as a torch.save checkpoint, which is never loaded"
-        if len(head) < 8:
-            return "shorter than a safetensors header"
-        size = os.fstat(f.fileno()).st_size
-        n = int.from_bytes(head, "little")
-        if not 2 <= n <= min(size - 8, SAFETENSORS_MAX_HEADER):
-            return f"its header length {n} does not fit the file's {size} bytes"
-        raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        header = None
-    return None if isinstance(header, dict) else "its header is not a JSON object"

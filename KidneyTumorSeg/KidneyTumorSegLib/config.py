@@ -20,6 +20,14 @@ NORMALISATIONS = ("zscore", "minmax", "none")
 FUSION_RULES = ("candidate_mean_probability",)
 
 
+def short(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` for a message: a string cut to ``limit`` characters, the whole at most twice that."""
+    if isinstance(value, str) and len(value) > limit:
+        value = value[: limit - 3] + "..."
+    text = repr(value)
+    return text if len(text) <= 2 * limit else text[: 2 * limit - 3] + "..."
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     """A network architecture and its hyper-parameters.
@@ -125,28 +133,29 @@ class StageConfig:
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
-            raise ValueError(f"stage {self.name!r}: unknown role {self.role!r} (expected one of {ROLES})")
+            raise ValueError(f"stage {short(self.name)}: unknown role {self.role!r} (expected one of {ROLES})")
         if self.input_mode not in INPUT_MODES:
-            raise ValueError(f"stage {self.name!r}: unknown input_mode {self.input_mode!r} (expected one of {INPUT_MODES})")
+            raise ValueError(f"stage {short(self.name)}: unknown input_mode {self.input_mode!r} "
+                             f"(expected one of {INPUT_MODES})")
         if self.normalization not in NORMALISATIONS:
-            raise ValueError(f"stage {self.name!r}: unknown normalization {self.normalization!r}")
+            raise ValueError(f"stage {short(self.name)}: unknown normalization {self.normalization!r}")
         if not self.window[0] < self.window[1]:  # NaN too
-            raise ValueError(f"stage {self.name!r}: window {self.window} is empty")
+            raise ValueError(f"stage {short(self.name)}: window {self.window} is empty")
         if self.member_norm:
             if self.normalization != "zscore":
-                raise ValueError(f"stage {self.name!r}: member_norm needs zscore normalization, "
+                raise ValueError(f"stage {short(self.name)}: member_norm needs zscore normalization, "
                                  f"not {self.normalization!r}")
             for mn in self.member_norm:
                 if len(mn) != 2 or not float(mn[1]) > 0:
-                    raise ValueError(f"stage {self.name!r}: member_norm entries are (norm_mean, norm_std > 0), "
+                    raise ValueError(f"stage {short(self.name)}: member_norm entries are (norm_mean, norm_std > 0), "
                                      f"got {tuple(mn)!r}")
         n_out = self.network.out_channels
         for c in tuple(self.foreground_channels) or (self.foreground_channel,):
             if not 1 <= int(c) < n_out:
-                raise ValueError(f"stage {self.name!r}: foreground channel {c} is not one of the network's "
+                raise ValueError(f"stage {short(self.name)}: foreground channel {c} is not one of the network's "
                                  f"{n_out} output channels other than background (0)")
         if len(self.labels) != n_out:
-            raise ValueError(f"stage {self.name!r}: {len(self.labels)} labels {tuple(self.labels)} for "
+            raise ValueError(f"stage {short(self.name)}: {len(self.labels)} labels {short(tuple(self.labels), 60)} for "
                              f"{n_out} output channels")
 
     def member_statistics(self, n: Optional[int] = None) -> List[Tuple[float, float]]:
