@@ -1,6 +1,6 @@
 """Fuzzing the CT readers for longer than the test suite does (issue 27, part 4).
 
-Runs the properties of ``Testing/test_fuzz_inputs.py`` (files written by
+Runs the properties of ``Testing/test_fuzz_inputs.py`` (defined in ``fuzz_input_specs.py`` and ``fuzz_input_checks.py``) (files written by
 SimpleITK, NIfTI header bytes, NRRD and MetaImage header text, each read with
 ``read_volume`` then ``validate_ct``; and the ``segment`` command end to end on
 each kind) with many more examples. A failing example does not stop the run:
@@ -41,7 +41,7 @@ def run_property(name, strategy, check, examples: int, seed, show: int, trace=No
     from hypothesis import given, seed as hseed, settings
     from hypothesis.errors import HypothesisException
 
-    import test_fuzz_inputs as fz
+    import fuzz_input_checks as fz
 
     outcomes: collections.Counter = collections.Counter()
     said: collections.Counter = collections.Counter()
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    import test_fuzz_inputs as fz
+    import fuzz_input_checks as fz
     from helpers_bundle import make_tiny_bundle
 
     # The CLI's messages go to the checks' handler only (a handler here keeps the CLI's basicConfig away).
