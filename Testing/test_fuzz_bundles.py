@@ -177,8 +177,6 @@ def test_a_network_larger_than_its_weights_is_refused_before_it_is_allocated(fuz
     _ok(isolated(refused))
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed here (reported): the cascade resamples the scan to a stage's "
-                                       "spacing with no bound on the grid's size")
 def test_a_fine_spacing_in_a_valid_manifest_does_not_allocate_the_resampled_scan(fuzz):
     if not _capped():
         pytest.skip("no memory limit here: the example would try to allocate 32 GB")

@@ -146,3 +146,17 @@ def test_volume_rejects_2d_and_bad_spacing():
         Volume(np.zeros((4, 4)))
     with pytest.raises(InputError, match="spacing must be positive"):
         Volume(np.zeros((2, 2, 2)), spacing=(1.0, 0.0, 1.0))
+
+
+def test_a_stage_grid_too_large_to_allocate_is_refused_before_any_allocation():
+    import pytest
+
+    from KidneyTumorSegLib.geometry import resample_record
+    from KidneyTumorSegLib.volume import InputError
+
+    with pytest.raises(InputError) as caught:
+        resample_record((12, 20, 24), (2.0, 2.0, 2.0), (0.01, 0.01, 0.01))
+    assert str(caught.value) == ("resampling the 12x20x24 scan from 2 x 2 x 2 mm to the model's 0.01 x 0.01 x 0.01 mm "
+                                 "would make 4.61e+10 voxels (172 GB), more than 1.07e+09: the model's spacing does "
+                                 "not suit this scan")
+    assert resample_record((512, 512, 1000), (0.7, 0.7, 1.0), (0.7, 0.7, 0.8)).out_shape == (512, 512, 1250)

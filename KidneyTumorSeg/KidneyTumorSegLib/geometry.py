@@ -17,7 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .volume import Volume
+from .volume import InputError, Volume
+
+# a stage grid larger than this (4 GiB as float32) is refused before anything is allocated: a CT of
+# 512 x 512 x 1000 voxels resampled to 0.7 mm is 0.4e9; a bundle spacing of 0.01 mm asked for 8e9 of a
+# 12 x 20 x 24 test scan
+MAX_RESAMPLED_VOXELS = 2 ** 30
 
 Box = Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]  # ((k0,k1),(j0,j1),(i0,i1)), half-open
 
@@ -243,7 +248,17 @@ def resample_record(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], targ
             out.append(int(n))
         else:
             out.append(max(1, int(round(n * s / t))))
+    voxels = int(np.prod([float(n) for n in out]))
+    if voxels > MAX_RESAMPLED_VOXELS:
+        raise InputError(
+            f"resampling the {'x'.join(str(int(n)) for n in shape_zyx)} scan from {_mm(spacing_zyx)} mm to the "
+            f"model's {_mm(target_zyx)} mm would make {voxels:.3g} voxels ({voxels * 4 / 2**30:.0f} GB), more than "
+            f"{MAX_RESAMPLED_VOXELS:.3g}: the model's spacing does not suit this scan")
     return Resample(tuple(int(n) for n in shape_zyx), tuple(out))
+
+
+def _mm(values: Sequence[float]) -> str:
+    return " x ".join(f"{float(v):g}" for v in values)
 
 
 def _resize(arr: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
