@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, settings
 
 from KidneyTumorSegLib.bundle import BundleError, load_bundle
 from KidneyTumorSegLib.cli import main
+from helpers_logs import RecordingHandler
 
 try:
     import resource
@@ -164,19 +165,10 @@ def weight_problems(folder: Path) -> List[str]:
     return problems
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: List[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @contextlib.contextmanager
 def captured():
     """stdout, stderr and the ``kidneytumorseg`` log records of the code run inside."""
-    out, err, handler = io.StringIO(), io.StringIO(), _Records()
+    out, err, handler = io.StringIO(), io.StringIO(), RecordingHandler()
     logger = logging.getLogger("kidneytumorseg")
     logger.addHandler(handler)
     try:

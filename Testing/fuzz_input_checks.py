@@ -11,7 +11,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from KidneyTumorSegLib.volume import InputError
 from KidneyTumorSegLib.volume_io import read_volume, validate_ct
 from fuzz_input_specs import (BUILDERS, CLI_PEAK_LIMIT, FAST, LIMIT_S, PEAK_LIMIT, nifti_specs,  # noqa: F401 (FAST:
                               text_specs, written_specs)  # benchmarks/fuzz_inputs.py reads it here)
+from helpers_logs import RecordingHandler
 
 Spec = Dict[str, Any]
 # --------------------------------------------------------------------------
@@ -89,15 +90,6 @@ def check_read(spec: Spec) -> Tuple[str, str]:
     return outcome, message
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: List[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 def check_output(out: Path) -> None:
     """``out`` is absent or holds complete case folders only: each report lists files that all exist."""
     if not out.exists():
@@ -130,7 +122,7 @@ def check_cli(spec: Spec, bundle: Path) -> int:
             refusal = None
         except InputError as exc:
             refusal = str(exc)
-        handler, root, err = _Records(), logging.getLogger(), io.StringIO()
+        handler, root, err = RecordingHandler(), logging.getLogger(), io.StringIO()
         root.addHandler(handler)
         t0 = time.monotonic()
         try:

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
+from .atomic import check_not_input
+
 ROI_FIELDS = ("X0", "Y0", "Z0", "X1", "Y1", "Z1")
 
 
@@ -112,7 +114,9 @@ def events_problem(target: Optional[str], inputs: Iterable[os.PathLike] = ()) ->
     path = Path(target)
     if path.is_dir():
         return f"--events: '{target}' is a folder; give a file name (or '-' for stderr)"
-    if _same_file_key(path) in {_same_file_key(p) for p in inputs}:
+    try:
+        check_not_input(path, inputs)
+    except ValueError:
         return f"--events: '{target}' is an input; writing the events there would replace it"
     folder = path.absolute().parent
     if not folder.exists():
@@ -128,7 +132,7 @@ def events_problem(target: Optional[str], inputs: Iterable[os.PathLike] = ()) ->
 
 
 def output_problem(outdir: os.PathLike) -> Optional[str]:
-    """Why nothing could be written in the output folder (created if missing), or None: found before inference."""
+    """Why nothing could be written in the output folder, or None; nothing is created. Found before inference."""
     from .case_folder import OutputError, check_output_folder
 
     try:
