@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple
 
+from .jsonfile import jsonable
+
 # Stage roles the cascade knows. A stage's role says where in the cascade it
 # runs and what its output means.
 ROLES = ("roi", "kidney", "tumor")
@@ -271,15 +273,7 @@ class RuntimeConfig:
 
 def to_dict(obj: Any) -> Dict[str, Any]:
     """Dataclass to plain JSON-able dict (tuples become lists)."""
-    return _jsonable(asdict(obj))
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
+    return jsonable(asdict(obj))
 
 
 def from_dict(cls: Any, data: Dict[str, Any]) -> Any:

@@ -191,7 +191,7 @@ def evaluate(
 
         write_csv([_csv_row(r) for r in rows], out_csv, overwrite=overwrite)
     if summary_json is not None:
-        from .writers import write_json
+        from .jsonfile import write_json
 
         write_json(summary, summary_json, overwrite=overwrite)
     return rows, summary

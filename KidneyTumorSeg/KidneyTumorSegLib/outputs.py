@@ -62,7 +62,8 @@ def write_case_outputs(
 ) -> Dict[str, Path]:
     """Write the case's files, all or none (``case_folder``); returns their paths by kind (module docstring)."""
     from .preview import write_preview
-    from .writers import write_json, write_labelmap, write_seg_nrrd
+    from .jsonfile import write_json
+    from .writers import write_labelmap, write_seg_nrrd
 
     paths = case_output_paths(outdir, case_id)
     if not preview:
@@ -125,7 +126,8 @@ def write_raw_outputs(label: Volume, names: Dict[int, str], image: Volume, outdi
     ``<case>.seg.nrrd`` with a segment per label name, and ``<case>.report.json`` naming the values. No
     candidates, no findings and no preview: stage 4 did not run."""
     from .terminology import segments_for_names
-    from .writers import write_json, write_labelmap, write_seg_nrrd
+    from .jsonfile import write_json
+    from .writers import write_labelmap, write_seg_nrrd
 
     paths = {k: p for k, p in case_output_paths(outdir, case_id).items() if k in ("label", "segmentation", "report")}
     check_outputs_free(paths, overwrite, inputs)

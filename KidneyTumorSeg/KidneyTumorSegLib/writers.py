@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Optional, Sequence, Union
 
@@ -17,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_write, atomic_write_text
+from .jsonfile import jsonable
 from .terminology import SegmentDefinition
 from .volume import Volume
 from .volume_io import volume_to_sitk
@@ -100,30 +100,6 @@ def write_seg_nrrd(
     )
 
 
-def _jsonable(x: Any) -> Any:
-    # Reports carry numpy scalars, tuples, paths and NaN for "not measured";
-    # strict JSON has no NaN, so those become null.
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in (sorted(x) if isinstance(x, (set, frozenset)) else x)]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        return _jsonable(x.item())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
-def write_json(obj: Any, path: PathLike, overwrite: bool = False) -> Path:
-    """Write ``obj`` as indented UTF-8 JSON (numpy values converted, NaN/inf as null)."""
-    text = json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    return atomic_write_text(path, text, overwrite=overwrite)
-
-
 def write_csv(
     rows: Sequence[Mapping[str, Any]],
     path: PathLike,
@@ -149,7 +125,7 @@ def write_csv(
 
 
 def _csv_cell(v: Any) -> Any:
-    v = _jsonable(v)
+    v = jsonable(v)
     if v is None:
         return ""
     if isinstance(v, (list, dict)):

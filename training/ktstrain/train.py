@@ -171,7 +171,7 @@ def train_stage(
 
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        from KidneyTumorSegLib.writers import write_json
+        from KidneyTumorSegLib.jsonfile import write_json
 
         write_json(dict(cfg.to_dict(), final_stage=to_dict(stage), fold=fold, splits=str(splits_path),
                         train_cases=part["train"], val_cases=part["val"], init_from=init_from),
