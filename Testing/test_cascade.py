@@ -261,7 +261,7 @@ def _one_kidney_and_a_false_one(cut_right_side=False, spine=False, cut_at=0.3):
 @pytest.mark.parametrize("cut", [False, True])
 def test_two_components_on_one_side_keep_its_name_and_are_flagged(cut):
     image, label, preds = _one_kidney_and_a_false_one(cut_right_side=cut)
-    from KidneyTumorSegLib.cascade import _midline_x
+    from KidneyTumorSegLib.cascade.anatomy import midline_x as _midline_x
     from KidneyTumorSegLib.geometry import canonical_reorient
 
     mid = _midline_x(canonical_reorient(image).volume(image))
@@ -279,7 +279,7 @@ def test_two_components_on_one_side_keep_its_name_and_are_flagged(cut):
 def test_a_field_of_view_cut_near_the_kidney_takes_the_midline_from_the_spine():
     # the visible body's centre falls on the left kidney itself; the spine says where the midline is
     image, label, preds = _one_kidney_and_a_false_one(cut_right_side=True, spine=True, cut_at=0.45)
-    from KidneyTumorSegLib.cascade import _midline_x, _spine_x
+    from KidneyTumorSegLib.cascade.anatomy import midline_x as _midline_x, spine_x as _spine_x
     from KidneyTumorSegLib.geometry import canonical_reorient
 
     can = canonical_reorient(image).volume(image)
@@ -298,7 +298,7 @@ def test_a_field_of_view_cut_near_the_kidney_takes_the_midline_from_the_spine():
 
 
 def test_the_spine_is_a_column_and_ribs_here_and_there_are_not():
-    from KidneyTumorSegLib.cascade import _spine_x
+    from KidneyTumorSegLib.cascade.anatomy import spine_x as _spine_x
 
     arr = np.full((12, 100, 100), 40, np.int16)
     arr[:, 60:80, 45:65] = 700  # 20 x 20 mm of bone in every slice, centred at x 54.5 mm
@@ -312,7 +312,7 @@ def test_the_spine_is_a_column_and_ribs_here_and_there_are_not():
 
 
 def test_side_names_follow_the_midline_and_where_the_field_of_view_cuts_the_body():
-    from KidneyTumorSegLib.cascade import Midline, _assign_sides
+    from KidneyTumorSegLib.cascade.anatomy import Midline, assign_sides as _assign_sides
 
     vol = Volume(np.zeros((10, 10, 200), np.int16), spacing=(1.0, 1.0, 1.0), origin=(-100.0, 0.0, 0.0))
 
@@ -390,7 +390,7 @@ def test_user_roi_replaces_stage_one():
     roi = RoiWorld((mid, lo[1], lo[2]), (hi[0], hi[1], hi[2]))
 
     class Fail:
-        def predict(self, vol):
+        def predict(self, vol, progress=None):
             raise AssertionError("stage 1 must not run when a ROI is given")
 
     preds = dict(reference_predictors(label, tumor_probability=1.0), roi=Fail())
@@ -446,7 +446,7 @@ class _KidneyAndTumorPredictor:
         self.kidney = ReferencePredictor(label, labels=(1,))
         self.tumor = ReferencePredictor(label, labels=(2,))
 
-    def predict(self, vol):
+    def predict(self, vol, progress=None):
         k, t = self.kidney.predict(vol)[1], self.tumor.predict(vol)[1]
         p1, p2 = k + 0.4 * t, 0.4 * t
         return np.stack([1.0 - p1 - p2, p1, p2]).astype(np.float32)
@@ -540,7 +540,7 @@ class _ForgetsWithMoreContext:
     def __init__(self, inner, limit=None):
         self.inner, self.limit, self.sizes = inner, limit, []
 
-    def predict(self, vol):
+    def predict(self, vol, progress=None):
         self.sizes.append(int(np.prod(vol.shape)))
         p = self.inner.predict(vol)
         if self.limit is not None and self.sizes[-1] > self.limit:
@@ -560,7 +560,7 @@ def test_a_growth_pass_only_decides_the_voxels_it_adds():
 
 
 def test_kidney_contact_is_the_fraction_of_surface_area_on_the_kidney():
-    from KidneyTumorSegLib.cascade import _kidney_contact
+    from KidneyTumorSegLib.cascade.candidates import kidney_contact as _kidney_contact
 
     cand = np.zeros((6, 6, 6), bool)
     cand[1:5, 1:5, 1:5] = True
@@ -628,7 +628,7 @@ def test_kidney_contact_is_judged_before_growth():
     post = PostprocessConfig(tumor_growth_passes=3, tumor_growth_mm=13.0, min_kidney_contact=0.45)
     grown = run_cascade(image, st, preds, post=post)
     assert _dice(grown.label.array == 2, label.array == 2) > 0.97
-    from KidneyTumorSegLib.cascade import _kidney_contact
+    from KidneyTumorSegLib.cascade.candidates import kidney_contact as _kidney_contact
     whole = _kidney_contact(grown.label.array == 2, grown.label.array == 1, image.spacing_zyx)
     kept = [c for c in grown.tumors if c.kept]
     assert len(kept) == 1 and whole < 0.45 <= kept[0].kidney_contact

@@ -42,7 +42,7 @@ class TimedReference:
     def __init__(self, net_predictor, reference, log):
         self.net, self.ref, self.log = net_predictor, reference, log
 
-    def predict(self, vol):
+    def predict(self, vol, progress=None):
         import torch
 
         t = time.perf_counter()

@@ -138,7 +138,7 @@ class _Answering:
     def __init__(self, real, ref):
         self.real, self.ref = real, ref
 
-    def predict(self, vol):
+    def predict(self, vol, progress=None):
         self.real.predict(vol)
         return self.ref.predict(vol)
 

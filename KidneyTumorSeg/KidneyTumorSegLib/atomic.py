@@ -1,17 +1,22 @@
-"""Atomic, non-overwriting file output.
+"""Atomic, non-overwriting file and folder output.
 
 A reader (Slicer, a batch script, another process) must never see a half
 written result, and a rerun must never silently replace an earlier result or,
 worse, an input. So every output is written to a temporary file in the target
-folder, flushed to disk and then moved into place in one step.
+folder, flushed to disk and then moved into place in one step; a folder
+(a model bundle, an unpacked model) is built in a temporary sibling and
+moved into place whole (:func:`staged_folder`).
 """
 from __future__ import annotations
 
 import logging
 import os
 import secrets
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Union
+from typing import Callable, Iterable, Iterator, Union
 
 logger = logging.getLogger(__name__)
 
@@ -149,3 +154,43 @@ def check_not_input(out_path: PathLike, input_paths: Iterable[PathLike]) -> None
         inside = inp_path.is_dir() and out.exists() and inp_resolved in out_resolved.parents
         if same or inside:
             raise ValueError(f"output '{out}' would overwrite the input '{inp}'; choose another output path")
+
+
+@contextmanager
+def staged_folder(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Build the folder ``path`` in a temporary sibling (yielded) and move it into place whole.
+
+    When the block raises, the sibling is removed and ``path`` is untouched. An existing ``path``
+    is refused (``FileExistsError``) unless ``overwrite``, and then replaced in two renames.
+    The folder and its files get the permissions a plain mkdir / open would give (``tempfile``
+    makes them private), so a shared model folder stays readable.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(exists_message(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        _plain_permissions(tmp)
+        if path.exists():
+            if not overwrite:  # it appeared while the folder was built
+                raise FileExistsError(exists_message(path))
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _plain_permissions(folder: Path) -> None:
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(folder, 0o777 & ~mask)
+    for f in folder.rglob("*"):
+        os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)

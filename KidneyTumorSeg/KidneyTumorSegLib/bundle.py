@@ -32,12 +32,11 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from .atomic import staged_folder
 from .bundle_checks import IN_BUNDLE_RULE, ManifestError, plain_name, show, validate_manifest
 from .bundle_weights import network_tensors, safetensors_problem, tensors_problem
 from .config import PostprocessConfig, StageConfig, from_dict, short, to_dict
@@ -295,6 +294,33 @@ def load_bundle(path: os.PathLike, verify: bool = True) -> Bundle:
     return bundle
 
 
+def _write_weights(folder: Path, stages: Sequence[StageConfig], state_dicts: Mapping[str, Sequence[Mapping[str, Any]]]):
+    """Each stage's ensemble members as ``<role>_<n>.safetensors`` in ``folder``: the stages naming their
+    files, and ``{file: sha256}``. An nnU-Net stage's weights are referenced, not copied."""
+    from safetensors.torch import save_file
+
+    files: Dict[str, str] = {}
+    out_stages = []
+    for stage in stages:
+        sds = list(state_dicts.get(stage.role, ()))
+        if stage.nnunet is not None:  # its files' hashes are in the stage
+            out_stages.append(replace(stage, weights=()))
+            continue
+        if not sds:
+            raise ValueError(f"no weights given for stage {short(stage.name)} ({stage.role})")
+        if stage.member_norm and len(stage.member_norm) != len(sds):
+            raise ValueError(f"stage {short(stage.name)}: {len(stage.member_norm)} member_norm entries for "
+                             f"{len(sds)} ensemble members")
+        names = []
+        for n, sd in enumerate(sds):
+            fname = f"{stage.role}_{n}.safetensors"
+            save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(folder / fname))
+            files[fname] = sha256_file(folder / fname)
+            names.append(fname)
+        out_stages.append(replace(stage, weights=tuple(names)))
+    return out_stages, files
+
+
 def save_bundle(
     path: os.PathLike,
     stages: Sequence[StageConfig],
@@ -312,34 +338,9 @@ def save_bundle(
     ``state_dicts`` maps a stage's role to the state dicts of its ensemble
     members; weight file names are ``<role>_<n>.safetensors``.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"output exists: {path} (use --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        files: Dict[str, str] = {}
-        out_stages = []
-        for stage in stages:
-            sds = list(state_dicts.get(stage.role, ()))
-            if stage.nnunet is not None:  # referenced, not copied: its files' hashes are in the stage
-                out_stages.append(replace(stage, weights=()))
-                continue
-            if not sds:
-                raise ValueError(f"no weights given for stage {short(stage.name)} ({stage.role})")
-            if stage.member_norm and len(stage.member_norm) != len(sds):
-                raise ValueError(f"stage {short(stage.name)}: {len(stage.member_norm)} member_norm entries for "
-                                 f"{len(sds)} ensemble members")
-            names = []
-            for n, sd in enumerate(sds):
-                fname = f"{stage.role}_{n}.safetensors"
-                tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
-                save_file(tensors, str(tmp / fname))
-                files[fname] = sha256_file(tmp / fname)
-                names.append(fname)
-            out_stages.append(replace(stage, weights=tuple(names)))
+    with staged_folder(path, overwrite=overwrite) as tmp:
+        out_stages, files = _write_weights(tmp, stages, state_dicts)
         manifest = {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
@@ -354,23 +355,6 @@ def save_bundle(
             "provenance": provenance or {},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        # mkdtemp made the folder private (0700) and safetensors its files 0600: give them the
-        # permissions a plain mkdir / open would have, so a shared model folder stays readable
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~mask)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return load_bundle(path)
 
 

@@ -167,13 +167,59 @@ class Crop:
         data = self.apply(vol.array, fill) if array is None else array
         return vol.with_array(data, origin=tuple(origin))
 
+    def paste(self, dst: np.ndarray, src: np.ndarray) -> None:
+        """Write the non-zero voxels of ``src`` (this crop's output) into ``dst`` (its input), in place.
+
+        Unlike :meth:`invert`, what ``dst`` holds elsewhere, and under ``src``'s zeros, stays.
+        """
+        ov = self._overlap()
+        if ov is None:
+            return
+        region, part = dst[ov[0]], src[ov[1]]
+        nz = part != 0
+        region[nz] = part[nz]
+
+    @classmethod
+    def placed(cls, start: Sequence[int], shape: Sequence[int], in_shape: Sequence[int]) -> "Crop":
+        """The crop an array of ``shape`` placed at index ``start`` of an ``in_shape`` grid was cut as."""
+        return cls(tuple((int(a), int(a) + int(n)) for a, n in zip(start, shape)), tuple(in_shape))  # type: ignore[arg-type]
+
+    @property
+    def start(self) -> Tuple[int, int, int]:
+        return tuple(a for a, _ in self.box)  # type: ignore[return-value]
+
+    def inner(self, box: Box) -> "Crop":
+        """The crop of ``box`` (given in this crop's output index space) as a crop of this crop's input."""
+        return Crop(_shift(box, self.start, +1), self.in_shape)
+
+    def relative_to(self, outer: "Crop") -> "Crop":
+        """This crop, of the same input grid as ``outer``, as a crop of ``outer``'s output."""
+        return Crop(_shift(self.box, outer.start, -1), outer.out_shape)
+
+
+def _shift(box: Box, start: Sequence[int], sign: int) -> Box:
+    return tuple((a + sign * o, b + sign * o) for (a, b), o in zip(box, start))  # type: ignore[return-value]
+
 
 def box_from_mask(mask: np.ndarray) -> Box:
-    """Tight half-open ``(k, j, i)`` box around the non-zero voxels; raises if empty."""
-    idx = np.nonzero(mask)
-    if len(idx[0]) == 0:
-        raise ValueError("empty mask has no bounding box")
-    return tuple((int(a.min()), int(a.max()) + 1) for a in idx)  # type: ignore[return-value]
+    """Tight half-open box around the non-zero voxels, one ``(start, stop)`` per axis; raises if empty.
+
+    Works for any number of axes (a 2D slice gives two pairs).
+    """
+    mask = np.asarray(mask)
+    out = []
+    for ax in range(mask.ndim):
+        # one axis at a time: a reduction per axis is far cheaper than the coordinates of every voxel
+        idx = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))
+        if idx.size == 0:
+            raise ValueError("empty mask has no bounding box")
+        out.append((int(idx[0]), int(idx[-1]) + 1))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def box_slices(box: Box) -> Tuple[slice, ...]:
+    """The index expression of ``box``: ``array[box_slices(box)]`` is the box's contents."""
+    return tuple(slice(a, b) for a, b in box)
 
 
 def expand_box(box: Box, margin_vox: Sequence[float], shape: Sequence[int] = None, clip: bool = True) -> Box:
@@ -187,18 +233,6 @@ def expand_box(box: Box, margin_vox: Sequence[float], shape: Sequence[int] = Non
         out.append((lo, hi))
     return tuple(out)  # type: ignore[return-value]
 
-
-def union_box(boxes: Sequence[Box]) -> Box:
-    return tuple((min(b[n][0] for b in boxes), max(b[n][1] for b in boxes)) for n in range(3))  # type: ignore[return-value]
-
-
-def pad_box_to(box: Box, min_size: Sequence[int]) -> Box:
-    """Grow ``box`` symmetrically so that each side is at least ``min_size``."""
-    out = []
-    for (a, b), s in zip(box, min_size):
-        extra = max(0, int(s) - (b - a))
-        out.append((a - extra // 2, b + extra - extra // 2))
-    return tuple(out)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------
@@ -235,6 +269,11 @@ class Resample:
         origin = vol.index_to_world((factor_ijk - 1.0) / 2.0)
         data = self.apply(vol.array, order) if array is None else array
         return vol.with_array(data, spacing=tuple(new_sp), origin=tuple(origin))
+
+    def box_to_input(self, box: Box) -> Box:
+        """A box on the output grid as the box that covers the same extent on the input grid (rounded outwards)."""
+        factor = np.array(self.in_shape, float) / np.array(self.out_shape, float)
+        return tuple((int(np.floor(a * f)), int(np.ceil(e * f))) for (a, e), f in zip(box, factor))  # type: ignore[return-value]
 
 
 def resample_record(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], target_zyx: Sequence[float]) -> Resample:

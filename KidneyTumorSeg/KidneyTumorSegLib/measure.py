@@ -29,6 +29,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from .geometry import box_from_mask, box_slices
+
 log = logging.getLogger(__name__)
 
 # Pairwise distances are checked in blocks of about this many pairs to bound memory.
@@ -107,9 +109,9 @@ def feret_diameter(points: np.ndarray) -> Tuple[float, np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------
-def _bbox(mask: np.ndarray):
-    objs = ndimage.find_objects((mask != 0).astype(np.uint8))
-    return objs[0] if objs and objs[0] is not None else None
+def _bbox(mask: np.ndarray) -> Optional[Tuple[slice, ...]]:
+    """The slices of ``mask``'s non-zero box, or None when it has none."""
+    return box_slices(box_from_mask(mask)) if np.any(mask) else None
 
 
 def _boundary_points_mm(mask: np.ndarray, spacing: Sequence[float], edge_to_edge: bool):

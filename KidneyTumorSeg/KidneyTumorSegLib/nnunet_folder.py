@@ -17,13 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .atomic import staged_folder
 from .bundle import sha256_file
 
 log = logging.getLogger(__name__)
@@ -204,22 +203,15 @@ def unpack_zip(zpath: Path, cache: Optional[Path] = None) -> Path:
     cache = Path(cache) if cache else default_cache()
     target = cache / sha256_file(zpath)[:16]
     if not target.is_dir():
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".unzip-", dir=cache))
         try:
-            with zipfile.ZipFile(zpath) as z:
+            with staged_folder(target) as tmp, zipfile.ZipFile(zpath) as z:
                 for info in z.infolist():
                     dest = (tmp / info.filename).resolve()
                     if not str(dest).startswith(str(tmp.resolve()) + os.sep):
                         raise NnunetFolderError(f"{zpath}: member {info.filename!r} would be written outside the folder")
                 z.extractall(tmp)
-            os.replace(tmp, target)
         except zipfile.BadZipFile as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise NnunetFolderError(f"{zpath}: not a valid zip file: {exc}") from exc
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return target
 
 

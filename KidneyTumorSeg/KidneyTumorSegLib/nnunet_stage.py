@@ -130,6 +130,7 @@ class NnunetStage:
         self.runs, self.role, self.reuse = runs, role, reuse
         self.channel = 1 if role == "tumor" else 0
 
-    def predict(self, vol: Volume) -> np.ndarray:
+    def predict(self, vol: Volume, progress=None) -> np.ndarray:
+        # nnU-Net's own sliding window reports no progress: the cascade reports this stage at its start and end
         fg = self.runs.probabilities(vol, self.reuse)[self.channel]
         return np.stack([1.0 - fg, fg]).astype(np.float32, copy=False)

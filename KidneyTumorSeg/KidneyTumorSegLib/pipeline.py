@@ -24,8 +24,8 @@ class StageNetwork:
     def __init__(self, predictor) -> None:
         self.predictor = predictor
 
-    def predict(self, vol: Volume):
-        return self.predictor.predict(vol.array)
+    def predict(self, vol: Volume, progress=None):
+        return self.predictor.predict(vol.array, progress)
 
 
 class Segmenter:

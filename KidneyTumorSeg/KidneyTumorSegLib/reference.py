@@ -45,7 +45,7 @@ class ReferencePredictor:
         mask = np.isin(self.reference.array, list(self.labels)).astype(np.uint8)
         self._ref = _to_sitk(self.reference.with_array(mask))
 
-    def predict(self, vol: Volume) -> np.ndarray:
+    def predict(self, vol: Volume, progress=None) -> np.ndarray:
         grid = _to_sitk(vol.with_array(np.zeros(vol.shape, np.uint8)))
         res = sitk.Resample(self._ref, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         fg = sitk.GetArrayFromImage(res) * np.float32(self.probability)
