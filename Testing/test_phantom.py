@@ -274,6 +274,40 @@ def test_kits_label_is_reproduced_exactly_with_its_geometry():
         make_phantom(9, kits_label=ref, shape=(10, 10, 10))
 
 
+def test_find_kidneys_of_a_label_without_kidneys_is_empty():
+    from KidneyTumorSegLib.phantom_field import Grid
+    from KidneyTumorSegLib.phantom_kits import find_kidneys
+
+    grid = Grid(np.arange(4.0), np.arange(5.0), np.arange(3.0))
+    assert find_kidneys(np.zeros((3, 5, 4), np.uint8), grid) == []
+
+
+def test_phantom_modules_import_one_another_without_a_cycle():
+    import ast
+
+    import KidneyTumorSegLib
+    from KidneyTumorSegLib import phantom, phantom_io, phantom_make
+
+    root = Path(KidneyTumorSegLib.__file__).parent
+    mods = {p.stem: p for p in root.glob("phantom*.py")}
+    # every relative import, also those inside functions: a late import is still a cycle
+    graph = {m: {n.module for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.ImportFrom)
+                 and n.level == 1 and n.module in mods} for m, p in mods.items()}
+    done = set()
+
+    def visit(m, path):
+        assert m not in path, "import cycle: " + " -> ".join(path + [m])
+        if m not in done:
+            for d in sorted(graph[m]):
+                visit(d, path + [m])
+            done.add(m)
+
+    for m in sorted(graph):
+        visit(m, [])
+    assert phantom.make_phantom is phantom_make.make_phantom and phantom.Phantom is phantom_make.Phantom
+    assert phantom.write_phantom_cases is phantom_io.write_phantom_cases
+
+
 def test_write_phantom_cases_layout_readback_and_no_overwrite(tmp_path):
     import SimpleITK as sitk
 

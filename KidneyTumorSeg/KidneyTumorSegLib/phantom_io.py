@@ -9,6 +9,7 @@ from typing import List
 import numpy as np
 
 from .atomic import atomic_write, atomic_write_text, exists_message
+from .phantom_make import make_phantom
 from .volume import InputError, Volume
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,6 @@ def write_phantom_cases(outdir, n: int, seed0: int = 0, *, layout: str = "kits",
         raise InputError(f'layout must be "kits", got {layout!r}')
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise InputError(f"n must be a non-negative integer, got {n!r}")
-    from .phantom import make_phantom  # late: phantom re-exports this function
-
     out = Path(outdir)
     cases = [out / f"case_{start_index + i:05d}" for i in range(int(n))]
     if not overwrite:

@@ -10,7 +10,7 @@ or endophytic (centre inside). World mm in LPS throughout.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Sequence, Tuple
 
 import cc3d
 import numpy as np
@@ -203,6 +203,25 @@ def _keep_largest(tb: np.ndarray, before: np.ndarray, mask: np.ndarray) -> None:
         big = int(np.argmax(np.bincount(cc.ravel())[1:])) + 1
         drop = mask & (cc != big)
         tb[drop] = before[drop]
+
+
+def paint_kidneys(tissue: np.ndarray, grid: Grid, A: Dict[str, float], sides: Sequence[str], n_tumors: int,
+                  n_cysts: int, diameter_mm: Tuple[float, float], r_field: np.random.Generator,
+                  r_les: np.random.Generator) -> Tuple[Dict[str, object], List[Dict[str, object]], List[Dict[str, object]]]:
+    """Paint the synthetic kidneys on ``sides``, then place and paint their lesions.
+
+    Returns (kidney descriptions by side, tumours, cysts).
+    """
+    kid_info: Dict[str, object] = {}
+    Ks = {s: kidney_frame(A, s) for s in sides}
+    for s in sides:
+        paint_kidney(tissue, grid, A, Ks[s], r_field)
+        kid_info[s] = kidney_info(Ks[s])
+    lesions = place_lesions(r_les, Ks, n_tumors, n_cysts, diameter_mm)
+    paint_lesions(tissue, grid, lesions, r_field)
+    tumors = [les for les in lesions if les["kind"] == "tumor"]
+    cysts = [les for les in lesions if les["kind"] == "cyst"]
+    return kid_info, tumors, cysts
 
 
 def kidney_info(K: Dict[str, object]) -> Dict[str, object]:

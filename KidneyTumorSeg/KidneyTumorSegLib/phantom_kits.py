@@ -14,19 +14,10 @@ import cc3d
 import numpy as np
 from scipy import ndimage as ndi
 
+from .geometry import box_from_mask, box_slices, expand_box
+from .measure import component_volume_ml
 from .phantom_field import Grid, box_field
 from .phantom_params import T, allowed_soft, cyst_code, tumor_code
-
-
-def _bbox(mask: np.ndarray):
-    idx = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
-    if any(len(i) == 0 for i in idx):
-        return None
-    return tuple(slice(int(i[0]), int(i[-1]) + 1) for i in idx)
-
-
-def _grow(sl, margin: Sequence[int], shape) -> Tuple[slice, ...]:
-    return tuple(slice(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(sl, margin, shape))
 
 
 def _world(grid: Grid, sl, idx) -> np.ndarray:
@@ -40,9 +31,10 @@ def find_kidneys(label: np.ndarray, grid: Grid) -> List[Dict[str, object]]:
     Keeps the components holding at least 10 % of the largest one (at most
     four); sorted by x (patient right first).
     """
-    sl = _bbox(label > 0)
-    if sl is None:
+    organ = label > 0
+    if not organ.any():  # box_from_mask raises on an empty mask: a label without kidneys has none
         return []
+    sl = box_slices(box_from_mask(organ))
     cc, n = cc3d.connected_components(label[sl] > 0, connectivity=26, return_N=True)
     if n == 0:
         return []
@@ -53,14 +45,40 @@ def find_kidneys(label: np.ndarray, grid: Grid) -> List[Dict[str, object]]:
     out = []
     for lab in keep:
         m = cc == lab
-        csl = _bbox(m)
+        csl = box_slices(box_from_mask(m))
         idx = np.nonzero(m[csl])
-        w = _world(grid, tuple(slice(s.start + c.start, s.start + c.stop) for s, c in zip(sl, csl)), idx)
         gsl = tuple(slice(s.start + c.start, s.start + c.stop) for s, c in zip(sl, csl))
+        w = _world(grid, gsl, idx)
         out.append({"slices": gsl, "centre_xyz": w.mean(0), "extent_mm": w.max(0) - w.min(0),
                     "voxels": int(len(idx[0]))})
     out.sort(key=lambda d: float(d["centre_xyz"][0]))
     return out
+
+
+def paint_kits_kidneys(tissue: np.ndarray, grid: Grid, label: np.ndarray, comps: List[Dict[str, object]], sub: int,
+                       spacing_xyz: Sequence[float], A: Dict[str, float], rng: np.random.Generator
+                       ) -> Tuple[Dict[str, object], List[Dict[str, object]], List[Dict[str, object]]]:
+    """Paint the kidneys, tumours and cysts of the canonical reference ``label`` into ``tissue``.
+
+    ``label`` and ``comps`` (its :func:`find_kidneys`) are on the output
+    grid; ``tissue`` and ``grid`` have ``sub`` sub-slices per output slice.
+    Returns (kidney descriptions by side, tumours, cysts).
+    """
+    sp = spacing_xyz
+    label_p = np.repeat(label, sub, axis=0) if sub > 1 else label
+    comps_p = find_kidneys(label_p, grid)
+    tumors, _, n_cy = paint_label_kidneys(tissue, grid, label_p, comps_p, (sp[2] / sub, sp[1], sp[0]),
+                                          rng, 0.5 * (A["left_cortex"] + A["right_cortex"]),
+                                          contact=[sd for sd in ("left", "right") if A[f"{sd}_contact"]],
+                                          midline_x=A["cx"])
+    for les in tumors:
+        les["side"] = "left" if les["centre_xyz"][0] > A["cx"] else "right"
+    kid_info: Dict[str, object] = {}
+    for c in comps:
+        side = "left" if c["centre_xyz"][0] > A["cx"] else "right"
+        kid_info.setdefault(side, {"side": side, "centre_xyz": [float(v) for v in c["centre_xyz"]],
+                                   "extent_mm": [float(v) for v in c["extent_mm"]]})
+    return kid_info, tumors, [{"kind": "cyst"} for _ in range(n_cy)]
 
 
 def paint_label_kidneys(tissue: np.ndarray, grid: Grid, label: np.ndarray, comps: List[Dict[str, object]],
@@ -79,53 +97,71 @@ def paint_label_kidneys(tissue: np.ndarray, grid: Grid, label: np.ndarray, comps
     tumors: List[Dict[str, object]] = []
     n_cyst = 0
     for comp in comps:
-        sl = _grow(comp["slices"], margin, label.shape)
+        sl = box_slices(expand_box(tuple((s.start, s.stop) for s in comp["slices"]), margin, label.shape))
         lab = label[sl]
         tb = tissue[sl]
-        organ = lab > 0
-        dout = ndi.distance_transform_edt(~organ, sampling=sp).astype(np.float32)
-        fat_ok = allowed_soft()
-        if ("right" if comp["centre_xyz"][0] < midline_x else "left") in contact:
-            fat_ok[[T.LIVER, T.HEPVESSEL, T.SPLEEN]] = False
-        fat = (dout > 0) & (dout < float(rng.uniform(8, 14))) & fat_ok[tb]
-        tb[fat] = T.PERIRENAL
-        din = ndi.distance_transform_edt(organ, sampling=sp).astype(np.float32)
         z, y, x = grid.z[sl[0]], grid.y[sl[1]], grid.x[sl[2]]
-        Z, Y, X = (v.astype(np.float32) for v in (z[:, None, None], y[None, :, None], x[None, None, :]))
-        kid = lab == 1
-        tb[kid] = T.CORTEX
-        cols = np.abs(box_field(rng, X, Y, Z, 14.0)) < 0.35
-        tb[kid & (din > cortex_mm) & ~cols] = T.MEDULLA
-        tb[kid & (din > cortex_mm + float(rng.uniform(9, 13)))] = T.SINUS_FAT
-        cyst = lab == 3
-        if cyst.any():
-            cc, n = cc3d.connected_components(cyst, connectivity=26, return_N=True)
-            for c in range(1, n + 1):
-                tb[cc == c] = cyst_code(n_cyst)
-                n_cyst += 1
+        XYZ = tuple(v.astype(np.float32) for v in (x[None, None, :], y[None, :, None], z[:, None, None]))
+        touch = ("right" if comp["centre_xyz"][0] < midline_x else "left") in contact
+        _paint_kidney_tissue(tb, lab, XYZ, sp, rng, cortex_mm, touch)
+        n_cyst = _paint_cysts(tb, lab == 3, n_cyst)
         tum = lab == 2
-        if not tum.any():
-            continue
-        het = box_field(rng, X, Y, Z, float(rng.uniform(5, 10)))
-        q = np.clip(((het + 1.5) / 3.0 * T.TUMOR_LEVELS).astype(np.int16), 0, T.TUMOR_LEVELS - 1)
-        cc, n = cc3d.connected_components(tum, connectivity=26, return_N=True)
-        for c in range(1, n + 1):
-            t_i = len(tumors)
-            m = cc == c
-            tb[m] = (tumor_code(t_i, 0) + q[m]).astype(np.uint8)
-            csl = _bbox(m)
-            dt = ndi.distance_transform_edt(m[csl], sampling=sp).astype(np.float32)
-            idx = np.nonzero(m)
-            w = _world(grid, sl, idx)
-            vol_ml = float(len(idx[0]) * np.prod(sp) / 1000.0)
-            eq_d = float((6.0 * vol_ml * 1000.0 / np.pi) ** (1.0 / 3.0))
-            necrotic = bool(eq_d > 25 and rng.random() < 0.15 + 0.5 * np.clip((eq_d - 30) / 50, 0, 1))
-            if necrotic:
-                f = 0.25 * box_field(rng, X[..., csl[2]], Y[:, csl[1]], Z[csl[0]], 10.0)
-                core = m[csl] & ((dt / max(float(dt.max()), 1e-3)) + f > float(rng.uniform(0.45, 0.65)))
-                sub = tb[csl]
-                sub[core] = tumor_code(t_i, T.TUMOR_LEVELS)
-            tumors.append({"kind": "tumor", "centre_xyz": w.mean(0), "diameter_mm": float((w.max(0) - w.min(0)).max()),
-                           "equivalent_diameter_mm": eq_d, "volume_ml": vol_ml, "necrotic": necrotic,
-                           "exophytic": None})
+        if tum.any():
+            _paint_tumors(tb, tum, grid, sl, XYZ, sp, rng, tumors)
     return tumors, len(tumors), n_cyst
+
+
+def _paint_kidney_tissue(tb: np.ndarray, lab: np.ndarray, XYZ, sp: np.ndarray, rng: np.random.Generator,
+                         cortex_mm: float, touch: bool) -> None:
+    """Perirenal fat around the labelled organ, then cortex, medulla and sinus fat inside label 1."""
+    X, Y, Z = XYZ
+    organ = lab > 0
+    dout = ndi.distance_transform_edt(~organ, sampling=sp).astype(np.float32)
+    fat_ok = allowed_soft()
+    if touch:  # no fat plane: liver and spleen touch the kidney, as they often do in real CT
+        fat_ok[[T.LIVER, T.HEPVESSEL, T.SPLEEN]] = False
+    fat = (dout > 0) & (dout < float(rng.uniform(8, 14))) & fat_ok[tb]
+    tb[fat] = T.PERIRENAL
+    din = ndi.distance_transform_edt(organ, sampling=sp).astype(np.float32)
+    kid = lab == 1
+    tb[kid] = T.CORTEX
+    cols = np.abs(box_field(rng, X, Y, Z, 14.0)) < 0.35
+    tb[kid & (din > cortex_mm) & ~cols] = T.MEDULLA
+    tb[kid & (din > cortex_mm + float(rng.uniform(9, 13)))] = T.SINUS_FAT
+
+
+def _paint_cysts(tb: np.ndarray, cyst: np.ndarray, n_cyst: int) -> int:
+    """One cyst code per connected cyst of the label, numbered on from ``n_cyst``; returns the new count."""
+    if cyst.any():
+        cc, n = cc3d.connected_components(cyst, connectivity=26, return_N=True)
+        for c in range(1, n + 1):
+            tb[cc == c] = cyst_code(n_cyst)
+            n_cyst += 1
+    return n_cyst
+
+
+def _paint_tumors(tb: np.ndarray, tum: np.ndarray, grid: Grid, sl, XYZ, sp: np.ndarray, rng: np.random.Generator,
+                  tumors: List[Dict[str, object]]) -> None:
+    """Heterogeneous tumour codes (maybe a necrotic core) per connected tumour of the label; appends descriptions."""
+    X, Y, Z = XYZ
+    het = box_field(rng, X, Y, Z, float(rng.uniform(5, 10)))
+    q = np.clip(((het + 1.5) / 3.0 * T.TUMOR_LEVELS).astype(np.int16), 0, T.TUMOR_LEVELS - 1)
+    cc, n = cc3d.connected_components(tum, connectivity=26, return_N=True)
+    for c in range(1, n + 1):
+        t_i = len(tumors)
+        m = cc == c
+        tb[m] = (tumor_code(t_i, 0) + q[m]).astype(np.uint8)
+        csl = box_slices(box_from_mask(m))
+        dt = ndi.distance_transform_edt(m[csl], sampling=sp).astype(np.float32)
+        w = _world(grid, sl, np.nonzero(m))
+        vol_ml = component_volume_ml(m, sp)
+        eq_d = float((6.0 * vol_ml * 1000.0 / np.pi) ** (1.0 / 3.0))
+        necrotic = bool(eq_d > 25 and rng.random() < 0.15 + 0.5 * np.clip((eq_d - 30) / 50, 0, 1))
+        if necrotic:
+            f = 0.25 * box_field(rng, X[..., csl[2]], Y[:, csl[1]], Z[csl[0]], 10.0)
+            core = m[csl] & ((dt / max(float(dt.max()), 1e-3)) + f > float(rng.uniform(0.45, 0.65)))
+            sub = tb[csl]
+            sub[core] = tumor_code(t_i, T.TUMOR_LEVELS)
+        tumors.append({"kind": "tumor", "centre_xyz": w.mean(0), "diameter_mm": float((w.max(0) - w.min(0)).max()),
+                       "equivalent_diameter_mm": eq_d, "volume_ml": vol_ml, "necrotic": necrotic,
+                       "exophytic": None})

@@ -11,7 +11,7 @@ All lengths are millimetres; angles degrees; intensities Hounsfield units.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -94,6 +94,14 @@ def lut(values: Dict[int, float], default: float = 0.0, dtype=np.float32) -> np.
     out = np.full(256, default, dtype=dtype)
     for k, v in values.items():
         out[int(k)] = v
+    return out
+
+
+def label_lut(cyst_label: bool) -> np.ndarray:
+    """KiTS label per tissue code (uint8): kidney 1, tumour 2, cyst 3 with ``cyst_label`` (else 0), the rest 0."""
+    out = lut({c: 1 for c in KIDNEY_CODES}, 0, np.uint8)
+    out[T.TUMOR0:] = 2
+    out[T.CYST0:T.CYST0 + T.N_CYST_CODES] = 3 if cyst_label else 0
     return out
 
 
@@ -206,6 +214,27 @@ def sample_hypervascular(rng: np.random.Generator, cortex_hu: float, n: int) -> 
     hi = max(lo + 5.0, cortex_hu - 5.0)
     return [{"hu": _u(rng, lo, hi), "heterogeneity": _u(rng, 25, 45), "necrosis_hu": _u(rng, 15, 40)}
             for _ in range(n)]
+
+
+def intensity_luts(I: Dict[str, object], lesion_hu: List[Dict[str, float]], cyst_hu: List[Dict[str, float]]
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    """Mean HU and texture amplitude per tissue code, lesion codes included, for ``phantom_render.render``.
+
+    ``I`` is :func:`sample_intensities`'s; ``lesion_hu`` one
+    :func:`sample_lesion_intensity` per tumour slot, ``cyst_hu`` one per cyst code.
+    """
+    mean = dict(I["mean"])
+    tex = dict(I["texture"])
+    for t_i, h in enumerate(lesion_hu):
+        for q in range(T.TUMOR_LEVELS):
+            mean[tumor_code(t_i, q)] = h["hu"] + h["heterogeneity"] * (q - 2.5) / 2.5
+            tex[tumor_code(t_i, q)] = 6.0
+        mean[tumor_code(t_i, T.TUMOR_LEVELS)] = h["necrosis_hu"]
+        tex[tumor_code(t_i, T.TUMOR_LEVELS)] = 4.0
+    for c_i, h in enumerate(cyst_hu):
+        mean[cyst_code(c_i)] = h["hu"]
+        tex[cyst_code(c_i)] = 1.0
+    return lut(mean, -1000.0), lut(tex)
 
 
 # --------------------------------------------------------------------------

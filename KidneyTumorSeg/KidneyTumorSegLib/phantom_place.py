@@ -3,19 +3,22 @@
 Chooses the grid (array shape ``(k, j, i)``, spacing ``(x, y, z)`` mm) when
 the caller leaves it open, fits the body to the field of view, puts the
 spine and the L1/L2 level (``zr``) in world coordinates (LPS mm), or builds
-the body around the kidneys of a reference label, and measures the painted
-lesions.
+the body around the kidneys of a reference label (:func:`set_up_scan` does
+either and returns the painted grid), and measures the painted lesions.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .geometry import Reorient, canonical_reorient
 from .phantom_body import body_profile, wall_depth
 from .phantom_field import Grid
+from .phantom_kits import find_kidneys
 from .phantom_params import T, cyst_code, tumor_code
-from .volume import InputError
+from .volume import InputError, Volume
 
 _THICKNESS = (0.5, 0.625, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0)
 _THICKNESS_P = (0.08, 0.07, 0.05, 0.1, 0.05, 0.05, 0.1, 0.1, 0.25, 0.15)
@@ -46,6 +49,79 @@ def scan_geometry(rng, shape, spacing):
         nxy = 512 if spacing[0] * 512 <= 500 else int(round(fov / spacing[0]))
         shape = (int(min(round(cover / spacing[2]), MAX_DEFAULT_SLICES)), nxy, nxy)
     return shape, spacing
+
+
+@dataclass
+class Scan:
+    """The grid of one phantom, from :func:`set_up_scan`.
+
+    ``shape`` (k, j, i), ``spacing`` (x, y, z) mm and ``origin`` describe
+    the output grid in canonical order; ``grid`` is the painted one, with
+    ``sub`` sub-slices per output slice. ``sides`` are the kidneys present.
+    With a reference label: ``reorient`` brings it to canonical order,
+    ``label`` is its canonical array and ``comps`` its kidneys
+    (:func:`~.phantom_kits.find_kidneys` on the output grid).
+    """
+
+    shape: Tuple[int, int, int]
+    spacing: Tuple[float, float, float]
+    origin: Tuple[float, float, float]
+    sub: int
+    sides: List[str]
+    grid: Optional[Grid] = None
+    reorient: Optional[Reorient] = None
+    label: Optional[np.ndarray] = None
+    comps: List[Dict[str, Any]] = field(default_factory=list)
+
+
+def set_up_scan(A: Dict[str, float], rng: np.random.Generator, shape: Optional[Sequence[int]],
+                spacing: Optional[Sequence[float]], z_supersample: Optional[int], kits_label: Optional[Volume],
+                sides: str) -> Scan:
+    """Grid, patient placement (fills ``A``'s position keys) and kidney sides of one phantom.
+
+    ``sides`` ("both", "left", "right" or "none") picks the synthetic kidneys;
+    with ``kits_label`` its grid and kidneys decide instead.
+    """
+    if kits_label is None:
+        shape_c, sp = scan_geometry(rng, shape, spacing)
+        sub = check_sub(z_supersample, sp[2])
+        origin = place_synthetic(A, rng, shape_c, sp)
+        scan = Scan(shape_c, sp, origin, sub, [s for s in ("right", "left") if sides in ("both", s)])
+    else:
+        scan = _scan_from_label(A, rng, shape, spacing, z_supersample, kits_label)
+    if len(scan.sides) == 1:  # a solitary kidney grows
+        for k in ("L", "W", "T"):
+            A[f"{scan.sides[0]}_{k}"] *= 1.12
+    sub, sp = scan.sub, scan.spacing
+    x, y, z = axes(scan.origin, sp, scan.shape)
+    zp = (z[:, None] + ((np.arange(sub) - (sub - 1) / 2) * sp[2] / sub)[None, :]).ravel()
+    scan.grid = Grid(x, y, zp)
+    return scan
+
+
+def _scan_from_label(A: Dict[str, float], rng: np.random.Generator, shape, spacing, z_supersample,
+                     kits_label: Volume) -> Scan:
+    """The reference label's grid in canonical order, its kidneys, and the body placed around them."""
+    if shape is not None or spacing is not None:
+        raise InputError("shape and spacing come from kits_label; leave them None")
+    reo = canonical_reorient(kits_label)
+    canon = reo.volume(kits_label)
+    sp = canon.spacing
+    sub = check_sub(z_supersample, sp[2])
+    label = np.asarray(canon.array)
+    grid0 = Grid(*axes(canon.origin, sp, canon.shape))
+    comps = find_kidneys(label, grid0)
+    sides = place_from_label(A, rng, comps, grid0)
+    return Scan(canon.shape, sp, canon.origin, sub, sides, reorient=reo, label=label, comps=comps)
+
+
+def check_sub(z_supersample, sz: float) -> int:
+    """Sub-slices painted per output slice: ``z_supersample``, checked, or 1 up to 2.5 mm slices, else 3."""
+    if z_supersample is None:
+        return 1 if sz <= 2.5 else 3
+    if not isinstance(z_supersample, (int, np.integer)) or z_supersample < 1 or z_supersample % 2 == 0:
+        raise InputError(f"z_supersample must be a positive odd integer, got {z_supersample!r}")
+    return int(z_supersample)
 
 
 def axes(origin, sp, shape):
