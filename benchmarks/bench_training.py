@@ -43,13 +43,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import platform
 import resource
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from contextlib import ExitStack
 from dataclasses import replace
@@ -57,7 +54,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
-for _p in (ROOT / "training", ROOT / "KidneyTumorSeg"):
+for _p in (ROOT / "training", ROOT / "KidneyTumorSeg", ROOT / "benchmarks"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
@@ -73,11 +70,12 @@ from ktstrain.losses import build_training_loss  # noqa: E402
 from ktstrain.schedules import build_optimizer  # noqa: E402
 from ktstrain.train import _step_seed, training_step  # noqa: E402  (the real loop's seed and step)
 
+from bench_training_report import device_name, print_report, targets  # noqa: E402
+from gpu_utilization import UtilSampler  # noqa: E402
+
 log = logging.getLogger("bench_training")
 
 REF_VOXELS = 128 ** 3
-TARGET_EQ_PATCHES_S = 60.0
-TARGET_GPU_BUSY = 0.90
 DEFAULT_CONFIG = ROOT / "training" / "configs" / "kidney.json"
 
 
@@ -200,49 +198,6 @@ def bench_compute(cfg: StageTraining, stage: StageConfig, dev: torch.device, amp
 # --------------------------------------------------------------------------
 # Mode 2: loader
 # --------------------------------------------------------------------------
-class UtilSampler:
-    """Samples ``torch.cuda.utilization`` (NVML, percent) every ``period`` s while ``active`` is set."""
-
-    def __init__(self, dev: torch.device, period: float = 0.05):
-        self.dev, self.period = dev, period
-        self.values: List[float] = []
-        self.active = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def available(dev: torch.device) -> Optional[str]:
-        """None when NVML answers, else why not."""
-        if dev.type != "cuda":
-            return "not a CUDA device"
-        try:
-            torch.cuda.utilization(dev)
-            return None
-        except Exception as exc:  # ModuleNotFoundError (no pynvml), NVML errors in containers, ...
-            return f"{type(exc).__name__}: {exc}"
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if self.active.is_set():
-                try:
-                    self.values.append(float(torch.cuda.utilization(self.dev)))
-                except Exception:  # a failed read loses one sample, not the benchmark
-                    pass
-            time.sleep(self.period)
-
-    def __enter__(self) -> "UtilSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def take(self) -> Optional[float]:
-        v, self.values = self.values, []
-        return sum(v) / len(v) / 100.0 if v else None
-
-
 def _cases(args, tmp: Path):
     from ktstrain.data import discover_cases
 
@@ -258,6 +213,7 @@ def _cases(args, tmp: Path):
 
 
 def bench_loader(cfg: StageTraining, stage: StageConfig, dev: torch.device, amp, args, tmp: Path) -> Dict[str, Any]:
+    """The real pipeline's result row: phantoms (or ``--data``), preprocessing, sampler, loader, augmentation, step."""
     from ktstrain.preprocess import preprocess_stage
     from ktstrain.sampler import PatchSampler
 
@@ -284,10 +240,32 @@ def bench_loader(cfg: StageTraining, stage: StageConfig, dev: torch.device, amp,
     busy_source = "nvml" if why_no_nvml is None else ("events" if dev.type == "cuda" else None)
     if dev.type == "cuda" and why_no_nvml:
         log.info("GPU busy from CUDA events (torch.cuda.utilization unavailable: %s)", why_no_nvml)
-    rates, waits, busy_nvml, busy_ev = [], [], [], []
     _reset_peak(dev)
+    rates, waits, busy_nvml, busy_ev = _loader_windows(tr, loader, dev, cfg, spacing, args, busy_source == "nvml")
+    row = _base_row("loader", stage, tr, batch)
+    _rates(row, rates)
+    row.update(workers=workers, data_wait=statistics.median(waits), data_wait_all=[round(w, 4) for w in waits],
+               cases=len(cases), cache_items=len(cache.items), phantom_s=round(t_gen, 2), preprocess_s=round(t_pre, 2),
+               data="phantoms" if not args.data else str(args.data), busy_source=busy_source)
+    if busy_source == "nvml":
+        vals = [b for b in busy_nvml if b is not None]
+        row["gpu_busy"] = statistics.median(vals) if vals else None
+        row["gpu_busy_events"] = statistics.median(busy_ev) if busy_ev else None
+    elif busy_source == "events":
+        row["gpu_busy"] = statistics.median(busy_ev)
+        row["nvml_unavailable"] = why_no_nvml
+    row["peak_mb"], row["peak_kind"] = _peak_mb(dev)
+    return row
+
+
+def _loader_windows(tr: Trainer, loader, dev: torch.device, cfg: StageTraining, spacing, args,
+                    nvml: bool) -> Tuple[List[float], List[float], List[Optional[float]], List[float]]:
+    """The warm-up, then ``--repeats`` timed windows of ``--iters`` loader steps; per window: iterations/s, the
+    data-wait fraction, the NVML busy fraction (with ``nvml``) and the CUDA-event busy fraction (on CUDA)."""
+    ts = cfg.train
+    rates, waits, busy_nvml, busy_ev = [], [], [], []
     with ExitStack() as stack:
-        util = stack.enter_context(UtilSampler(dev)) if busy_source == "nvml" else None
+        util = stack.enter_context(UtilSampler(dev)) if nvml else None
         it = iter(loader)
         t_first = time.perf_counter()
         for step in range(args.warmup):
@@ -317,20 +295,7 @@ def bench_loader(cfg: StageTraining, stage: StageConfig, dev: torch.device, amp,
             rates.append(args.iters / wall)
             waits.append(wait / wall)
             log.info("loader window %d/%d: %.3f it/s, data wait %.1f %%", r + 1, args.repeats, rates[-1], 100 * waits[-1])
-    row = _base_row("loader", stage, tr, batch)
-    _rates(row, rates)
-    row.update(workers=workers, data_wait=statistics.median(waits), data_wait_all=[round(w, 4) for w in waits],
-               cases=len(cases), cache_items=len(cache.items), phantom_s=round(t_gen, 2), preprocess_s=round(t_pre, 2),
-               data="phantoms" if not args.data else str(args.data), busy_source=busy_source)
-    if busy_source == "nvml":
-        vals = [b for b in busy_nvml if b is not None]
-        row["gpu_busy"] = statistics.median(vals) if vals else None
-        row["gpu_busy_events"] = statistics.median(busy_ev) if busy_ev else None
-    elif busy_source == "events":
-        row["gpu_busy"] = statistics.median(busy_ev)
-        row["nvml_unavailable"] = why_no_nvml
-    row["peak_mb"], row["peak_kind"] = _peak_mb(dev)
-    return row
+    return rates, waits, busy_nvml, busy_ev
 
 
 def _loader_step(tr: Trainer, batch, dev, cfg, spacing, step: int, seed: int, timed: bool = False):
@@ -349,77 +314,6 @@ def _loader_step(tr: Trainer, batch, dev, cfg, spacing, step: int, seed: int, ti
         ev[1].record()
     float(loss.detach())  # the real loop reads the loss every step, which synchronises
     return ev
-
-
-# --------------------------------------------------------------------------
-# Report
-# --------------------------------------------------------------------------
-def device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return f"{torch.cuda.get_device_name(dev)} ({dev})"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {model}, {torch.get_num_threads()} torch thread(s)"
-
-
-def targets(rows: List[Dict[str, Any]], dev: torch.device, precision: str) -> List[Dict[str, Any]]:
-    applies = dev.type == "cuda" and precision == "bf16"
-    out = []
-    for r in rows:
-        out.append({"what": f"{r['mode']}: 128^3-equivalent patches/s", "target": TARGET_EQ_PATCHES_S,
-                    "value": r["eq_patches_per_s"], "ratio": r["eq_patches_per_s"] / TARGET_EQ_PATCHES_S,
-                    "met": r["eq_patches_per_s"] >= TARGET_EQ_PATCHES_S, "applies": applies})
-        if r["mode"] == "loader":
-            b = r.get("gpu_busy")
-            out.append({"what": f"loader: GPU busy ({r.get('busy_source') or 'no GPU'})", "target": TARGET_GPU_BUSY,
-                        "value": b, "ratio": None if b is None else b / TARGET_GPU_BUSY,
-                        "met": None if b is None else b >= TARGET_GPU_BUSY, "applies": applies and b is not None})
-    return out
-
-
-def _fmt(v, spec: str, none: str = "-") -> str:
-    return none if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
-
-
-def print_report(res: Dict[str, Any]) -> None:
-    print(f"\nTraining throughput - config {res['config']}, stage {res['stage']}")
-    print(f"device: {res['device']}; precision {res['precision']}; torch {res['torch']}; "
-          f"cudnn.benchmark {res['cudnn_benchmark']}; {res['warmup']} warm-up + {res['repeats']} x {res['iters']} "
-          f"timed iterations (median window)")
-    head = (f"{'mode':8} {'network':38} {'patch':>12} {'batch':>5} {'it/s':>8} {'patch/s':>8} {'128^3-eq/s':>10} "
-            f"{'GPU busy':>10} {'data wait':>9} {'peak MB':>11}")
-    print(head)
-    print("-" * len(head))
-    for r in res["rows"]:
-        busy = "-"
-        if r.get("gpu_busy") is not None:
-            busy = f"{100 * r['gpu_busy']:.0f}% {r['busy_source']}"
-        wait = _fmt(None if "data_wait" not in r else 100 * r["data_wait"], ".1f")
-        wait = wait + "%" if wait != "-" else wait
-        print(f"{r['mode']:8} {r['network'][:38]:38} {'x'.join(map(str, r['patch'])):>12} {r['batch']:>5} "
-              f"{r['iters_per_s']:>8.3f} {r['patches_per_s']:>8.3f} {r['eq_patches_per_s']:>10.3f} {busy:>10} "
-              f"{wait:>9} {r['peak_mb']:>7.0f} {r['peak_kind']:<3}")
-    for r in res["rows"]:
-        if r["mode"] == "loader":
-            print(f"loader: {r['cases']} case(s) of {r['data']} ({r['cache_items']} item(s)), {r['workers']} worker(s); "
-                  f"phantoms {r['phantom_s']:.1f} s, preprocessing {r['preprocess_s']:.1f} s (not in the rates)")
-            if r.get("nvml_unavailable"):
-                print(f"  GPU busy from CUDA events (upper bound), NVML unavailable: {r['nvml_unavailable']}")
-    print("memory format: " + ", ".join(f"{r['mode']} {r['memory_format']}" for r in res["rows"]))
-    print("targets (one H100, bf16):")
-    for t in res["targets"]:
-        if t["value"] is None:
-            print(f"  {t['what']}: >= {t['target']:g}: not measured here (no GPU; the data-wait fraction is above)")
-            continue
-        state = ("met" if t["met"] else "MISSED") if t["applies"] else ("met" if t["met"] else "below")
-        note = "" if t["applies"] else f"  [reference only: this run is {res['device_type']} {res['precision']}]"
-        print(f"  {t['what']} >= {t['target']:g}: {t['value']:.3g} = {t['ratio']:.3g}x of target -> {state}{note}")
 
 
 # --------------------------------------------------------------------------

@@ -44,9 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import multiprocessing as mp
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -55,9 +53,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+# the phantoms phase's work, beside this script (whose folder Python puts on sys.path)
+from device_phantoms import TRAIN_SEED0, make_phantoms, phantom_jobs
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = (("roi", "coarse"), ("kidney", "kidney"), ("tumor", "tumor"))  # (role, configuration file stem)
-TRAIN_SEED0 = 50000  # never used before: CPU rounds 10000-14019, 20000+, 30000+ and 40000+ KiTS case; evaluation 0-9, 30000+
 SHIPPED_POST = ["tumor_growth_passes=1", "tumor_growth_mm=13"]  # the shipped model 0.5.1's stage-4 settings
 
 log = logging.getLogger("device_session")
@@ -70,92 +70,6 @@ def _env() -> Dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
-
-
-def phantom_kind(i: int) -> Dict[str, Any]:
-    """The keyword arguments of training phantom ``i``: a fixed cycle over the CPU rounds' kinds."""
-    small = {"randomize_intensity": True, "shape": None}
-    kinds = [
-        dict(small, organ_contact=0.5, bowel_contact=0.5, cyst_label=True, n_cysts=1),  # rounds 5-6
-        dict(small, organ_contact=0.7, n_tumors=1, tumor_diameter_mm=(45.0, 110.0)),  # large exophytic (round 12)
-        dict(small, organ_contact=0.5, bowel_contact=0.5, cyst_label=True, n_cysts=1, n_tumors=3,
-             tumor_diameter_mm=(8.0, 35.0)),  # small tumors (round 9)
-        dict(small, organ_contact=0.5, cyst_label=True, n_cysts=1, n_tumors=2, hypervascular=0.7),  # round 13
-        dict(small, organ_contact=1.0, bowel_contact=0.7),  # no fat plane, bowel against the kidneys (rounds 3, 5)
-        dict(small, organ_contact=0.5, bowel_contact=0.5, cyst_label=True, n_cysts=2, n_tumors=2,
-             tumor_diameter_mm=(6.0, 20.0)),  # round 9's second kind
-    ]
-    return dict(kinds[i % len(kinds)])
-
-
-def _make_one(job: Dict[str, Any]) -> str:
-    """Write one phantom case (a pool task): into a temporary folder, then renamed into place."""
-    from KidneyTumorSegLib.phantom import write_phantom_cases
-
-    dest = Path(job["dest"])
-    tmp = dest.parent.parent / "_tmp" / f"{dest.parent.name}_{dest.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    kwargs = dict(job["kwargs"])
-    if job.get("kits_label"):
-        from KidneyTumorSegLib.volume_io import read_label
-
-        kwargs["kits_label"] = read_label(job["kits_label"])
-    write_phantom_cases(tmp, 1, seed0=job["seed"], start_index=0, **kwargs)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    (tmp / "case_00000").rename(dest)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return str(dest)
-
-
-def phantom_jobs(root: Path, n_train: int, n_eval: int, shape: Optional[Sequence[int]],
-                 eval_shape: Optional[Sequence[int]], kits_labels: Sequence[Path]) -> List[Dict[str, Any]]:
-    """The evaluation phantoms first (seeds 0.., the held-out set), then training ones, KiTS-shaped mixed in."""
-    jobs = [{"dest": str(root / "eval" / f"case_{s:05d}"), "seed": s,
-             "kwargs": {"shape": tuple(eval_shape) if eval_shape else None}} for s in range(n_eval)]
-    kits = list(kits_labels)
-    for i in range(n_train):
-        if kits and i % 4 == 3:  # a quarter shaped by real KiTS19 label maps while there are some left
-            label = kits.pop(0)
-            jobs.append({"dest": str(root / "train" / f"case_{i:05d}"), "seed": TRAIN_SEED0 + i,
-                         "kwargs": {"randomize_intensity": i % 8 == 7, "bowel_contact": 0.3 if i % 8 == 7 else 0.0},
-                         "kits_label": str(label)})
-            continue
-        kw = phantom_kind(i)
-        if shape:
-            kw["shape"] = tuple(shape)
-        elif kw.get("shape") is None:
-            kw["shape"] = (80, 288, 288)  # the CPU rounds' small low-resolution phantoms (2-4 s each)
-        jobs.append({"dest": str(root / "train" / f"case_{i:05d}"), "seed": TRAIN_SEED0 + i, "kwargs": kw})
-    return jobs
-
-
-def make_phantoms(jobs: Sequence[Dict[str, Any]], deadline: float, processes: int) -> Dict[str, Any]:
-    """Run ``jobs`` on ``processes`` workers until ``deadline`` (``time.monotonic()``).
-
-    Returns the failures; what was made are the jobs' ``dest`` folders that
-    exist (a case is renamed into place whole, also one finished after the
-    first still running at the deadline).
-    """
-    failed: List[str] = []
-    ctx = mp.get_context("spawn")  # no inherited torch / CUDA state in the workers
-    pool = ctx.Pool(processes)
-    try:
-        pending = [pool.apply_async(_make_one, (job,)) for job in jobs]
-        for job, res in zip(jobs, pending):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                res.get(timeout=left)
-            except mp.TimeoutError:
-                break
-            except Exception as exc:  # one bad phantom must not stop the session
-                failed.append(f"{job['dest']}: {type(exc).__name__}: {exc}")
-    finally:
-        pool.terminate()
-        pool.join()
-    return failed
 
 
 class Session:
@@ -179,9 +93,9 @@ class Session:
         self.save()
 
     def save(self) -> None:
-        from KidneyTumorSegLib.atomic import atomic_write_text
+        from KidneyTumorSegLib.jsonfile import write_json
 
-        atomic_write_text(self.out / "session.json", json.dumps(self.summary, indent=1, default=str), overwrite=True)
+        write_json(self.summary, self.out / "session.json", overwrite=True, indent=1)
 
 
 def start_logged(cmd: Sequence[Any], logfile: Path) -> subprocess.Popen:

@@ -119,43 +119,14 @@ def real_variants(src: Path, dst: Path) -> list:
     dst.mkdir(parents=True, exist_ok=True)
     img = volume_io.volume_to_sitk(volume_io.read_volume(src))
     img = sitk.Cast(img, sitk.sitkFloat32)
-    sp = img.GetSpacing()
-
-    def resample_z(image, z):
-        size = list(image.GetSize())
-        size[2] = int((size[2] - 1) * sp[2] / z) + 1  # every sample inside the scan
-        return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
-                             (sp[0], sp[1], z), image.GetDirection(), -1024.0, sitk.sitkFloat32)
-
-    def keep_above(image, world_axis, c):
-        """The part of ``image`` whose world coordinate along ``world_axis`` (0 x, 2 z) is at least ``c`` mm."""
-        d = np.array(image.GetDirection()).reshape(3, 3)
-        a = int(np.argmax(abs(d[world_axis])))  # the array axis along that world axis
-        pt = list(image.GetOrigin())
-        pt[world_axis] = c
-        at = image.TransformPhysicalPointToContinuousIndex(pt)[a]
-        n = image.GetSize()[a]
-        lo, hi = (int(np.ceil(at)), n) if d[world_axis, a] > 0 else (0, int(np.floor(at)) + 1)
-        index, size = [0, 0, 0], list(image.GetSize())
-        index[a], size[a] = max(lo, 0), min(hi, n) - max(lo, 0)
-        return sitk.RegionOfInterest(image, size, index)
-
-    rng = np.random.default_rng(20261204)
-    arr = sitk.GetArrayFromImage(img)
-    noise = sitk.GetImageFromArray(rng.standard_normal(arr.shape).astype(np.float32))
-    noise.CopyInformation(img)
-    noise = sitk.SmoothingRecursiveGaussian(noise, [0.6, 0.6, 0.01])
-    narr = sitk.GetArrayFromImage(noise)
-    noisy = sitk.GetImageFromArray(arr + narr * np.float32(20.0 / narr.std()))
-    noisy.CopyInformation(img)
     out = {
         "original": img,
-        "slices_5mm": resample_z(sitk.SmoothingRecursiveGaussian(img, [0.01, 0.01, 5.0 / 2.355]), 5.0),
-        "slices_1.5mm": resample_z(img, 1.5),
-        "noise_plus20": noisy,
+        "slices_5mm": _resample_z(sitk.SmoothingRecursiveGaussian(img, [0.01, 0.01, 5.0 / 2.355]), 5.0),
+        "slices_1.5mm": _resample_z(img, 1.5),
+        "noise_plus20": _noisy(img),
         "soft_kernel": sitk.SmoothingRecursiveGaussian(img, [0.8, 0.8, 0.01]),
-        "left_half": keep_above(img, 0, 10.0),  # LPS: +x is the patient's left
-        "upper_half": keep_above(img, 2, 290.0),
+        "left_half": _keep_above(img, 0, 10.0),  # LPS: +x is the patient's left
+        "upper_half": _keep_above(img, 2, 290.0),
         "orientation_pir": sitk.DICOMOrient(img, "PIR"),
     }
     for name, _ in variants:
@@ -167,7 +138,66 @@ def real_variants(src: Path, dst: Path) -> list:
     return variants
 
 
+def _resample_z(image, z):
+    """``image`` resampled linearly to ``z`` mm slices (every sample inside the scan)."""
+    import SimpleITK as sitk
+
+    sp = image.GetSpacing()
+    size = list(image.GetSize())
+    size[2] = int((size[2] - 1) * sp[2] / z) + 1  # every sample inside the scan
+    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
+                         (sp[0], sp[1], z), image.GetDirection(), -1024.0, sitk.sitkFloat32)
+
+
+def _keep_above(image, world_axis, c):
+    """The part of ``image`` whose world coordinate along ``world_axis`` (0 x, 2 z) is at least ``c`` mm."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    d = np.array(image.GetDirection()).reshape(3, 3)
+    a = int(np.argmax(abs(d[world_axis])))  # the array axis along that world axis
+    pt = list(image.GetOrigin())
+    pt[world_axis] = c
+    at = image.TransformPhysicalPointToContinuousIndex(pt)[a]
+    n = image.GetSize()[a]
+    lo, hi = (int(np.ceil(at)), n) if d[world_axis, a] > 0 else (0, int(np.floor(at)) + 1)
+    index, size = [0, 0, 0], list(image.GetSize())
+    index[a], size[a] = max(lo, 0), min(hi, n) - max(lo, 0)
+    return sitk.RegionOfInterest(image, size, index)
+
+
+def _noisy(img):
+    """``img`` plus in-plane correlated Gaussian noise of 20 HU sd (a fixed seed: the same every run)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(20261204)
+    arr = sitk.GetArrayFromImage(img)
+    noise = sitk.GetImageFromArray(rng.standard_normal(arr.shape).astype(np.float32))
+    noise.CopyInformation(img)
+    noise = sitk.SmoothingRecursiveGaussian(noise, [0.6, 0.6, 0.01])
+    narr = sitk.GetArrayFromImage(noise)
+    noisy = sitk.GetImageFromArray(arr + narr * np.float32(20.0 / narr.std()))
+    noisy.CopyInformation(img)
+    return noisy
+
+
 def main() -> None:
+    args = _parse_args()
+    work = Path(args.work)
+    model = ["--model", args.model] if args.model else []
+    exe = [sys.executable, "-m", "KidneyTumorSegLib"]
+    common = model + ["--device", "cpu", "--tta", str(args.tta), "--overwrite", "--no-progress"]
+    groups = _phantom_groups(args, work, exe, common)
+    _print_groups(groups)
+    real = SHARED / "real-abdominal-ct-dicom"
+    if real.is_dir():
+        _real_ct(real, work, exe, common)
+    if real.is_dir() and args.real_variants:
+        _real_variants(real, work, exe, common)
+
+
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="eval-default")
     ap.add_argument("--model", default=None)
@@ -179,12 +209,11 @@ def main() -> None:
                     help="also N random phantoms (seeds 0..N-1) with hypervascular tumors (default 0: none)")
     ap.add_argument("--real-variants", action="store_true",
                     help="also the real CT as other protocols would give it (slices, noise, kernel, field of view, orientation)")
-    args = ap.parse_args()
-    work = Path(args.work)
-    model = ["--model", args.model] if args.model else []
-    exe = [sys.executable, "-m", "KidneyTumorSegLib"]
-    common = model + ["--device", "cpu", "--tta", str(args.tta), "--overwrite", "--no-progress"]
+    return ap.parse_args()
 
+
+def _phantom_groups(args, work: Path, exe: list, common: list) -> dict:
+    """Segment and score the phantom groups (made once, kept between runs); returns name -> per-case rows."""
     groups = {}
     ph = work / "phantoms"
     if not ph.exists():
@@ -216,7 +245,10 @@ def main() -> None:
                            "--cyst-label", "--randomize-intensity", "--bowel-contact", 0.3)
         sh(*exe, "segment", kp, "-o", work / "pred_kits23", *common)
         groups["phantoms shaped by KiTS23 labels with cysts (cysts as background)"] = cyst_rows(work / "pred_kits23", kp)
+    return groups
 
+
+def _print_groups(groups: dict) -> None:
     for name, rows in groups.items():
         print(f"\n== {name}")
         cysts = rows and "cyst_ml" in rows[0]
@@ -231,41 +263,44 @@ def main() -> None:
                   f"mean: kidney {statistics.mean(r['kidney_dice'] for r in rows):.4f}, "
                   f"tumor {statistics.mean(r['tumor_dice'] for r in rows):.4f}")
 
-    real = SHARED / "real-abdominal-ct-dicom"
-    if real.is_dir():
-        out = work / "pred_real"
-        sh(*exe, "segment", real, "-o", out, *common)
-        reports = list(out.glob("*/*.report.json"))
-        print("\n== real abdominal CT (no labels)")
-        if not reports:
-            print("no report written (see the messages above)")
-        for rp in reports:
-            rep = json.loads(rp.read_text())
-            for k in rep["kidneys"]:
-                print(f"kidney {k['side']}: {k['volume_ml']:.0f} mL (with tumor {k['volume_with_tumor_ml']:.0f} mL), "
-                      f"centre LPS {k['centre_lps_mm']}")
-            print(f"tumors kept: {rep['kept_tumors']}, candidates: {len(rep['tumor_candidates'])}")
-            print("messages:", "; ".join(rep["messages"]))
-            print("preview:", rp.with_name(rp.name.replace(".report.json", ".preview.png")))
 
-    if real.is_dir() and args.real_variants:
-        variants = real_variants(real, work / "real_variants")
-        out = work / "pred_real_variants"
-        sh(*exe, "segment", work / "real_variants", "-o", out, *common)
-        print("\n== the real CT as other protocols would give it (no labels: two kidneys expected, no tumor)")
-        print(f"{'variant':16s} {'left mL':>8s} {'right mL':>8s} {'tumors':>6s} {'listed':>6s}  notes")
-        for name, what in variants:
-            rp = out / name / f"{name}.report.json"
-            if not rp.exists():
-                print(f"{name:16s} no report written ({what})")
-                continue
-            rep = json.loads(rp.read_text())
-            vol = {k["side"]: k["volume_ml"] for k in rep["kidneys"]}
-            edge = [k["side"] for k in rep["kidneys"] if k["touches_fov_edge"]]
-            notes = [what] + ([f"at the edge: {', '.join(edge)}"] if edge else [])
-            notes += [f"{c['side']} {c['volume_ml']:.1f} mL p {c['mean_probability']:.2f}" for c in rep["tumor_candidates"] if c["kept"]]
-            print(f"{name:16s} {vol.get('left', 0):8.0f} {vol.get('right', 0):8.0f} {rep['kept_tumors']:6d} "
-                  f"{len(rep['tumor_candidates']):6d}  {'; '.join(notes)}")
+def _real_ct(real: Path, work: Path, exe: list, common: list) -> None:
+    """Segment the real CT and print what was found (no labels to score against)."""
+    out = work / "pred_real"
+    sh(*exe, "segment", real, "-o", out, *common)
+    reports = list(out.glob("*/*.report.json"))
+    print("\n== real abdominal CT (no labels)")
+    if not reports:
+        print("no report written (see the messages above)")
+    for rp in reports:
+        rep = json.loads(rp.read_text())
+        for k in rep["kidneys"]:
+            print(f"kidney {k['side']}: {k['volume_ml']:.0f} mL (with tumor {k['volume_with_tumor_ml']:.0f} mL), "
+                  f"centre LPS {k['centre_lps_mm']}")
+        print(f"tumors kept: {rep['kept_tumors']}, candidates: {len(rep['tumor_candidates'])}")
+        print("messages:", "; ".join(rep["messages"]))
+        print("preview:", rp.with_name(rp.name.replace(".report.json", ".preview.png")))
+
+
+def _real_variants(real: Path, work: Path, exe: list, common: list) -> None:
+    """Segment the real CT's variants (:func:`real_variants`) and print one line each."""
+    variants = real_variants(real, work / "real_variants")
+    out = work / "pred_real_variants"
+    sh(*exe, "segment", work / "real_variants", "-o", out, *common)
+    print("\n== the real CT as other protocols would give it (no labels: two kidneys expected, no tumor)")
+    print(f"{'variant':16s} {'left mL':>8s} {'right mL':>8s} {'tumors':>6s} {'listed':>6s}  notes")
+    for name, what in variants:
+        rp = out / name / f"{name}.report.json"
+        if not rp.exists():
+            print(f"{name:16s} no report written ({what})")
+            continue
+        rep = json.loads(rp.read_text())
+        vol = {k["side"]: k["volume_ml"] for k in rep["kidneys"]}
+        edge = [k["side"] for k in rep["kidneys"] if k["touches_fov_edge"]]
+        notes = [what] + ([f"at the edge: {', '.join(edge)}"] if edge else [])
+        notes += [f"{c['side']} {c['volume_ml']:.1f} mL p {c['mean_probability']:.2f}" for c in rep["tumor_candidates"] if c["kept"]]
+        print(f"{name:16s} {vol.get('left', 0):8.0f} {vol.get('right', 0):8.0f} {rep['kept_tumors']:6d} "
+              f"{len(rep['tumor_candidates']):6d}  {'; '.join(notes)}")
 
 
 if __name__ == "__main__":

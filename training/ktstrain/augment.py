@@ -186,23 +186,28 @@ def augment_batch(
         raise ValueError(f"image must be (N, C, k, j, i), got shape {tuple(image.shape)}")
     if label is not None and (label.shape[0] != image.shape[0] or tuple(label.shape[-3:]) != tuple(image.shape[2:])):
         raise ValueError(f"label shape {tuple(label.shape)} does not match image shape {tuple(image.shape)}")
-    cfg, dev = config, image.device
     n = image.shape[0]
-    dims = tuple(image.shape[2:])
     # one fixed block of draws, whichever transforms fire, so a seed gives one result
-    fire = _u((n, 12), generator, dev)
-    par = _u((n, 12), generator, dev)
+    fire = _u((n, 12), generator, image.device)
+    par = _u((n, 12), generator, image.device)
+    out_img, out_lab = _augment_spatial(image, label, config, fire, par, generator, spacing, pad_value)
+    return _augment_intensity(out_img, config, fire, par, generator), out_lab
 
-    def on(col: int, p: float) -> torch.Tensor:
-        return fire[:, col] < p
 
-    rot, scl, ela = on(0, cfg.p_rotation), on(1, cfg.p_scale), on(2, cfg.p_elastic)
+def _on(fire: torch.Tensor, col: int, p: float) -> torch.Tensor:
+    """Per sample: whether the transform drawn in column ``col`` of ``fire`` fires (probability ``p``)."""
+    return fire[:, col] < p
+
+
+def _augment_spatial(image, label, cfg: AugmentConfig, fire, par, generator, spacing, pad_value):
+    """Flips, rotation, scaling and elastic deformation, identical for image and label (see the module docstring)."""
+    dev, n = image.device, image.shape[0]
+    rot, scl, ela = _on(fire, 0, cfg.p_rotation), _on(fire, 1, cfg.p_scale), _on(fire, 2, cfg.p_elastic)
     flip = torch.zeros(n, 3, dtype=torch.bool, device=dev)
     for a in cfg.flip_axes:
-        flip[:, int(a)] = on(3 + int(a), cfg.p_flip)
+        flip[:, int(a)] = _on(fire, 3 + int(a), cfg.p_flip)
     out_img, out_lab = image.clone(), None if label is None else label.clone()
 
-    # ---- spatial ---------------------------------------------------------
     resample = rot | scl | ela
     for b in torch.nonzero(~resample & flip.any(1)).flatten().tolist():
         axes = [a for a in range(3) if bool(flip[b, a])]
@@ -211,41 +216,67 @@ def augment_batch(
             out_lab[b] = torch.flip(label[b], [label.dim() - 4 + a for a in axes])
     if bool(resample.any()):
         sel = torch.nonzero(resample).flatten()
-        m = sel.numel()
-        deg = torch.tensor([cfg.rotation_other_deg, cfg.rotation_other_deg, cfg.rotation_axial_deg], device=dev)
-        angles = (par[sel, 0:3] * 2 - 1) * deg * (math.pi / 180.0) * rot[sel, None]
-        zoom = torch.where(scl[sel], _between(par[sel, 3], cfg.scale_range), torch.ones(m, device=dev))
+        dims = tuple(image.shape[2:])
         half = torch.tensor([d * s / 2.0 for d, s in zip(dims[::-1], tuple(spacing)[::-1])], device=dev)  # (x, y, z) mm
-        fsign = torch.where(flip[sel].flip(1), -1.0, 1.0)  # (x, y, z) = (i, j, k)
-        mat = _rotation(angles).transpose(1, 2) / zoom[:, None, None]  # output mm -> input mm
-        a = (mat * fsign[:, None, :]) * half[None, None, :] / half[None, :, None]
-        theta = torch.cat([a, torch.zeros(m, 3, 1, device=dev)], 2)
+        theta = _affine(cfg, sel, rot, scl, flip, par, half)
         disp = None
         if bool(ela[sel].any()):
-            g = int(cfg.elastic_grid_points)
-            mag = _between(par[sel, 4], cfg.elastic_magnitude_mm) * ela[sel]
-            ctrl = _n((m, 3, g, g, g), generator, dev) * mag[:, None, None, None, None]
-            field = F.interpolate(ctrl, size=dims, mode="trilinear", align_corners=True)
-            disp = field.permute(0, 2, 3, 4, 1) / half  # mm -> normalised, (x, y, z) order
+            disp = _elastic(cfg, sel, ela, par, generator, dims, half)
         img_s, lab_s = _spatial(image, label, sel, theta, disp, pad_value)
         out_img[sel] = img_s
         if label is not None:
             out_lab[sel] = lab_s
+    return out_img, out_lab
 
-    # ---- intensity (image only) ---------------------------------------------
-    x = out_img
-    noise = on(6, cfg.p_noise)
+
+def _affine(cfg: AugmentConfig, sel, rot, scl, flip, par, half) -> torch.Tensor:
+    """``affine_grid``'s ``theta`` (m, 3, 4) of the selected samples: rotation, zoom and flips, in mm."""
+    dev = par.device
+    m = sel.numel()
+    deg = torch.tensor([cfg.rotation_other_deg, cfg.rotation_other_deg, cfg.rotation_axial_deg], device=dev)
+    angles = (par[sel, 0:3] * 2 - 1) * deg * (math.pi / 180.0) * rot[sel, None]
+    zoom = torch.where(scl[sel], _between(par[sel, 3], cfg.scale_range), torch.ones(m, device=dev))
+    fsign = torch.where(flip[sel].flip(1), -1.0, 1.0)  # (x, y, z) = (i, j, k)
+    mat = _rotation(angles).transpose(1, 2) / zoom[:, None, None]  # output mm -> input mm
+    a = (mat * fsign[:, None, :]) * half[None, None, :] / half[None, :, None]
+    return torch.cat([a, torch.zeros(m, 3, 1, device=dev)], 2)
+
+
+def _elastic(cfg: AugmentConfig, sel, ela, par, generator, dims, half) -> torch.Tensor:
+    """Smooth random displacements (m, k, j, i, 3) of the selected samples, normalised grid units."""
+    dev = par.device
+    m = sel.numel()
+    g = int(cfg.elastic_grid_points)
+    mag = _between(par[sel, 4], cfg.elastic_magnitude_mm) * ela[sel]
+    ctrl = _n((m, 3, g, g, g), generator, dev) * mag[:, None, None, None, None]
+    field = F.interpolate(ctrl, size=dims, mode="trilinear", align_corners=True)
+    return field.permute(0, 2, 3, 4, 1) / half  # mm -> normalised, (x, y, z) order
+
+
+def _augment_intensity(x, cfg: AugmentConfig, fire, par, generator) -> torch.Tensor:
+    """Noise, blur, brightness, contrast, low resolution, gamma (nnU-Net's order), image only."""
+    x = _noise_and_blur(x, cfg, fire, par, generator)
+    x = _brightness_and_contrast(x, cfg, fire, par)
+    return _lowres_and_gamma(x, cfg, fire, par)
+
+
+def _noise_and_blur(x, cfg: AugmentConfig, fire, par, generator) -> torch.Tensor:
+    noise = _on(fire, 6, cfg.p_noise)
     if bool(noise.any()):
         sel = torch.nonzero(noise).flatten()
         sd = _between(par[sel, 5], cfg.noise_std).to(x.dtype)
-        x[sel] = x[sel] + _n((sel.numel(),) + tuple(x.shape[1:]), generator, dev).to(x.dtype) * sd.view(-1, 1, 1, 1, 1)
-    for b in torch.nonzero(on(7, cfg.p_blur)).flatten().tolist():
+        x[sel] = x[sel] + _n((sel.numel(),) + tuple(x.shape[1:]), generator, x.device).to(x.dtype) * sd.view(-1, 1, 1, 1, 1)
+    for b in torch.nonzero(_on(fire, 7, cfg.p_blur)).flatten().tolist():
         x[b:b + 1] = _gauss_blur(x[b:b + 1], float(_between(par[b, 6], cfg.blur_sigma)))
-    bright = on(8, cfg.p_brightness)
+    return x
+
+
+def _brightness_and_contrast(x, cfg: AugmentConfig, fire, par) -> torch.Tensor:
+    bright = _on(fire, 8, cfg.p_brightness)
     if bool(bright.any()):
-        f = torch.where(bright, _between(par[:, 7], cfg.brightness_range), torch.ones(n, device=dev))
+        f = torch.where(bright, _between(par[:, 7], cfg.brightness_range), torch.ones(x.shape[0], device=x.device))
         x = x * f.to(x.dtype).view(-1, 1, 1, 1, 1)
-    contrast = on(9, cfg.p_contrast)
+    contrast = _on(fire, 9, cfg.p_contrast)
     if bool(contrast.any()):
         sel = torch.nonzero(contrast).flatten()
         xs = x[sel]
@@ -253,14 +284,19 @@ def augment_batch(
         lo, hi = xs.amin(dim=(2, 3, 4), keepdim=True), xs.amax(dim=(2, 3, 4), keepdim=True)
         f = _between(par[sel, 8], cfg.contrast_range).to(x.dtype).view(-1, 1, 1, 1, 1)
         x[sel] = torch.maximum(torch.minimum((xs - mean) * f + mean, hi), lo)
-    for b in torch.nonzero(on(10, cfg.p_lowres)).flatten().tolist():
+    return x
+
+
+def _lowres_and_gamma(x, cfg: AugmentConfig, fire, par) -> torch.Tensor:
+    dims = tuple(x.shape[2:])
+    for b in torch.nonzero(_on(fire, 10, cfg.p_lowres)).flatten().tolist():
         z = float(_between(par[b, 9], cfg.lowres_zoom))
         small = [max(1, int(round(d * z))) for d in dims]
         down = F.interpolate(x[b:b + 1], size=small, mode="nearest")
         x[b:b + 1] = F.interpolate(down, size=dims, mode="trilinear", align_corners=False)
     gamma = _between(par[:, 10], cfg.gamma_range)
     invert = par[:, 11] < cfg.p_gamma_invert
-    for b in torch.nonzero(on(11, cfg.p_gamma)).flatten().tolist():
+    for b in torch.nonzero(_on(fire, 11, cfg.p_gamma)).flatten().tolist():
         xb = -x[b:b + 1] if bool(invert[b]) else x[b:b + 1]
         mean, std = xb.mean(), xb.std()
         lo, hi = xb.min(), xb.max()
@@ -268,4 +304,4 @@ def augment_batch(
         y = ((xb - lo) / rng) ** float(gamma[b]) * rng + lo
         y = (y - y.mean()) / y.std().clamp_min(1e-7) * std + mean  # keep mean and spread (nnU-Net retain_stats)
         x[b:b + 1] = -y if bool(invert[b]) else y
-    return x, out_lab
+    return x

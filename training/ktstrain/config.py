@@ -27,8 +27,8 @@ from KidneyTumorSegLib.config import StageConfig, from_dict, to_dict
 from KidneyTumorSegLib.presets import default_stages
 
 from .augment import AugmentConfig
+from .cache_keys import PreprocessOptions
 from .data import LabelMap
-from .preprocess import PreprocessOptions
 
 
 @dataclass(frozen=True)

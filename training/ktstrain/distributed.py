@@ -59,8 +59,3 @@ def all_mean(value: float, world: World, device: torch.device) -> float:
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()
-
-
-def shutdown(world: World) -> None:
-    if world.distributed and dist.is_initialized():
-        dist.destroy_process_group()

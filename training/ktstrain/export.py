@@ -68,41 +68,7 @@ def export_bundle(
             # a stage taken over from an existing bundle, as it is
             stages.append(_stage_from_bundle(folders[0], role, weights, members))
             continue
-        stage = None
-        norms: List[Tuple[float, float]] = []  # each member's z-score statistics
-        for folder in folders:
-            if (folder / "manifest.json").is_file():  # a bundle's stage (all its members) joins the ensemble
-                part_w: Dict[str, list] = {}
-                part_m: Dict[str, list] = {}
-                st = _stage_from_bundle(folder, role, part_w, part_m)
-                sds, member, label = part_w[role], part_m[role][0], str(folder)
-                member_norms = st.member_statistics(len(sds))
-            else:
-                path = folder / checkpoint
-                state = load_checkpoint(path)
-                st = from_dict(StageConfig, state["stage"])
-                if st.role != role:
-                    raise ValueError(f"{path}: is a {st.role!r} stage, given for {role!r}")
-                cfg = state.get("config", {})
-                sds, label = [state["model"]], str(path)
-                member = {
-                    "run": folder.name, "checkpoint": path.name, "epoch": int(state["epoch"]) + 1,
-                    "epochs_planned": int(state.get("epochs", 0)), "fold": state.get("fold"),
-                    "validation": state.get("val", {}), "train_cases": len(state.get("train_cases", [])),
-                    "val_cases": len(state.get("val_cases", [])), "loss": cfg.get("train", {}).get("loss"),
-                    "init_from": _init_chain(state),
-                }
-                member_norms = st.member_statistics(1)
-            if stage is not None and (st.network != stage.network or st.spacing != stage.spacing
-                                      or st.window != stage.window or st.normalization != stage.normalization):
-                raise ValueError(f"{label}: ensemble members of stage {role!r} differ in network, spacing, "
-                                 "window or normalization")
-            stage = stage or st
-            weights.setdefault(role, []).extend(sds)
-            members.setdefault(role, []).append(member)
-            norms.extend(member_norms)
-        stage = replace(stage, member_norm=_member_norm(stage, norms))
-        stages.append(_with_provenance(stage, members[role], data))
+        stages.append(_ensemble_stage(role, folders, checkpoint, weights, members, data))
     stages = [replace(s, tta=tta[s.role]) if s.role in tta else s for s in stages]
     missing = sorted(set(tta) - {s.role for s in stages})
     if missing:
@@ -112,6 +78,51 @@ def export_bundle(
     return save_bundle(out, stages, weights, postprocess, name=name or Path(out).name, version=version,
                        description=description, provenance=provenance, overwrite=overwrite,
                        limitations=limitations)
+
+
+def _ensemble_stage(role: str, folders: Sequence[Path], checkpoint: str, weights: Dict[str, list],
+                    members: Dict[str, list], data: str) -> StageConfig:
+    """Stage ``role`` of run folders and bundle folders (an ensemble); adds their weights and provenance to
+    ``weights[role]`` and ``members[role]``. Members must agree in network, spacing, window and normalization."""
+    stage = None
+    norms: List[Tuple[float, float]] = []  # each member's z-score statistics
+    for folder in folders:
+        if (folder / "manifest.json").is_file():  # a bundle's stage (all its members) joins the ensemble
+            part_w: Dict[str, list] = {}
+            part_m: Dict[str, list] = {}
+            st = _stage_from_bundle(folder, role, part_w, part_m)
+            sds, member, label = part_w[role], part_m[role][0], str(folder)
+            member_norms = st.member_statistics(len(sds))
+        else:
+            st, sds, member, label = _run_member(folder / checkpoint, role)
+            member_norms = st.member_statistics(1)
+        if stage is not None and (st.network != stage.network or st.spacing != stage.spacing
+                                  or st.window != stage.window or st.normalization != stage.normalization):
+            raise ValueError(f"{label}: ensemble members of stage {role!r} differ in network, spacing, "
+                             "window or normalization")
+        stage = stage or st
+        weights.setdefault(role, []).extend(sds)
+        members.setdefault(role, []).append(member)
+        norms.extend(member_norms)
+    stage = replace(stage, member_norm=_member_norm(stage, norms))
+    return _with_provenance(stage, members[role], data)
+
+
+def _run_member(path: Path, role: str) -> Tuple[StageConfig, list, dict, str]:
+    """A training run's checkpoint as an ensemble member: its stage, weights, provenance record and name."""
+    state = load_checkpoint(path)
+    st = from_dict(StageConfig, state["stage"])
+    if st.role != role:
+        raise ValueError(f"{path}: is a {st.role!r} stage, given for {role!r}")
+    cfg = state.get("config", {})
+    member = {
+        "run": path.parent.name, "checkpoint": path.name, "epoch": int(state["epoch"]) + 1,
+        "epochs_planned": int(state.get("epochs", 0)), "fold": state.get("fold"),
+        "validation": state.get("val", {}), "train_cases": len(state.get("train_cases", [])),
+        "val_cases": len(state.get("val_cases", [])), "loss": cfg.get("train", {}).get("loss"),
+        "init_from": _init_chain(state),
+    }
+    return st, [state["model"]], member, str(path)
 
 
 def _member_norm(stage: StageConfig, norms: Sequence[Tuple[float, float]]) -> Tuple[Tuple[float, float], ...]:

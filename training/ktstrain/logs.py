@@ -106,8 +106,10 @@ class TrainingLog:
 
     def _open_tensorboard(self) -> Any:
         try:
-            import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+            import tensorboard  # torch.utils.tensorboard needs it: fail here with the clear message below
             from torch.utils.tensorboard import SummaryWriter
+
+            del tensorboard  # only its presence matters
         except ImportError:
             logger.warning("TensorBoard logging requested but the 'tensorboard' package is not installed "
                            "(pip install tensorboard); logging to %s and %s only", LOG_NAME, PLOT_NAME)

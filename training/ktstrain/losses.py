@@ -137,7 +137,6 @@ def build_loss(name: str = "dice_ce", **params: Any) -> SegmentationLoss:
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise ValueError(f"loss {name!r} does not take {unknown}; accepted: {sorted(allowed)}")
-    region, voxel, weight_region = _RECIPES[name]
     cw = params.get("class_weights")
     weights = None if cw is None else torch.as_tensor([float(w) for w in cw], dtype=torch.float32)
     if weights is not None and (weights.dim() != 1 or len(weights) < 2 or bool((weights < 0).any())):
@@ -147,44 +146,51 @@ def build_loss(name: str = "dice_ce", **params: Any) -> SegmentationLoss:
     include_bg = bool(params.get("include_background", False))
     common = dict(batch=bool(params.get("batch_dice", False)), smooth_nr=float(params.get("smooth_nr", 1e-5)),
                   smooth_dr=float(params.get("smooth_dr", 1e-5)))
-    lam_r = float(params.get("lambda_region", 1.0))
-    lam_v = float(params.get("lambda_voxel", 1.0))
-
-    def region_term(binary: bool) -> Optional[nn.Module]:
-        if region is None:
-            return None
-        act = dict(sigmoid=True) if binary else dict(softmax=True, to_onehot_y=True)
-        bg = True if binary else include_bg
-        if region == "tversky":
-            return TverskyLoss(include_background=bg, alpha=float(params.get("alpha", 0.3)),
-                               beta=float(params.get("beta", 0.7)), **act, **common)
-        w = None
-        if weight_region and weights is not None and not binary:
-            w = weights if bg else weights[1:]
-        return DiceLoss(include_background=bg, jaccard=region == "jaccard", weight=w, **act, **common)
-
-    def voxel_term(binary: bool) -> Optional[nn.Module]:
-        if voxel is None:
-            return None
-        if voxel == "ce":
-            if binary:
-                pos = None if weights is None else (weights[1] / weights[0].clamp_min(1e-12)).reshape(1)
-                return nn.BCEWithLogitsLoss(pos_weight=pos)
-            return _CrossEntropy(weights)
-        gamma = float(params.get("gamma", 2.0))
-        if binary:
-            return FocalLoss(include_background=True, gamma=gamma, use_softmax=False)
-        # Background included: the focal term is a per-voxel classification loss over all classes.
-        return FocalLoss(include_background=True, to_onehot_y=True, gamma=gamma, weight=weights, use_softmax=True)
+    lambdas = (float(params.get("lambda_region", 1.0)), float(params.get("lambda_voxel", 1.0)))
 
     def terms(binary: bool) -> List[Tuple[float, nn.Module]]:
+        region, voxel, weight_region = _RECIPES[name]
         out = []
-        for lam, term in ((lam_r, region_term(binary)), (lam_v, voxel_term(binary))):
+        for lam, term in zip(lambdas, (_region_term(region, weight_region, params, weights, include_bg, common, binary),
+                                       _voxel_term(voxel, params, weights, binary))):
             if term is not None:
                 out.append((lam, term))
         return out
 
     return SegmentationLoss(name, terms(False), terms(True), None if weights is None else len(weights))
+
+
+def _region_term(region: Optional[str], weight_region: bool, params: Mapping[str, Any], weights: Optional[torch.Tensor],
+                 include_bg: bool, common: Dict[str, Any], binary: bool) -> Optional[nn.Module]:
+    """The Dice-type term (Dice, Jaccard, Tversky; MONAI) of a loss, or None when it has none."""
+    if region is None:
+        return None
+    act = dict(sigmoid=True) if binary else dict(softmax=True, to_onehot_y=True)
+    bg = True if binary else include_bg
+    if region == "tversky":
+        return TverskyLoss(include_background=bg, alpha=float(params.get("alpha", 0.3)),
+                           beta=float(params.get("beta", 0.7)), **act, **common)
+    w = None
+    if weight_region and weights is not None and not binary:
+        w = weights if bg else weights[1:]
+    return DiceLoss(include_background=bg, jaccard=region == "jaccard", weight=w, **act, **common)
+
+
+def _voxel_term(voxel: Optional[str], params: Mapping[str, Any], weights: Optional[torch.Tensor],
+                binary: bool) -> Optional[nn.Module]:
+    """The per-voxel term (cross-entropy, BCE, focal) of a loss, or None when it has none."""
+    if voxel is None:
+        return None
+    if voxel == "ce":
+        if binary:
+            pos = None if weights is None else (weights[1] / weights[0].clamp_min(1e-12)).reshape(1)
+            return nn.BCEWithLogitsLoss(pos_weight=pos)
+        return _CrossEntropy(weights)
+    gamma = float(params.get("gamma", 2.0))
+    if binary:
+        return FocalLoss(include_background=True, gamma=gamma, use_softmax=False)
+    # Background included: the focal term is a per-voxel classification loss over all classes.
+    return FocalLoss(include_background=True, to_onehot_y=True, gamma=gamma, weight=weights, use_softmax=True)
 
 
 def class_weights_from_counts(voxel_counts: Sequence[float], power: float = 0.5) -> List[float]:

@@ -29,7 +29,6 @@ with the same number) is never overwritten.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
+
+from KidneyTumorSegLib.jsonfile import write_json
 
 from .data import Case, discover_cases
 
@@ -200,7 +201,7 @@ def export_nnunet_dataset(cases: Union[str, os.PathLike, Sequence[Case]], nnunet
         for case in case_list:
             _write_case(case, tmp, table)
         meta = dataset_json(table, len(case_list), folder_name)
-        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_json(meta, tmp / "dataset.json")
         _refuse_existing(raw, folder_name)  # again: another writer may have finished meanwhile
         os.rename(tmp, raw / folder_name)
     except BaseException:

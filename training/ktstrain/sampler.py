@@ -37,7 +37,7 @@ from KidneyTumorSegLib.config import StageConfig
 from KidneyTumorSegLib.geometry import Box, Crop
 from KidneyTumorSegLib.intensity import normalise
 
-from .preprocess import CachedItem, StageCache
+from .stage_cache import CachedItem, StageCache
 
 KINDS = ("fg", "tumor", "cyst", "random")
 
@@ -51,12 +51,6 @@ def stage_target(label: np.ndarray, stage: StageConfig) -> np.ndarray:
     if stage.network.out_channels == 3:
         return np.minimum(label, 2).astype(np.uint8)
     return (label > 0).astype(np.uint8)
-
-
-def load_item(item: CachedItem, stage: StageConfig, target: str = "stage") -> Tuple[np.ndarray, np.ndarray]:
-    """A whole item for validation: normalised image ``(1, k, j, i)`` float32 and its target ``(k, j, i)`` uint8."""
-    lab = np.asarray(item.label())
-    return normalise(item.image(), stage)[None], (stage_target(lab, stage) if target == "stage" else lab.copy())
 
 
 class PatchSampler(torch.utils.data.Dataset):

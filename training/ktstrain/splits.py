@@ -19,7 +19,7 @@ import random
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
-from KidneyTumorSegLib.atomic import atomic_write_text
+from KidneyTumorSegLib.jsonfile import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def write_splits(path: Union[str, os.PathLike], folds: Sequence[Fold], seed: Opt
     folds = validate_folds(folds, source=str(path))
     doc = {"version": SPLITS_VERSION, "n_folds": len(folds), "seed": seed, "stratified_by": stratified_by,
            "folds": folds}
-    return atomic_write_text(path, json.dumps(doc, indent=1) + "\n", overwrite=overwrite)
+    return write_json(doc, path, overwrite=overwrite, indent=1)
 
 
 def load_splits(path: Union[str, os.PathLike], case_ids: Optional[Sequence[str]] = None) -> List[Fold]:

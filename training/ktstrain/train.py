@@ -16,61 +16,37 @@ import logging
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from KidneyTumorSegLib.config import RuntimeConfig, to_dict
+from KidneyTumorSegLib.config import StageConfig, to_dict
 from KidneyTumorSegLib.device import autocast_dtype, resolve_device
-from KidneyTumorSegLib.inference import NetworkPredictor
+from KidneyTumorSegLib.jsonfile import write_json
 from KidneyTumorSegLib.networks import build_network
 
 from .augment import augment_batch
-from .checkpoint import CheckpointManager, capture_rng, load_checkpoint, restore_rng
+from .checkpoint import CheckpointManager, capture_rng, restore_rng
 from .config import StageTraining
 from .data import Case
-from .distributed import all_mean, barrier, init_world
+from .distributed import World, all_mean, barrier, init_world
+from .init_weights import load_init_weights
 from .logs import TrainingLog
 from .losses import build_training_loss
-from .preprocess import StageCache, preprocess_stage
-from .sampler import PatchSampler, stage_target
+from .preprocess import preprocess_stage
+from .sampler import PatchSampler
 from .schedules import build_optimizer, build_scheduler
 from .splits import fold_cases, get_or_create_splits
+from .stage_cache import StageCache
+from .validation import validate
 
 log = logging.getLogger(__name__)
 
-
 def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 10_007 + int(step) * 101 + int(rank)) % (2**63 - 1)
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * float(np.logical_and(a, b).sum()) / s
-
-
-def validate(model: torch.nn.Module, cache: StageCache, stage, device: str, overlap: float = 0.25) -> Dict[str, float]:
-    """Stage Dice on whole validation items with the real inference engine (no TTA).
-
-    The roi and kidney stages report kidney Dice (label > 0), the tumor
-    stage tumor Dice (label 2), as the KiTS19 metrics define them.
-    """
-    was_training = model.training
-    model.eval()
-    runtime = RuntimeConfig(device=device, tta=1, overlap=overlap, sw_batch_size=2)
-    predictor = NetworkPredictor(stage, [model], runtime)
-    scores: List[float] = []
-    try:
-        for item in cache.items:
-            probs = predictor.predict(np.asarray(item.image()))
-            pred = stage.foreground(probs) >= stage.threshold
-            scores.append(_dice(pred, stage_target(np.asarray(item.label()), stage) > 0))
-    finally:
-        model.train(was_training)
-    name = "tumor_dice" if stage.role == "tumor" else "kidney_dice"
-    return {name: float(np.mean(scores))} if scores else {}
 
 
 def train_stage(
@@ -110,19 +86,71 @@ def train_stage(
     time is fixed; it cannot be combined with ``resume``.
     """
     t_start = time.perf_counter()
+    _check_budget(time_budget_s, resume)
+    world = init_world(device)
+    run_dir = Path(run_dir)
+    configured = int(epochs or cfg.train.epochs)
+    dev = resolve_device(device if not world.distributed or device == "cpu" else f"cuda:{world.local_rank}")
+    splits_path = Path(splits_path) if splits_path else run_dir.parent / "splits.json"
+    part, train_cache, val_cache, stage = _data(cfg, cases, world, splits_path, fold, cache_root, workers)
+    r = _Run(cfg, stage, world, dev, run_dir, fold, part, val_cache, n_epochs=configured, configured_epochs=configured,
+             budget_s=time_budget_s, t_start=t_start)
+    _build(r, init, resume)
+    start_epoch = _start_epoch(r, resume, overwrite)
+    if world.is_main:
+        _open_run_folder(r, splits_path, start_epoch, resume, overwrite, tensorboard)
+    sampler, indices = _sampler(r, train_cache)
+    _run_epochs(r, sampler, indices, start_epoch, show_progress)
+    barrier(world)
+    return run_dir
+
+
+@dataclass
+class _Run:
+    """One training run's settings and objects, as its steps below build and use them."""
+
+    cfg: StageTraining
+    stage: StageConfig  # the configuration's, with the training data's statistics when z-scored
+    world: World
+    dev: torch.device
+    run_dir: Path
+    fold: Any
+    part: Dict[str, List[str]]  # the fold's train / val case ids
+    val_cache: Optional[StageCache]
+    n_epochs: int  # planned; a time budget may change it after each epoch
+    configured_epochs: int
+    budget_s: Optional[float] = None
+    t_start: float = 0.0
+    model: Optional[torch.nn.Module] = None
+    net: Optional[torch.nn.Module] = None  # what runs the forward pass: the DDP wrapper when distributed
+    opt: Any = None
+    sched: Any = None
+    scaler: Any = None
+    loss_fn: Any = None
+    amp: Optional[torch.dtype] = None
+    ckpt: Optional[CheckpointManager] = None
+    init_from: Optional[str] = None
+    best: float = -math.inf
+    tlog: Optional[TrainingLog] = None
+
+
+def _check_budget(time_budget_s: Optional[float], resume: bool) -> None:
     if time_budget_s is not None:
         if time_budget_s <= 0:
             raise ValueError(f"time budget must be positive, got {time_budget_s} s")
         if resume:
             raise ValueError("a time budget cannot be combined with --resume: the resumed run keeps the epochs "
                              "its checkpoints planned")
-    world = init_world(device)
-    run_dir = Path(run_dir)
+
+
+def _data(cfg: StageTraining, cases: Sequence[Case], world: World, splits_path: Path, fold: Any, cache_root: Path,
+          workers: int) -> Tuple[Dict[str, List[str]], StageCache, Optional[StageCache], StageConfig]:
+    """The fold's cases, its train and validation caches, and the stage with the training data's statistics.
+
+    The main rank writes the split file and the cache first, so the others only read them.
+    """
     ts = cfg.train
-    n_epochs = int(epochs or ts.epochs)
-    dev = resolve_device(device if not world.distributed or device == "cpu" else f"cuda:{world.local_rank}")
     ids = [c.case_id for c in cases]
-    splits_path = Path(splits_path) if splits_path else run_dir.parent / "splits.json"
     if world.is_main:
         folds = get_or_create_splits(splits_path, ids, n_folds=ts.n_folds, seed=ts.seed, fit=fold == "all")
     barrier(world)
@@ -140,117 +168,152 @@ def train_stage(
     val_cache = StageCache(pre.cache_dir, part["val"]) if part["val"] else None
     stats = train_cache.intensity_statistics(cfg.stage.window)
     stage = stats.apply(cfg.stage) if cfg.stage.normalization == "zscore" else cfg.stage
+    return part, train_cache, val_cache, stage
 
-    # model, optimisation
+
+def _build(r: _Run, init: Optional[Path], resume: bool) -> None:
+    """The network (seeded; ``init``'s weights unless resuming), optimiser, schedule, scaler, loss, checkpoints."""
+    ts, dev, stage = r.cfg.train, r.dev, r.stage
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch sizes: let cuDNN pick the fastest kernels
     seed_everything(ts.seed)
     model = build_network(stage.network).to(dev)
-    init_from = None
     if init is not None and not resume:
-        init_from = load_init_weights(model, init)
-        log.info("initialised %s from %s", stage.name, init_from)
+        r.init_from = load_init_weights(model, init)
+        log.info("initialised %s from %s", stage.name, r.init_from)
     if ts.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
-    opt = build_optimizer(model, ts.optimizer, lr=ts.lr, weight_decay=ts.weight_decay, momentum=ts.momentum,
-                          nesterov=ts.nesterov)
-    sched = build_scheduler(opt, ts.scheduler, max_epochs=n_epochs, **ts.scheduler_params)
-    amp = autocast_dtype(dev, ts.precision)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    loss_fn = build_training_loss(ts.loss, ts.loss_params, ds_decay=ts.ds_decay, downsample=ts.ds_downsample)
-    ckpt = CheckpointManager(run_dir, keep_last=ts.keep_last, every=ts.checkpoint_every)
+    r.model = r.net = model
+    r.opt = build_optimizer(model, ts.optimizer, lr=ts.lr, weight_decay=ts.weight_decay, momentum=ts.momentum,
+                            nesterov=ts.nesterov)
+    r.sched = build_scheduler(r.opt, ts.scheduler, max_epochs=r.n_epochs, **ts.scheduler_params)
+    r.amp = autocast_dtype(dev, ts.precision)
+    r.scaler = torch.amp.GradScaler("cuda", enabled=r.amp == torch.float16)
+    r.loss_fn = build_training_loss(ts.loss, ts.loss_params, ds_decay=ts.ds_decay, downsample=ts.ds_downsample)
+    r.ckpt = CheckpointManager(r.run_dir, keep_last=ts.keep_last, every=ts.checkpoint_every)
 
-    start_epoch, best = 0, -math.inf
+
+def _start_epoch(r: _Run, resume: bool, overwrite: bool) -> int:
+    """The first epoch to train (after the checkpoint resumed from, else 0); wraps the model for DDP.
+
+    A run folder that has checkpoints is refused unless ``resume`` or ``overwrite``.
+    """
+    start_epoch = 0
     if resume:
-        start_epoch, best = resume_from(ckpt, model, opt, sched, scaler, discard=world.is_main)
-    elif world.is_main and ckpt.latest() is not None and not overwrite:
-        raise FileExistsError(f"output exists: {run_dir} has checkpoints (use --resume to continue, --overwrite to start over)")
-    net = model
-    if world.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        start_epoch, r.best = resume_from(r.ckpt, r.model, r.opt, r.sched, r.scaler, discard=r.world.is_main)
+    elif r.world.is_main and r.ckpt.latest() is not None and not overwrite:
+        raise FileExistsError(f"output exists: {r.run_dir} has checkpoints (use --resume to continue, --overwrite to start over)")
+    if r.world.distributed:
+        r.net = torch.nn.parallel.DistributedDataParallel(
+            r.model, device_ids=[r.dev.index] if r.dev.type == "cuda" else None)
+    return start_epoch
 
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        from KidneyTumorSegLib.jsonfile import write_json
 
-        write_json(dict(cfg.to_dict(), final_stage=to_dict(stage), fold=fold, splits=str(splits_path),
-                        train_cases=part["train"], val_cases=part["val"], init_from=init_from),
-                   run_dir / "config.json", overwrite=True)
-        tlog = TrainingLog(run_dir, resume_epoch=start_epoch - 1 if resume else None, overwrite=overwrite,
-                           tensorboard=tensorboard)
+def _open_run_folder(r: _Run, splits_path: Path, start_epoch: int, resume: bool, overwrite: bool,
+                     tensorboard: bool) -> None:
+    """Main rank: the run folder with ``config.json`` (the final stage, the fold's cases) and the training log."""
+    r.run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(dict(r.cfg.to_dict(), final_stage=to_dict(r.stage), fold=r.fold, splits=str(splits_path),
+                    train_cases=r.part["train"], val_cases=r.part["val"], init_from=r.init_from),
+               r.run_dir / "config.json", overwrite=True)
+    r.tlog = TrainingLog(r.run_dir, resume_epoch=start_epoch - 1 if resume else None, overwrite=overwrite,
+                         tensorboard=tensorboard)
 
+
+def _sampler(r: _Run, train_cache: StageCache) -> Tuple[PatchSampler, List[int]]:
+    """The patch sampler of all ranks' patches of an epoch, and the indices of this rank's."""
+    ts, world = r.cfg.train, r.world
     per_rank = ts.iterations_per_epoch * ts.batch_size
-    sampler = PatchSampler(train_cache, stage, samples_per_epoch=per_rank * world.size, fg_fraction=ts.fg_fraction,
+    sampler = PatchSampler(train_cache, r.stage, samples_per_epoch=per_rank * world.size, fg_fraction=ts.fg_fraction,
                            hard_negative_fraction=ts.hard_negative_fraction, tumor_fraction=ts.tumor_fraction,
                            seed=ts.seed)
-    indices = list(range(world.rank, per_rank * world.size, world.size))
-    spacing = stage.spacing
-    for epoch in range(start_epoch, n_epochs):
-        if epoch >= n_epochs:  # a time budget shortened the plan (the range was fixed at the start)
+    return sampler, list(range(world.rank, per_rank * world.size, world.size))
+
+
+def _run_epochs(r: _Run, sampler: PatchSampler, indices: List[int], start_epoch: int, show_progress: bool) -> None:
+    """The epochs from ``start_epoch`` to the planned end: training, re-planning, validation, checkpoints."""
+    for epoch in range(start_epoch, r.n_epochs):
+        if epoch >= r.n_epochs:  # a time budget shortened the plan (the range was fixed at the start)
             break
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
-        lr = sched.start_epoch(epoch)
-        loss_fn.set_epoch(epoch, n_epochs)
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(sampler, indices), batch_size=ts.batch_size,
-                                             shuffle=False, num_workers=ts.num_workers,
-                                             pin_memory=dev.type == "cuda", drop_last=True)
-        net.train()
-        losses = []
-        bar = _bar(show_progress and world.is_main, len(loader), f"{stage.name} epoch {epoch + 1}/{n_epochs}")
-        for step, batch in enumerate(loader):
-            img = batch["image"].to(dev, non_blocking=True)
-            lab = batch["label"].to(dev, non_blocking=True).long()
-            gen = torch.Generator(device=dev)
-            gen.manual_seed(_step_seed(ts.seed, epoch, step, world.rank))
-            img, lab = augment_batch(img, lab, cfg.augment, generator=gen, spacing=spacing)
-            if ts.channels_last:
-                img = img.contiguous(memory_format=torch.channels_last_3d)
-            loss = training_step(net, model, img, lab, opt, scaler, loss_fn, amp, ts.grad_clip)
-            losses.append(float(loss.detach()))
-            if bar is not None:
-                bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        train_loss = all_mean(float(np.mean(losses)) if losses else float("nan"), world, dev)
-        sched.end_epoch(epoch, train_loss)
-        if time_budget_s is not None:
-            # every rank plans from the same (averaged) figures, so all stop after the same epoch
-            pace = all_mean(time.perf_counter() - t0, world, dev)
-            left = time_budget_s - all_mean(time.perf_counter() - t_start, world, dev)
-            # the first epoch (cuDNN autotuning, loader start-up) may only shorten the plan; the second,
-            # the first at the run's real pace, may also lengthen it back up to the configuration's
-            ceiling = n_epochs if epoch != start_epoch + 1 else int(epochs or ts.epochs)
-            planned = fit_epochs(epoch, pace, left, ceiling, sched.warmup_epochs)
-            if planned != n_epochs:
-                log.info("%s: time budget %.0f s, %.0f s left at %.1f s an epoch: %d epochs planned (was %d)",
-                         stage.name, time_budget_s, left, pace, planned, n_epochs)
-                n_epochs = planned
-                sched.max_epochs = n_epochs
-        last = epoch == n_epochs - 1
-        if not world.is_main:
+        lr = r.sched.start_epoch(epoch)
+        r.loss_fn.set_epoch(epoch, r.n_epochs)
+        train_loss = _train_epoch(r, sampler, indices, epoch, show_progress)
+        r.sched.end_epoch(epoch, train_loss)
+        if r.budget_s is not None:
+            _replan(r, epoch, start_epoch, t0)
+        last = epoch == r.n_epochs - 1
+        if not r.world.is_main:
             continue
-        row: Dict[str, Any] = {"lr": lr, "train_loss": train_loss}
-        is_best = False
-        if val_cache is not None and ((epoch + 1) % ts.val_every == 0 or last):
-            scores = validate(model, val_cache, stage, str(dev), ts.val_overlap)
-            row.update(scores)
-            metric = next(iter(scores.values()), -math.inf)
-            if metric > best:
-                best, is_best = metric, True
-        row["seconds"] = round(time.perf_counter() - t0, 2)
-        tlog.append(epoch, **row)
-        log.info("%s epoch %d: %s", stage.name, epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
-        if (epoch + 1) % ts.checkpoint_every == 0 or last or is_best:
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "scaler": scaler.state_dict(), "rng": capture_rng(), "best": best, "stage": to_dict(stage),
-                     "config": cfg.to_dict(), "fold": str(fold), "val": {k: v for k, v in row.items() if k.endswith("dice")},
-                     "train_cases": list(part["train"]), "val_cases": list(part["val"]), "epochs": n_epochs,
-                     "init_from": init_from}
-            ckpt.save(state, epoch, is_best=is_best, final=last)
-    barrier(world)
-    return run_dir
+        _end_epoch(r, epoch, lr, train_loss, last, t0)
+
+
+def _train_epoch(r: _Run, sampler: PatchSampler, indices: List[int], epoch: int, show_progress: bool) -> float:
+    """One epoch's optimiser steps on this rank's patches; returns the mean loss over steps and ranks."""
+    ts, dev = r.cfg.train, r.dev
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(sampler, indices), batch_size=ts.batch_size,
+                                         shuffle=False, num_workers=ts.num_workers,
+                                         pin_memory=dev.type == "cuda", drop_last=True)
+    r.net.train()
+    losses = []
+    bar = _bar(show_progress and r.world.is_main, len(loader), f"{r.stage.name} epoch {epoch + 1}/{r.n_epochs}")
+    for step, batch in enumerate(loader):
+        img = batch["image"].to(dev, non_blocking=True)
+        lab = batch["label"].to(dev, non_blocking=True).long()
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(_step_seed(ts.seed, epoch, step, r.world.rank))
+        img, lab = augment_batch(img, lab, r.cfg.augment, generator=gen, spacing=r.stage.spacing)
+        if ts.channels_last:
+            img = img.contiguous(memory_format=torch.channels_last_3d)
+        loss = training_step(r.net, r.model, img, lab, r.opt, r.scaler, r.loss_fn, r.amp, ts.grad_clip)
+        losses.append(float(loss.detach()))
+        if bar is not None:
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return all_mean(float(np.mean(losses)) if losses else float("nan"), r.world, dev)
+
+
+def _replan(r: _Run, epoch: int, start_epoch: int, t0: float) -> None:
+    """Fit the planned epochs (and the schedule's end) into the time budget at this epoch's pace."""
+    # every rank plans from the same (averaged) figures, so all stop after the same epoch
+    pace = all_mean(time.perf_counter() - t0, r.world, r.dev)
+    left = r.budget_s - all_mean(time.perf_counter() - r.t_start, r.world, r.dev)
+    # the first epoch (cuDNN autotuning, loader start-up) may only shorten the plan; the second,
+    # the first at the run's real pace, may also lengthen it back up to the configuration's
+    ceiling = r.n_epochs if epoch != start_epoch + 1 else r.configured_epochs
+    planned = fit_epochs(epoch, pace, left, ceiling, r.sched.warmup_epochs)
+    if planned != r.n_epochs:
+        log.info("%s: time budget %.0f s, %.0f s left at %.1f s an epoch: %d epochs planned (was %d)",
+                 r.stage.name, r.budget_s, left, pace, planned, r.n_epochs)
+        r.n_epochs = planned
+        r.sched.max_epochs = r.n_epochs
+
+
+def _end_epoch(r: _Run, epoch: int, lr: float, train_loss: float, last: bool, t0: float) -> None:
+    """Main rank: validation when due, the log row, and the checkpoints due."""
+    ts = r.cfg.train
+    row: Dict[str, Any] = {"lr": lr, "train_loss": train_loss}
+    is_best = False
+    if r.val_cache is not None and ((epoch + 1) % ts.val_every == 0 or last):
+        scores = validate(r.model, r.val_cache, r.stage, str(r.dev), ts.val_overlap)
+        row.update(scores)
+        metric = next(iter(scores.values()), -math.inf)
+        if metric > r.best:
+            r.best, is_best = metric, True
+    row["seconds"] = round(time.perf_counter() - t0, 2)
+    r.tlog.append(epoch, **row)
+    log.info("%s epoch %d: %s", r.stage.name, epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
+    if (epoch + 1) % ts.checkpoint_every == 0 or last or is_best:
+        state = {"model": r.model.state_dict(), "optimizer": r.opt.state_dict(), "scheduler": r.sched.state_dict(),
+                 "scaler": r.scaler.state_dict(), "rng": capture_rng(), "best": r.best, "stage": to_dict(r.stage),
+                 "config": r.cfg.to_dict(), "fold": str(r.fold),
+                 "val": {k: v for k, v in row.items() if k.endswith("dice")},
+                 "train_cases": list(r.part["train"]), "val_cases": list(r.part["val"]), "epochs": r.n_epochs,
+                 "init_from": r.init_from}
+        r.ckpt.save(state, epoch, is_best=is_best, final=last)
 
 
 def seed_everything(seed: int) -> None:
@@ -288,57 +351,6 @@ def fit_epochs(epoch: int, pace_s: float, left_s: float, ceiling: int, warmup_ep
     """
     more = int(max(left_s, 0.0) // max(pace_s, 1e-9))
     return max(epoch + 1, warmup_epochs + 1, min(int(ceiling), epoch + 1 + more))
-
-
-def load_init_weights(model: torch.nn.Module, init) -> str:
-    """Copy the weights of a checkpoint (file, or run folder: its final, else latest) or of a bundle's
-    ``.safetensors`` weight file into ``model``.
-
-    Returns the checkpoint's path. A different architecture is refused with
-    the names of the first mismatching tensors.
-    """
-    path = Path(init)
-    if path.is_file() and path.suffix == ".safetensors":
-        # a model bundle's weight file (e.g. the shipped default model's kidney_0.safetensors)
-        from safetensors.torch import load_file
-
-        weights = load_file(str(path), device="cpu")
-        return _copy_weights(model, weights, path)
-    if path.is_dir():
-        found = [path / n for n in ("checkpoint_final.pt", "checkpoint_latest.pt") if (path / n).is_file()]
-        if not found:
-            raise FileNotFoundError(f"--init: no checkpoint_final.pt or checkpoint_latest.pt in {path}")
-        path = found[0]
-    elif not path.is_file():
-        raise FileNotFoundError(f"--init: checkpoint not found: {path}")
-    return _copy_weights(model, load_checkpoint(path, map_location="cpu")["model"], path)
-
-
-def _copy_weights(model: torch.nn.Module, weights: Dict[str, Any], path: Path) -> str:
-    own = model.state_dict()
-    weights = dict(weights)
-    for k in own:
-        if k in weights and _widened_head(k, tuple(weights[k].shape), tuple(own[k].shape)):
-            # a two-class stage (background, kidney+tumor) into a three-class one (background, kidney,
-            # tumor): the new classes start as copies of the old last class, so the foreground (their sum)
-            # starts near the old model's (a little above it: the copies share the softmax with background)
-            w = weights[k]
-            extra = w[-1:].repeat((own[k].shape[0] - w.shape[0],) + (1,) * (w.dim() - 1))
-            weights[k] = torch.cat([w, extra], dim=0)
-            log.info("--init: %s widened from %d to %d classes", k, w.shape[0], own[k].shape[0])
-    bad = sorted(k for k in set(own) | set(weights)
-                 if k not in own or k not in weights or tuple(own[k].shape) != tuple(weights[k].shape))
-    if bad:
-        raise ValueError(f"--init: {path} has a different network ({len(bad)} mismatching tensors, first: "
-                         f"{', '.join(bad[:3])})")
-    model.load_state_dict(weights)
-    return str(path)
-
-
-def _widened_head(name: str, old: Tuple[int, ...], new: Tuple[int, ...]) -> bool:
-    """Whether tensor ``name`` is a segmentation head's weight or bias with more output classes than before."""
-    return (name.startswith("seg_heads.") and len(old) == len(new) and old[1:] == new[1:]
-            and 2 <= old[0] < new[0])
 
 
 def training_step(net, model, img, lab, opt, scaler, loss_fn, amp, grad_clip: float) -> torch.Tensor:
