@@ -17,7 +17,6 @@ from KidneyTumorSegLib.inference import (
     count_windows,
     fallback_plan,
     importance_map,
-    predict_probabilities,
     run_with_fallback,
     sliding_window,
 )
@@ -25,6 +24,10 @@ from KidneyTumorSegLib.intensity import normalise
 from KidneyTumorSegLib.networks import build_network
 from KidneyTumorSegLib.tta import TRANSFORMS, tta_transforms
 from KidneyTumorSegLib.volume import InputError
+
+
+def predict_probabilities(image, stage, models, runtime):
+    return NetworkPredictor(stage, models, runtime).predict(image)
 
 
 

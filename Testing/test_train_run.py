@@ -208,7 +208,7 @@ def test_ensemble_members_keep_their_own_normalisation(phantoms, runs, tmp_path)
     import numpy as np
 
     from KidneyTumorSegLib.config import RuntimeConfig
-    from KidneyTumorSegLib.inference import predict_probabilities
+    from KidneyTumorSegLib.inference import NetworkPredictor
     from KidneyTumorSegLib.networks import Renormalised
 
     torch.set_num_threads(1)
@@ -231,8 +231,8 @@ def test_ensemble_members_keep_their_own_normalisation(phantoms, runs, tmp_path)
     rng = np.random.default_rng(0)
     image = rng.normal(40.0, 300.0, size=(20, 40, 36)).astype(np.float32)  # HU, some of it clipped
     cpu = RuntimeConfig(device="cpu")
-    each = [predict_probabilities(image, a.stage("kidney"), a.build_models("kidney"), cpu) for a in alone]
-    both = predict_probabilities(image, stage, models, cpu)
+    each = [NetworkPredictor(a.stage("kidney"), a.build_models("kidney"), cpu).predict(image) for a in alone]
+    both = NetworkPredictor(stage, models, cpu).predict(image)
     np.testing.assert_allclose(both, (each[0] + each[1]) / 2, rtol=0, atol=2e-5)
     assert np.abs(each[0] - each[1]).max() > 1e-3  # the two members really differ
     # a stage whose member_norm does not match its weight files is refused, naming the manifest

@@ -267,6 +267,10 @@ class NetworkPredictor:
     The constructor takes runtime settings only; the stage configuration and
     the networks come from the model bundle. Networks are moved to
     :attr:`device` and put in eval mode; plain callables are used as they are.
+    :meth:`predict` normalises, runs the sliding window with Gaussian blending,
+    averages the softmax of every model and test-time augmentation per window,
+    and falls back to CPU stitching / smaller batches / the CPU on GPU
+    out-of-memory.
     """
 
     def __init__(self, stage: StageConfig, models: Sequence[Model], runtime: RuntimeConfig) -> None:
@@ -340,15 +344,3 @@ class NetworkPredictor:
             out[:, s0:s1] = res.permute(1, 0, 2, 3).to("cpu")
         assert out is not None
         return out
-
-
-def predict_probabilities(image: np.ndarray, stage: StageConfig, models: Sequence[Model], runtime: RuntimeConfig,
-                          progress: Optional[ProgressFn] = None) -> np.ndarray:
-    """Probabilities ``(C, k, j, i)`` float32 of ``image`` ``(k, j, i)`` HU; see :class:`NetworkPredictor`.
-
-    Normalises, runs the sliding window with Gaussian blending, averages the
-    softmax of every model and test-time augmentation per window, and falls
-    back to CPU stitching / smaller batches / the CPU on GPU out-of-memory.
-    Moves ``nn.Module`` models to the runtime device and into eval mode.
-    """
-    return NetworkPredictor(stage, models, runtime).predict(image, progress)
