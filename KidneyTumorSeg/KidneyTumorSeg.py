@@ -32,13 +32,16 @@ from slicer.parameterNodeWrapper import parameterNodeWrapper, WithinRange
 
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
+from KidneyTumorSegLib.presets import Quality, TumorGrowth  # the panel's quality and tumor growth choices
 from KidneyTumorSegSlicer import candidates, dependencies, gpu, labelmaps, models, panel, results, runs, \
-    sampledata
+    runsettings, sampledata
 from KidneyTumorSegSlicer.nodes import REF_FINDINGS, REF_INPUT, SEGMENT_KIDNEY_LEFT, SEGMENT_KIDNEY_RIGHT, \
     SEGMENT_TUMOR, segmentIds
 from KidneyTumorSegSlicer.runs import SegmentationRun
+
 # module-level API of earlier versions, for scripts
-from KidneyTumorSegSlicer.sampledata import ensurePhantomSample, loadPhantomSample, phantomSamplePaths  # noqa: F401
+ensurePhantomSample, loadPhantomSample, phantomSamplePaths = (
+    sampledata.ensurePhantomSample, sampledata.loadPhantomSample, sampledata.phantomSamplePaths)
 
 
 #
@@ -112,28 +115,6 @@ class Device(enum.Enum):
         return {"AUTO": _("Auto"), "CPU": _("CPU"), "GPU": _("GPU (CUDA)")}[self.name]
 
 
-class Quality(enum.Enum):
-    FAST = "fast"
-    BALANCED = "balanced"
-    FULL = "full"
-
-    def label(self):
-        return {"FAST": _("Fast (no test-time augmentation)"), "BALANCED": _("Balanced (4 test-time flips)"),
-                "FULL": _("Full (12 test-time augmentations)")}[self.name]
-
-
-class TumorGrowth(enum.Enum):
-    MODEL = "model"
-    OFF = "off"
-    ONE = "1"
-    TWO = "2"
-    THREE = "3"
-
-    def label(self):
-        return {"MODEL": _("Model's setting"), "OFF": _("Off"), "ONE": _("1 pass"), "TWO": _("2 passes"),
-                "THREE": _("3 passes")}[self.name]
-
-
 @parameterNodeWrapper
 class KidneyTumorSegParameterNode:
     """The module's settings, saved with the scene.
@@ -144,8 +125,8 @@ class KidneyTumorSegParameterNode:
     quality - fast (one pass), balanced (4 test-time flips) or full (12 test-time augmentations).
     outputSegmentation - segmentation to overwrite; none creates a new one.
     show3D - also show the result as surfaces in 3D.
-    candidateThreshold - a tumor candidate is kept from this mean probability.
-    keepComponents - kidneys kept (largest components), 1 or 2.
+    candidateThreshold - a tumor candidate is kept from this mean probability (starts at the model's value).
+    keepComponents - kidneys kept (largest components), 1 or 2 (starts at the model's value).
     tumorGrowth - tumor growth passes past the kidney stage's outline: the model's setting, off, or 1-3.
     roiNode - optional box around the kidneys that replaces stage 1.
     """
@@ -177,6 +158,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._lastInputID = None
+        self._modelPathShown = None  # the model whose own values the model-value widgets were set to
         self._run = None
 
     def setup(self) -> None:
@@ -264,63 +246,28 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None:
             return
-        if self._forgetOutputOfOtherInput(p):
+        forgot, self._lastInputID = panel.forgetOutputOfOtherInput(p, self._lastInputID)
+        if forgot:
             return  # the parameter node changed: this runs again from its Modified event
+        self._showModelValues(p)
         panel.syncModelCombo(self.ui.modelComboBox, p.modelPath)
-        self._updateSegmentButton()
+        blocker = _("Select an input CT volume.") if p.inputVolume is None else self.logic.modelProblem(p.modelPath)
+        panel.showRunState(self.ui, self._run is not None, blocker)
         warning = self.logic.gpuMemoryWarning(p.device.value)
         self.ui.gpuWarningLabel.text = warning
         self.ui.gpuWarningLabel.visible = bool(warning)
-        segmentation = p.outputSegmentation
-        table = segmentation.GetNodeReference(REF_FINDINGS) if segmentation else None
-        shown = self.ui.findingsTableView.mrmlTableNode()
-        if (shown.GetID() if shown else None) != (table.GetID() if table else None):
-            self.ui.findingsTableView.setMRMLTableNode(table)
-        self.ui.editInSegmentEditorButton.enabled = segmentation is not None and self._run is None
+        panel.showFindingsTable(self.ui.findingsTableView, p.outputSegmentation)
+        self.ui.editInSegmentEditorButton.enabled = p.outputSegmentation is not None and self._run is None
         self._updateCandidateButtons()
 
-    def _forgetOutputOfOtherInput(self, p) -> bool:
-        """When another input CT is chosen, stop pointing at the previous CT's result (True if it did).
-
-        Otherwise the next run would silently overwrite that result and move it under the new CT's study.
-        A segmentation chosen by hand for the current input stays.
-        """
-        inputID = p.inputVolume.GetID() if p.inputVolume else None
-        changed = inputID != self._lastInputID
-        self._lastInputID = inputID
-        segmentation = p.outputSegmentation
-        if not changed or segmentation is None or inputID is None:
-            return False
-        source = segmentation.GetNodeReference(REF_INPUT)
-        if source is None or source.GetID() == inputID:
-            return False
-        p.outputSegmentation = None
-        return True
-
-    def _segmentBlocker(self) -> str:
-        """Why Segment cannot run now (empty when it can)."""
-        p = self._parameterNode
-        if p is None or p.inputVolume is None:
-            return _("Select an input CT volume.")
-        problem = self.logic.modelProblem(p.modelPath)
-        if problem:
-            return problem
-        return ""
-
-    def _updateSegmentButton(self) -> None:
-        running = self._run is not None
-        for section in (self.ui.inputsCollapsibleButton, self.ui.outputsCollapsibleButton,
-                        self.ui.advancedCollapsibleButton):
-            section.enabled = not running
-        if running:
-            self.ui.segmentButton.text = _("Cancel")
-            self.ui.segmentButton.toolTip = _("Stop the segmentation; the scene is left as it was.")
-            self.ui.segmentButton.enabled = True
+    def _showModelValues(self, p) -> None:
+        """When another model is chosen, start the candidate threshold and kidney count at its own values:
+        a run passes on only the values the user then changes (runsettings.panelOverrides)."""
+        if p.modelPath == self._modelPathShown:
             return
-        self.ui.segmentButton.text = _("Segment")
-        blocker = self._segmentBlocker()
-        self.ui.segmentButton.enabled = not blocker
-        self.ui.segmentButton.toolTip = blocker or _("Segment the kidneys and kidney tumors in the input CT.")
+        self._modelPathShown = p.modelPath
+        for name, value in runsettings.panelValues(self.logic.modelValues(p.modelPath)).items():
+            setattr(p, name, value)
 
     # -- models --------------------------------------------------------------
 
@@ -340,20 +287,10 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._importModel(panel.askModelSource(folder=False))
 
     def _importModel(self, source: str) -> None:
-        if not source:  # the dialog was cancelled
-            return
-        with slicer.util.tryWithErrorDisplay(_("The model could not be imported."), waitCursor=True):
-            target = self.logic.modelImportTarget(source)
-            overwrite = False
-            if target.exists():
-                if not slicer.util.confirmOkCancelDisplay(
-                        _("A model named '{name}' is already in your models folder. Replace it?").format(name=target.name)):
-                    return
-                overwrite = True
-            path = self.logic.importModel(source, overwrite=overwrite)
+        path = panel.importModel(self.logic, source)
+        if path is not None:
             self.refreshModelList()
             self._parameterNode.modelPath = str(path)
-            slicer.util.showStatusMessage(_("Model imported into {path}").format(path=path), 5000)
 
     # -- running -----------------------------------------------------------
 
@@ -367,12 +304,13 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = 0
         self.ui.progressBar.show()
         self.ui.statusLabel.text = _("Starting…")
+        overrides = runsettings.panelOverrides(p.candidateThreshold, p.keepComponents,
+                                               self.logic.modelValues(p.modelPath))
         try:
             self._run = self.logic.startSegmentation(
-                p.inputVolume, model=p.modelPath, device=p.device.value, quality=p.quality.value,
-                candidateThreshold=p.candidateThreshold, keepComponents=p.keepComponents, roiNode=p.roiNode,
+                p.inputVolume, model=p.modelPath, device=p.device, quality=p.quality, roiNode=p.roiNode,
                 outputSegmentation=p.outputSegmentation, show3D=p.show3D, tumorGrowth=p.tumorGrowth,
-                progressCallback=self._onProgress, finishCallback=self._onFinished)
+                progressCallback=self._onProgress, finishCallback=self._onFinished, **overrides)
         except Exception as exc:
             self.ui.progressBar.hide()
             self.ui.statusLabel.text = ""
@@ -392,15 +330,11 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onFinished(self, run) -> None:
         self._run = None
         self.ui.progressBar.hide()
-        if run.status == "cancelled":
-            self.ui.statusLabel.text = _("Cancelled; the scene was not changed.")
-        elif run.status == "failed":
-            self.ui.statusLabel.text = _("Failed.")
+        self.ui.statusLabel.text = runs.statusText(run)
+        if run.status == "failed":
             slicer.util.errorDisplay(_("Segmentation failed:\n{error}").format(error=run.error))
-        else:
-            self.ui.statusLabel.text = "\n".join(run.messages) or _("Done.")
-            if self._parameterNode:
-                self._parameterNode.outputSegmentation = run.segmentationNode
+        elif run.status == "done" and self._parameterNode:
+            self._parameterNode.outputSegmentation = run.segmentationNode
         self._updateGuiState()
 
     # -- results -----------------------------------------------------------
@@ -452,10 +386,6 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
     POLL_INTERVAL_MS = 200
     MIN_GPU_MEMORY_GIB = gpu.MIN_GPU_MEMORY_GIB
 
-    def __init__(self) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
-        self._gpuWarnings: Dict[str, str] = {}
-
     def getParameterNode(self):
         return KidneyTumorSegParameterNode(super().getParameterNode())
 
@@ -467,6 +397,7 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
     # -- models (KidneyTumorSegSlicer.models) ------------------------------------
 
     defaultModelPath = staticmethod(models.defaultModelPath)
+    modelValues = staticmethod(models.modelValues)
     preferredModelPath = staticmethod(models.preferredModelPath)
     userModelsFolder = staticmethod(models.userModelsFolder)
     modelProblem = staticmethod(models.modelProblem)
@@ -481,28 +412,24 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
     candidateOfRow = staticmethod(results.candidateOfRow)
     setCandidateKept = staticmethod(candidates.setCandidateKept)
 
-    # -- device ------------------------------------------------------------------
+    # -- device (KidneyTumorSegSlicer.gpu): a GPU that is missing or too small, asked once per choice --
 
-    def gpuMemoryWarning(self, device: str) -> str:
-        """A warning when ``device`` ("auto", "cpu", "cuda") would use a GPU that is missing or too small."""
-        if device == Device.CPU.value:
-            return ""
-        if device not in self._gpuWarnings:  # asks the driver (nvidia-smi) once per device choice
-            self._gpuWarnings[device] = gpu.gpuMemoryWarning(device, self.MIN_GPU_MEMORY_GIB)
-        return self._gpuWarnings[device]
+    gpuMemoryWarning = staticmethod(gpu.cachedGpuMemoryWarning)
 
     # -- running -----------------------------------------------------------------
 
-    def segment(self, volumeNode, model=None, device="auto", quality="fast", candidateThreshold=0.8,
-                keepComponents=2, roiNode=None, outputSegmentation=None, show3D=False, tumorGrowth=None):
+    def segment(self, volumeNode, model=None, device="auto", quality="fast", candidateThreshold=None,
+                keepComponents=None, roiNode=None, outputSegmentation=None, show3D=False, tumorGrowth=None):
         """Segment ``volumeNode`` and wait for the result (for scripts; the panel runs asynchronously).
 
-        ``model``: bundle folder (None: the shipped default); ``device``: "auto", "cpu" or "cuda";
-        ``quality``: "fast" (no test-time augmentation), "balanced" (4 flips, about twice the time
-        of fast) or "full" (12, about four times); ``roiNode``: optional
-        vtkMRMLMarkupsROINode that replaces stage 1; ``outputSegmentation``: node to overwrite
-        (None: a new one); ``tumorGrowth``: tumor growth passes around kept tumors that reach past
-        the kidney stage's outline, None (the model's setting; the shipped model: 1), "off" or 0..8.
+        ``model``: bundle folder (None: the shipped default); ``device``: "auto", "cpu", "cuda" or
+        "cuda:N"; ``quality``: "fast" (no test-time augmentation), "balanced" (4 flips, about twice
+        the time of fast) or "full" (12, about four times); ``candidateThreshold`` (0..1) and
+        ``keepComponents`` (1 or 2): None keeps the model's own value (the shipped model: 0.8 and 2);
+        ``roiNode``: optional vtkMRMLMarkupsROINode that replaces stage 1; ``outputSegmentation``:
+        node to overwrite (None: a new one); ``tumorGrowth``: tumor growth passes around kept tumors
+        that reach past the kidney stage's outline, None (the model's setting; the shipped model: 1),
+        "off" or 0..8.
         Returns ``(segmentationNode, tableNode)``; raises RuntimeError with the core's message when
         the run fails (the scene is then unchanged).
         """
@@ -517,8 +444,8 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
             shutil.rmtree(run.workDir, ignore_errors=True)
         return run.segmentationNode, run.tableNode
 
-    def startSegmentation(self, volumeNode, model=None, device="auto", quality="fast", candidateThreshold=0.8,
-                          keepComponents=2, roiNode=None, outputSegmentation=None, show3D=False, tumorGrowth=None,
+    def startSegmentation(self, volumeNode, model=None, device="auto", quality="fast", candidateThreshold=None,
+                          keepComponents=None, roiNode=None, outputSegmentation=None, show3D=False, tumorGrowth=None,
                           progressCallback=None, finishCallback=None) -> SegmentationRun:
         """Start a background run and return at once; arguments as :meth:`segment`.
 
@@ -526,49 +453,32 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
         name; ``finishCallback(run)`` is called once with ``run.status`` "done", "failed"
         (``run.error`` holds the core's message) or "cancelled".
         """
-        from KidneyTumorSegLib.background import SegmentationProcess
-
         run = self._prepareRun(volumeNode, model, device, quality, candidateThreshold, keepComponents, roiNode,
                                outputSegmentation, show3D, tumorGrowth)
         run.progressCallback = progressCallback
         run.finishCallback = finishCallback
-        try:
-            run.process = SegmentationProcess(**run.options)
-            run.process.start()
-        except Exception:
-            shutil.rmtree(run.workDir, ignore_errors=True)
-            raise
-        run.timer = qt.QTimer()
-        run.timer.setInterval(self.POLL_INTERVAL_MS)
-        run.timer.connect("timeout()", lambda: self._poll(run))
-        run.timer.start()
+        runs.start(run, lambda: self._poll(run), self.POLL_INTERVAL_MS)
         return run
 
-    def cancel(self, run: SegmentationRun) -> None:
-        """Stop ``run``; the scene is left exactly as it was before it started."""
-        runs.cancel(run)
+    cancel = staticmethod(runs.cancel)  # stop a run; the scene is left exactly as it was before it started
 
     def _prepareRun(self, volumeNode, model, device, quality, candidateThreshold, keepComponents, roiNode,
                     outputSegmentation, show3D, tumorGrowth=None) -> SegmentationRun:
-        """Export the input and collect the core's arguments; adds nothing to the scene."""
+        """Export the input and collect the core's arguments (its ``RunSettings`` in ``run.options``); adds
+        nothing to the scene, and writes nothing for a refused choice."""
         if volumeNode is None:
             raise ValueError(_("No input volume."))
         if not self.ensureDependencies(askConfirmation=True):
             raise RuntimeError(_("KidneyTumorSeg cannot run: these Python packages are missing: {packages}").format(
                 packages=", ".join(self.missingRequirements())))
-        device = device.value if isinstance(device, Device) else str(device)
-        quality = quality.value if isinstance(quality, Quality) else str(quality)
-        if quality not in runs.QUALITY_TTA:
-            raise ValueError(_("quality must be 'fast', 'balanced' or 'full', not {value!r}").format(value=quality))
-        passes = runs.growthPasses(tumorGrowth)
+        settings = runsettings.runSettings(device, quality, candidateThreshold, keepComponents, tumorGrowth)
         modelPath = str(model) if model else self.defaultModelPath()
         problem = self.modelProblem(modelPath)
         if problem:
             raise RuntimeError(problem)
         if models.usesNnunet(modelPath) and not dependencies.ensureNnunet(askConfirmation=True):
             raise RuntimeError(_("This model is an nnU-Net model, and the nnunetv2 package is not installed."))
-        workDir, options = runs.prepareWork(volumeNode, roiNode, modelPath, device, quality, candidateThreshold,
-                                            keepComponents, passes)
+        workDir, options = runs.prepareWork(volumeNode, roiNode, modelPath, settings)
         return SegmentationRun(volumeNode, options, workDir, outputSegmentation, show3D)
 
     def _poll(self, run: SegmentationRun) -> None:

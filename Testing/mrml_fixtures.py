@@ -46,6 +46,7 @@ def core_run(tmp_path_factory):
     """
     from KidneyTumorSegLib.background import run_segmentation
     from KidneyTumorSegLib.phantom import make_phantom
+    from KidneyTumorSegLib.run_settings import RunSettings
     from KidneyTumorSegLib.volume_io import volume_to_sitk
 
     folder = tmp_path_factory.mktemp("core-run")
@@ -54,7 +55,7 @@ def core_run(tmp_path_factory):
     image.SetDirection(tuple((rotation(2, 12) @ np.asarray(image.GetDirection()).reshape(3, 3)).ravel()))
     ct = folder / "ct.nrrd"
     sitk.WriteImage(image, str(ct))
-    outputs = run_segmentation(str(ct), str(folder / "out"), device="cpu", save_candidates=True)
+    outputs = run_segmentation(str(ct), str(folder / "out"), settings=RunSettings(device="cpu", save_candidates=True))
     report = json.loads(Path(outputs["report"]).read_text(encoding="utf-8"))
     kept = {c["kept"] for c in report["tumor_candidates"]}
     assert kept == {True, False}, "the phantom must give a kept and a rejected tumor candidate"

@@ -12,12 +12,14 @@ import pytest
 
 from KidneyTumorSegLib.background import SegmentationProcess, run_segmentation
 from KidneyTumorSegLib.cli import build_parser
-from KidneyTumorSegLib.events import STAGE_ORDER, STAGE_TITLES
+from KidneyTumorSegLib.events import STAGE_ORDER
 from KidneyTumorSegLib.phantom import write_phantom_cases
+from KidneyTumorSegLib.run_settings import RunSettings
 from KidneyTumorSegLib.slicer_geometry import roi_from_slicer
 from helpers_bundle import make_tiny_bundle
 
 POSIX = os.name == "posix"
+CPU = RunSettings(device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +57,15 @@ def _process_states(pgid):
     return states
 
 
+def _finish(p, seconds):
+    """The exit status of ``p`` once it has ended and its output is read."""
+    deadline = time.monotonic() + seconds
+    while p.running:
+        assert time.monotonic() < deadline, p.log_tail()
+        time.sleep(0.05)
+    return p.returncode
+
+
 def _alive(pid):
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
@@ -64,9 +75,10 @@ def _alive(pid):
 
 
 def test_command_maps_every_option_to_the_command_line(tmp_path):
-    p = SegmentationProcess(tmp_path / "ct.nrrd", tmp_path / "out", model=tmp_path / "model", device="cpu", tta=4,
-                            candidate_threshold=0.65, keep_components=1, roi=ROI, python="/opt/PythonSlicer",
-                            extra_args=["--no-preview"])
+    settings = RunSettings(device="cpu", tta=4, candidate_threshold=0.65, keep_components=1, roi=ROI,
+                           save_candidates=True, preview=False)
+    p = SegmentationProcess(tmp_path / "ct.nrrd", tmp_path / "out", model=tmp_path / "model", settings=settings,
+                            python="/opt/PythonSlicer")
     cmd = p.command
     assert cmd[:4] == ["/opt/PythonSlicer", "-m", "KidneyTumorSegLib", "segment"]
     args = build_parser().parse_args(cmd[3:])
@@ -76,7 +88,7 @@ def test_command_maps_every_option_to_the_command_line(tmp_path):
     assert (args.device, args.tta, args.candidate_threshold, args.keep_components) == ("cpu", 4, 0.65, 1)
     assert args.roi == pytest.approx((-60.0, -50.0, -210.0, 60.0, 50.0, -130.0))  # negative first value survives
     assert args.events == "-" and args.no_progress and args.save_candidates and args.no_preview
-    bare = build_parser().parse_args(SegmentationProcess("ct.nrrd", "out", save_candidates=False).command[3:])
+    bare = build_parser().parse_args(SegmentationProcess("ct.nrrd", "out").command[3:])
     assert bare.model is None and bare.roi is None and not bare.save_candidates and bare.tta == 1
 
 
@@ -91,7 +103,6 @@ def test_parser_keeps_log_lines_out_of_the_events(tmp_path):
     p._consume('KTS-EVENT {"event":"case_failed","case":"c","error":"cannot read it"}\n')
     assert [e["event"] for e in p.poll()] == ["progress", "case_failed"]
     assert p.poll() == []
-    assert p.progress == (0.35, STAGE_TITLES["kidney"])
     assert p.log_tail() == ["INFO case_00000: Segmenting kidneys", "KTS-EVENT {not json",
                             "Traceback (most recent call last):"]
     assert p.error_message() == "cannot read it"
@@ -100,7 +111,8 @@ def test_parser_keeps_log_lines_out_of_the_events(tmp_path):
 def test_full_run_reports_progress_and_outputs(case, bundle, tmp_path):
     out = tmp_path / "work" / "out"
     (tmp_path / "work").mkdir()
-    p = SegmentationProcess(case, out, model=bundle, device="cpu", roi=ROI, extra_args=["--no-preview"])
+    p = SegmentationProcess(case, out, model=bundle,
+                            settings=RunSettings(device="cpu", roi=ROI, save_candidates=True, preview=False))
     assert not p.running and p.returncode is None
     p.start()
     events = []
@@ -108,7 +120,7 @@ def test_full_run_reports_progress_and_outputs(case, bundle, tmp_path):
         events += p.poll()
         time.sleep(0.05)
     events += p.poll()
-    assert p.returncode == 0 and p.wait(1) == 0
+    assert p.returncode == 0
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-2:] == ["case_done", "done"] and "case_failed" not in kinds
     prog = [e for e in events if e["event"] == "progress"]
@@ -116,7 +128,6 @@ def test_full_run_reports_progress_and_outputs(case, bundle, tmp_path):
     assert [s for n, s in enumerate(stages) if n == 0 or stages[n - 1] != s] == list(STAGE_ORDER)
     fractions = [e["fraction"] for e in prog]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == pytest.approx(1.0)
-    assert p.progress == (pytest.approx(1.0), STAGE_TITLES["write"])
     outs = p.outputs
     assert set(outs) == {"label", "segmentation", "report", "candidates"}
     for path in outs.values():
@@ -145,7 +156,7 @@ def test_cancel_stops_the_whole_process_tree_and_removes_the_output(case, bundle
         wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
         extra["python"] = str(wrapper)
     out = tmp_path / "out"
-    p = SegmentationProcess(case, out, model=bundle, device="cpu", **extra).start()
+    p = SegmentationProcess(case, out, model=bundle, settings=CPU, **extra).start()
     assert out.is_dir()  # made by start(), so cancel may remove it at any time
     deadline = time.monotonic() + 60
     seen = []
@@ -172,7 +183,7 @@ def test_cancel_keeps_an_output_folder_it_did_not_create(case, bundle, tmp_path)
     out = tmp_path / "existing"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    p = SegmentationProcess(case, out, model=bundle, device="cpu").start()
+    p = SegmentationProcess(case, out, model=bundle, settings=CPU).start()
     p.cancel()
     assert (out / "keep.txt").read_text() == "mine"
     assert not p.running
@@ -183,8 +194,8 @@ def test_cancel_keeps_an_output_folder_it_did_not_create(case, bundle, tmp_path)
 def test_bad_input_gives_the_core_message(bundle, tmp_path):
     bad = tmp_path / "notct.nii.gz"
     bad.write_text("this is not an image")
-    p = SegmentationProcess(bad, tmp_path / "out", model=bundle, device="cpu").start()
-    assert p.wait(60) == 1
+    p = SegmentationProcess(bad, tmp_path / "out", model=bundle, settings=CPU).start()
+    assert _finish(p, 60) == 1
     kinds = [e["event"] for e in p.poll()]
     assert kinds == ["start", "case_failed", "done"]
     msg = p.error_message()
@@ -195,7 +206,7 @@ def test_bad_input_gives_the_core_message(bundle, tmp_path):
 def test_run_segmentation_raises_with_the_output_tail_when_no_event_explains(tmp_path):
     seen = []
     with pytest.raises(RuntimeError, match="invalid choice: 'bogus'"):
-        run_segmentation(tmp_path / "ct.nii.gz", tmp_path / "out", extra_args=["--precision", "bogus"],
+        run_segmentation(tmp_path / "ct.nii.gz", tmp_path / "out", settings=RunSettings(precision="bogus"),
                          progress=seen.append, timeout=60)
     assert seen == []  # the command line stopped before its event stream started
 

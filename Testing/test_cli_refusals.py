@@ -16,6 +16,7 @@ import pytest
 import KidneyTumorSegLib.pipeline as pipeline
 from KidneyTumorSegLib.background import SegmentationProcess
 from KidneyTumorSegLib.cli import build_parser, main
+from KidneyTumorSegLib.run_settings import RunSettings
 from KidneyTumorSegLib.slicer_geometry import roi_from_slicer
 
 
@@ -99,12 +100,12 @@ def test_limits_and_the_slicer_module_values_still_parse(tmp_path):
     args = parse(["segment", "ct.nii.gz", "-o", "out", "--tta", "1", "--overlap", "0", "--candidate-threshold", "1",
                   "--tumor-growth-mm", "0"])
     assert (args.tta, args.overlap, args.candidate_threshold, args.tumor_growth_mm) == (1, 0.0, 1.0, 0.0)
-    # what the Slicer module passes (runs.prepareWork -> background.SegmentationProcess.command)
+    # what the Slicer module passes (runsettings.runSettings -> runs.prepareWork -> SegmentationProcess.command)
     roi = roi_from_slicer((10.0, 20.0, -30.0), (40.0, 50.0, 60.0))
     for tta, threshold in ((1, 0.8), (4, 0.0), (12, 1.0), (4, 0.65)):
-        proc = SegmentationProcess(tmp_path / "input.nrrd", tmp_path / "out", model=tmp_path / "model", device="cpu",
-                                   tta=tta, candidate_threshold=threshold, keep_components=1, roi=roi,
-                                   extra_args=["--tumor-growth", "2"])
+        settings = RunSettings(device="cpu", tta=tta, candidate_threshold=threshold, keep_components=1, roi=roi,
+                               tumor_growth_passes=2)
+        proc = SegmentationProcess(tmp_path / "input.nrrd", tmp_path / "out", model=tmp_path / "model", settings=settings)
         args = parse(proc.command[3:])
         assert (args.tta, args.candidate_threshold, args.tumor_growth) == (tta, threshold, 2)
         assert args.roi == pytest.approx(tuple(roi.lo) + tuple(roi.hi), abs=1e-4)

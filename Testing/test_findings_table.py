@@ -116,3 +116,47 @@ def test_markdown_and_empty_report(run):
     assert findings_rows({"status": "no_kidney", "kidneys": [], "tumor_candidates": []}) == []
     assert findings_rows({}) == []
     assert kept_ids_after({}) == set()
+
+
+# -- one rule for a candidate edit (findings.choose_candidate), here and in Slicer (test_slicer_candidates*.py) --
+
+def test_a_rejected_candidate_is_kidney_only_inside_the_kidney_region():
+    from helpers_candidates import HALF_INSIDE, candidate_masks, candidate_result
+
+    res, masks = candidate_result(), candidate_masks()
+    inside3 = masks[3].copy()
+    inside3[:, :, :HALF_INSIDE.start] = False
+    dropped = apply_candidate_choice(res, set())
+    assert np.all(dropped[masks[1]] == 1), "a removed tumor inside the kidney becomes kidney"
+    assert np.all(dropped[masks[2]] == 0), "a rejected candidate outside the kidney is not kidney"
+    assert np.all(dropped[inside3] == 1) and np.all(dropped[masks[3] & ~inside3] == 0)
+    added = apply_candidate_choice(res, {2, 3})
+    assert np.all(added[masks[2] | masks[3]] == 2) and np.all(added[masks[1]] == 1)
+    untouched = ~(masks[1] | masks[2] | masks[3])
+    for label in (dropped, added):
+        np.testing.assert_array_equal(label[untouched], res.label.array[untouched])
+    np.testing.assert_array_equal(apply_candidate_choice(res, {1}), res.label.array)
+
+
+def test_the_inside_voxels_of_a_rejected_candidate_go_to_the_nearest_kidney():
+    from KidneyTumorSegLib.findings import assign_to_nearest, choose_candidate
+    from helpers_candidates import HALF_INSIDE, box, LEFT, RIGHT, candidate_masks, candidate_result
+
+    res, masks = candidate_result(), candidate_masks()
+    region = res.sides.array > 0
+    kidneys = {"left": box(LEFT), "right": box(RIGHT) & ~masks[3]}
+    tumor = masks[1] | masks[2] | masks[3]  # every candidate kept
+    after, tumor_after = choose_candidate(kidneys, tumor, masks[3], False, region, (4.0, 2.0, 2.0))
+    inside3 = masks[3].copy()
+    inside3[:, :, :HALF_INSIDE.start] = False
+    np.testing.assert_array_equal(after["right"], box(RIGHT))  # its inside half, the right kidney's
+    np.testing.assert_array_equal(after["left"], box(LEFT))
+    np.testing.assert_array_equal(tumor_after, masks[1] | masks[2])
+    after, _ = choose_candidate(after, tumor_after, masks[2], False, region)
+    assert not (after["left"] | after["right"])[masks[2]].any(), "outside the kidney: background"
+    kept, tumor_kept = choose_candidate(after, tumor_after, masks[3], True, region)
+    assert tumor_kept[masks[3]].all() and not (kept["left"] | kept["right"])[masks[3]].any()
+    # no kidney voxel left at all: the first kidney takes the voxels; no kidney: nobody does
+    empty = np.zeros(masks[3].shape, bool)
+    assert assign_to_nearest(inside3, {"a": empty, "b": empty}, (1.0, 1.0, 1.0))["a"].sum() == inside3.sum()
+    assert assign_to_nearest(inside3, {}, (1.0, 1.0, 1.0)) == {}

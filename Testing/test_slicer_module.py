@@ -5,9 +5,10 @@ The module (``KidneyTumorSeg/KidneyTumorSeg.py``) and its Slicer-side helpers
 as text and AST here: their ``self.ui.<name>`` widgets exist in the .ui, the
 parameter-node fields and the .ui's ``SlicerParameterName`` properties match
 one to one (with widget types the parameter-node wrapper can bind), every file
-compiles and parses as Python 3.9 and stays small, the CMake lists name every
-file, and the dependency list has pyproject.toml's bounds. The logic's
-Slicer-free paths run against stand-ins for ``slicer`` and ``qt`` (real vtk).
+compiles and parses as Python 3.9 and stays small, and the CMake lists name every
+file. The module's scripting API is checked against stand-ins for ``slicer`` and
+``qt`` (slicer_stubs.py, real vtk); each helper's Slicer-free paths are checked
+the same way in test_slicer_<helper>.py.
 
 Written as ``unittest`` cases so that the same file runs under pytest and,
 through ``slicer_add_python_unittest``, inside Slicer, where one more case
@@ -24,6 +25,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Dict, List, Set
 
+from slicer_stubs import StubbedModuleTest
+
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "KidneyTumorSeg"
 MODULE_FILE = MODULE_DIR / "KidneyTumorSeg.py"
@@ -31,7 +34,6 @@ UI_FILE = MODULE_DIR / "Resources" / "UI" / "KidneyTumorSeg.ui"
 ICON_FILE = MODULE_DIR / "Resources" / "Icons" / "KidneyTumorSeg.png"
 LIB_DIR = MODULE_DIR / "KidneyTumorSegLib"
 SLICER_DIR = MODULE_DIR / "KidneyTumorSegSlicer"  # the module's Slicer-side helpers
-DEPENDENCIES_FILE = SLICER_DIR / "dependencies.py"
 MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
 TOP_CMAKE = ROOT / "CMakeLists.txt"
 PARAMETER_CLASS = "KidneyTumorSegParameterNode"
@@ -103,8 +105,19 @@ def _parameter_fields() -> Dict[str, ast.expr]:
 
 
 def _enum_classes() -> Set[str]:
-    return {n.name for n in _module_tree().body if isinstance(n, ast.ClassDef)
-            and any(getattr(b, "attr", getattr(b, "id", "")) == "Enum" for b in n.bases)}
+    """Enum classes the module defines, and those it imports from the core's presets (the panel's choices)."""
+    import enum
+    import importlib
+
+    tree = _module_tree()
+    names = {n.name for n in tree.body if isinstance(n, ast.ClassDef)
+             and any(getattr(b, "attr", getattr(b, "id", "")) == "Enum" for b in n.bases)}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == "KidneyTumorSegLib.presets":
+            presets = importlib.import_module(node.module)
+            names |= {a.asname or a.name for a in node.names
+                      if isinstance(getattr(presets, a.name), type) and issubclass(getattr(presets, a.name), enum.Enum)}
+    return names
 
 
 def _field_kind(annotation: ast.expr) -> str:
@@ -125,26 +138,6 @@ def _cmake_list(text: str, variable: str) -> List[str]:
     match = re.search(r"set\(\s*" + variable + r"\s+(.*?)\)", text, re.S)
     assert match, f"set({variable} ...) not found"
     return [line.split("#")[0].strip() for line in match.group(1).splitlines() if line.split("#")[0].strip()]
-
-
-def _dependency_constant(name: str):
-    tree = ast.parse(DEPENDENCIES_FILE.read_text(encoding="utf-8"), filename=str(DEPENDENCIES_FILE))
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == name for t in node.targets):
-            return ast.literal_eval(node.value)
-    raise AssertionError(f"{name} not found in {DEPENDENCIES_FILE.name}")
-
-
-def _pyproject_dependencies() -> List[str]:
-    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    try:
-        import tomllib  # Python 3.11+
-    except ImportError:
-        tomllib = None
-    if tomllib is not None:
-        return list(tomllib.loads(text)["project"]["dependencies"])
-    block = re.search(r"^dependencies\s*=\s*\[(.*?)\]", text, re.S | re.M)
-    return re.findall(r'"([^"]+)"', block.group(1))
 
 
 class UiTest(unittest.TestCase):
@@ -204,7 +197,7 @@ class UiTest(unittest.TestCase):
 
 class ModuleSourceTest(unittest.TestCase):
     # the module file stays a thin template; each helper file stays small and single-purpose
-    MAX_MODULE_LINES = 700
+    MAX_MODULE_LINES = 600
     MAX_HELPER_LINES = 300
 
     def test_helper_package_exists(self):
@@ -255,7 +248,8 @@ class ModuleSourceTest(unittest.TestCase):
         self.assertEqual(args[:9], ["self", "volumeNode", "model", "device", "quality", "candidateThreshold",
                                     "keepComponents", "roiNode", "outputSegmentation"])
         defaults = [ast.literal_eval(d) for d in segment.args.defaults[:7]]
-        self.assertEqual(defaults, [None, "auto", "fast", 0.8, 2, None, None])
+        # candidateThreshold and keepComponents: None, the model's own value (the shipped model's: 0.8 and 2)
+        self.assertEqual(defaults, [None, "auto", "fast", None, None, None, None])
 
     def test_help_cites_the_methods_and_data(self):
         source = _module_source()
@@ -315,18 +309,6 @@ class CMakeTest(unittest.TestCase):
         self.assertIn("project(KidneyTumorSeg)", TOP_CMAKE.read_text(encoding="utf-8"))
 
 
-class DependencyTest(unittest.TestCase):
-    def test_module_requirements_match_pyproject(self):
-        module = set(_dependency_constant("CORE_REQUIREMENTS")) | {_dependency_constant("TORCH_REQUIREMENT")}
-        pyproject = set(_pyproject_dependencies())
-        self.assertEqual(sorted(module - pyproject), [], "in the module but not in pyproject.toml")
-        self.assertEqual(sorted(pyproject - module), [], "in pyproject.toml but not in the module")
-
-    def test_torch_is_installed_through_the_pytorch_extension(self):
-        self.assertNotIn(_dependency_constant("TORCH_REQUIREMENT"), _dependency_constant("CORE_REQUIREMENTS"))
-        self.assertIn("PyTorchUtils.PyTorchUtilsLogic()", DEPENDENCIES_FILE.read_text(encoding="utf-8"))
-
-
 def _in_slicer() -> bool:
     return "slicer" in sys.modules and hasattr(sys.modules["slicer"], "app")
 
@@ -342,195 +324,9 @@ class SlicerUiTest(unittest.TestCase):
             self.assertTrue(hasattr(names, name), name)
 
 
-# --------------------------------------------------------------------------
-# The logic's Slicer-free paths, with stand-ins for slicer / qt (real vtk)
-# --------------------------------------------------------------------------
-_STUBBED = ("qt", "slicer", "slicer.util", "slicer.i18n", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
-
-
-def _has_module(name: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ImportError:
-        return False
-
-
-class _Timer:
-    """qt.QTimer stand-in that the test fires by hand."""
-
-    def __init__(self):
-        self.slots = []
-        self.active = False
-
-    def setInterval(self, ms):
-        self.interval = ms
-
-    def connect(self, signal, slot):
-        self.slots.append(slot)
-
-    def start(self):
-        self.active = True
-
-    def stop(self):
-        self.active = False
-
-    def fire(self):
-        for slot in list(self.slots):
-            slot()
-
-
-class _VolumeNode:
-    """A scalar volume node stand-in: voxels [k, j, i] and an IJK-to-RAS matrix."""
-
-    def __init__(self, array, ijk_to_ras):
-        self.array = array
-        self.ijk_to_ras = ijk_to_ras
-
-    def GetIJKToRASMatrix(self, matrix):
-        for r in range(4):
-            for c in range(4):
-                matrix.SetElement(r, c, float(self.ijk_to_ras[r, c]))
-
-    def GetName(self):
-        return "phantom"
-
-    def GetImageData(self):
-        return self.array  # the module only checks that there are voxels
-
-    def GetParentTransformNode(self):
-        return None
-
-
-class _RoiNode:
-    """A markups ROI stand-in: ROI-to-world matrix and size along the ROI's own axes."""
-
-    def __init__(self, object_to_world, size):
-        self.object_to_world = object_to_world
-        self.size = size
-
-    def GetObjectToWorldMatrix(self):  # as vtkMRMLMarkupsROINode: returns its matrix, takes no argument
-        import vtk
-
-        matrix = vtk.vtkMatrix4x4()
-        for r in range(4):
-            for c in range(4):
-                matrix.SetElement(r, c, float(self.object_to_world[r, c]))
-        return matrix
-
-    def GetSize(self):
-        return tuple(self.size)
-
-
-def _forget_slicer_helpers() -> None:
-    """Drop imported KidneyTumorSegSlicer modules (they hold the stand-ins they were imported with)."""
-    for name in [m for m in sys.modules if m.split(".")[0] == SLICER_DIR.name]:
-        del sys.modules[name]
-
-
-def _load_module_with_stubs(home: Path):
-    """Import KidneyTumorSeg.py against minimal slicer / qt stand-ins; returns the module.
-
-    As Slicer does for a scripted module, the module's folder goes on sys.path, so that
-    ``KidneyTumorSegSlicer`` (imported with the same stand-ins) is found next to it.
-    """
-    import contextlib
-    import importlib.util
-    import types
-
-    import numpy as np
-
-    class _App:
-        temporaryPath = str(home / "tmp")
-        slicerUserSettingsFilePath = str(home / "settings" / "Slicer.ini")
-        slicerHome = str(home / "slicer")
-
-        @staticmethod
-        def testingEnabled():
-            return True
-
-        def connect(self, *args):
-            pass
-
-    slicer = types.ModuleType("slicer")
-    slicer.__path__ = []
-    slicer.app = _App()
-    for name in ("vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLMarkupsROINode"):
-        setattr(slicer, name, type(name, (), {}))
-    util = types.ModuleType("slicer.util")
-    util.VTKObservationMixin = type("VTKObservationMixin", (), {"__init__": lambda self: None})
-    util.arrayFromVolume = lambda node: node.array
-    util.arrayFromVTKMatrix = lambda m: np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
-    util.WaitCursor = contextlib.nullcontext
-    slicer.util = util
-    i18n = types.ModuleType("slicer.i18n")
-    i18n.tr = lambda text: text
-    i18n.translate = lambda context, text: text
-    slm = types.ModuleType("slicer.ScriptedLoadableModule")
-    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic",
-                 "ScriptedLoadableModuleTest"):
-        setattr(slm, name, type(name, (), {"__init__": lambda self, *args: None}))
-    pnw = types.ModuleType("slicer.parameterNodeWrapper")
-    pnw.parameterNodeWrapper = lambda cls: cls
-    pnw.WithinRange = lambda lo, hi: ("WithinRange", lo, hi)
-    qt = types.ModuleType("qt")
-    qt.QTimer = _Timer
-    stubs = {"qt": qt, "slicer": slicer, "slicer.util": util, "slicer.i18n": i18n,
-             "slicer.ScriptedLoadableModule": slm, "slicer.parameterNodeWrapper": pnw}
-    sys.modules.update(stubs)
-    _forget_slicer_helpers()
-    if str(MODULE_DIR) not in sys.path:
-        sys.path.insert(0, str(MODULE_DIR))
-    spec = importlib.util.spec_from_file_location("KidneyTumorSeg_stubbed", MODULE_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @unittest.skipIf(_in_slicer(), "the real Slicer is running: KidneyTumorSegTest covers the logic")
-@unittest.skipUnless(_has_module("vtk"), "needs vtk (pip install -e .[test])")
-class LogicWithoutSlicerTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        import tempfile
-
-        cls._saved = {name: sys.modules.get(name) for name in _STUBBED}
-        cls._saved_path = list(sys.path)
-        cls._home = tempfile.TemporaryDirectory(prefix="kts-slicer-")
-        home = Path(cls._home.name)
-        (home / "tmp").mkdir()
-        from slicer_harness import write_python_slicer
-
-        write_python_slicer(home / "slicer")  # PythonSlicer stand-in, found through slicer.app.slicerHome
-        cls.kts = _load_module_with_stubs(home)
-        cls.logic = cls.kts.KidneyTumorSegLogic()
-        # the helper modules, as imported by the module under the stand-ins
-        cls.dependencies = sys.modules["KidneyTumorSegSlicer.dependencies"]
-        cls.candidates = sys.modules["KidneyTumorSegSlicer.candidates"]
-        cls.results = sys.modules["KidneyTumorSegSlicer.results"]
-
-    @classmethod
-    def tearDownClass(cls):
-        _forget_slicer_helpers()
-        sys.path[:] = cls._saved_path
-        for name, module in cls._saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-        cls._home.cleanup()
-
-    def setUp(self):
-        import tempfile
-
-        self._tmp = tempfile.TemporaryDirectory(prefix="kts-test-")
-        self.tmp = Path(self._tmp.name)
-
-    def tearDown(self):
-        self._tmp.cleanup()
-
-    # -- layout ------------------------------------------------------------------
+class ModuleLogicTest(StubbedModuleTest):
+    """The module's names that scripts use, with the module imported against the stand-ins."""
 
     def test_scripting_api_is_kept(self):
         """The module's names that scripts use, whichever KidneyTumorSegSlicer file implements them."""
@@ -546,425 +342,7 @@ class LogicWithoutSlicerTest(unittest.TestCase):
     def test_helpers_find_the_module_folder(self):
         import os
 
-        runs = sys.modules["KidneyTumorSegSlicer.runs"]
-        sampledata = sys.modules["KidneyTumorSegSlicer.sampledata"]
+        sampledata = self.helper("sampledata")
         # the background process imports KidneyTumorSegLib from the module's folder
-        self.assertEqual(runs.processEnvironment()["PYTHONPATH"].split(os.pathsep)[0], str(MODULE_DIR))
+        self.assertEqual(self.runs.processEnvironment()["PYTHONPATH"].split(os.pathsep)[0], str(MODULE_DIR))
         self.assertTrue((Path(sampledata._ICONS_PATH) / ICON_FILE.name).is_file())
-
-    # -- panel state -------------------------------------------------------------
-
-    def test_choosing_another_input_forgets_the_previous_result(self):
-        """The next run must not overwrite the previous CT's segmentation (and move it to the new study)."""
-        import types
-
-        class Node:
-            def __init__(self, id_, refs=None):
-                self.id, self.refs = id_, refs or {}
-
-            def GetID(self):
-                return self.id
-
-            def GetNodeReference(self, role):
-                return self.refs.get(role)
-
-        ctA, ctB = Node("vtkMRMLScalarVolumeNode1"), Node("vtkMRMLScalarVolumeNode2")
-        segA = Node("vtkMRMLSegmentationNode1", {self.kts.REF_INPUT: ctA})
-        widget = types.SimpleNamespace(_lastInputID=None)
-        forget = lambda p: self.kts.KidneyTumorSegWidget._forgetOutputOfOtherInput(widget, p)
-        p = types.SimpleNamespace(inputVolume=ctA, outputSegmentation=segA)
-        self.assertFalse(forget(p))  # A's own result stays selected
-        self.assertIs(p.outputSegmentation, segA)
-        p.inputVolume = ctB
-        self.assertTrue(forget(p))
-        self.assertIsNone(p.outputSegmentation)
-        # chosen by hand for B afterwards (the input did not change): kept
-        p.outputSegmentation = segA
-        self.assertFalse(forget(p))
-        self.assertIs(p.outputSegmentation, segA)
-
-    # -- device ----------------------------------------------------------------
-
-    def test_gpu_warning_asks_the_driver_not_torch(self):
-        gpu = sys.modules["KidneyTumorSegSlicer.gpu"]
-        smi = "NVIDIA H100 80GB HBM3, 81559\nNVIDIA GeForce GT 1030, 2001\n"
-        self.assertEqual(gpu.parseNvidiaSmi(smi), [("NVIDIA H100 80GB HBM3", 81559 / 1024), ("NVIDIA GeForce GT 1030", 2001 / 1024)])
-        self.assertEqual(gpu.parseNvidiaSmi("garbage\n"), [])
-        self.assertEqual(gpu.gpuMemoryWarning("auto", gpus=[("H100", 79.6)]), "")
-        self.assertIn("(GT 1030) has 1.9 GiB of memory; at least 4 GiB", gpu.gpuMemoryWarning("cuda", gpus=[("GT 1030", 1.95)]))
-        self.assertEqual(gpu.gpuMemoryWarning("auto", gpus=[]), "")  # no GPU: auto runs on the CPU
-        self.assertIn("No NVIDIA GPU was found", gpu.gpuMemoryWarning("cuda", gpus=[]))
-        self.assertEqual(self.logic.gpuMemoryWarning("cpu"), "")
-        self.assertNotIn("torch", gpu.__dict__)
-
-    # -- dependencies ----------------------------------------------------------
-
-    def test_install_errors_name_what_to_install(self):
-        """No PyTorch extension: say so (not "no internet"); pip failing offline: name the packages."""
-        deps, util = self.dependencies, sys.modules["slicer.util"]
-        shown, pip_args = [], []
-        missing = [deps.TORCH_REQUIREMENT, "monai>=1.3,<1.7"]
-
-        def pip_install(args):
-            pip_args.append(list(args))
-            raise RuntimeError("Could not find a version that satisfies the requirement monai")
-
-        saved = (deps.missingRequirements, getattr(util, "errorDisplay", None), getattr(util, "pip_install", None))
-        deps.missingRequirements = lambda: list(missing)
-        util.errorDisplay = lambda text, **kw: shown.append(text)
-        util.pip_install = pip_install
-        try:
-            sys.modules.pop("PyTorchUtils", None)  # the PyTorch extension is absent here
-            self.assertFalse(deps.ensureDependencies(askConfirmation=False))
-            self.assertIn("The PyTorch extension is not installed", shown[-1])
-            self.assertNotIn("internet", shown[-1])
-            missing.remove(deps.TORCH_REQUIREMENT)
-            self.assertFalse(deps.ensureDependencies(askConfirmation=False))
-            self.assertIn("no internet connection?", shown[-1])
-            self.assertIn("slicer.util.pip_install(['monai>=1.3,<1.7'])", shown[-1])
-            self.assertEqual(pip_args, [["--timeout", "20", "--retries", "1", "monai>=1.3,<1.7"]])
-        finally:
-            deps.missingRequirements, util.errorDisplay, util.pip_install = saved
-
-    def test_requirements_are_checked_against_installed_versions(self):
-        self.assertEqual(self.kts.KidneyTumorSegLogic.missingRequirements(), [])
-        satisfied = self.dependencies.requirementSatisfied
-        self.assertTrue(satisfied("numpy>=1.0"))
-        self.assertFalse(satisfied("numpy>=999"))
-        self.assertFalse(satisfied("no-such-distribution-kts>=1"))
-
-    # -- models ------------------------------------------------------------------
-
-    def test_model_problem_names_what_is_missing(self):
-        self.assertIn("Select a model", self.logic.modelProblem(""))
-        self.assertIn("has no manifest.json", self.logic.modelProblem(str(self.tmp)))
-
-    def test_import_model_verifies_and_copies_the_bundle(self):
-        import shutil
-
-        from helpers_bundle import make_tiny_bundle
-        from KidneyTumorSegLib.bundle import BundleError, load_bundle
-
-        bundle = make_tiny_bundle(self.tmp / "src" / "mybundle")
-        (bundle.path / "notes.txt").write_text("not part of the bundle")
-        target = self.logic.importModel(str(bundle.path))
-        self.assertEqual(target, self.logic.userModelsFolder() / "tiny-test")
-        self.assertEqual(sorted(p.name for p in target.iterdir()), sorted(["manifest.json", *bundle.files]))
-        self.assertEqual(load_bundle(target).files, bundle.files)
-        self.assertIn(("tiny-test", str(target)), self.logic.availableModels())
-        self.assertEqual(self.logic.modelProblem(str(target)), "")
-        with self.assertRaises(FileExistsError):
-            self.logic.importModel(str(bundle.path / "manifest.json"))
-        archive = shutil.make_archive(str(self.tmp / "bundle"), "zip", str(bundle.path.parent))
-        self.assertEqual(self.logic.importModel(archive, overwrite=True), target)
-        # a corrupt weight file is refused and the imported copy stays as it was
-        weight = bundle.path / sorted(bundle.files)[0]
-        weight.write_bytes(weight.read_bytes()[:-8] + b"corrupt!")
-        with self.assertRaises(BundleError) as caught:
-            self.logic.importModel(str(bundle.path), overwrite=True)
-        self.assertIn("SHA-256 mismatch", str(caught.exception))
-        self.assertEqual(load_bundle(target).files, bundle.files)
-        self.assertEqual([p.name for p in target.parent.iterdir()], ["tiny-test"])
-
-    def test_installed_nnunet_models_are_listed_and_importable(self):
-        import json
-        import os
-
-        import torch
-
-        ts_home = self.tmp / "ts"
-        model = (ts_home / "nnunet" / "results" / "Dataset291_TotalSegmentator_part1_organs" /
-                 "nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres")
-        (model / "fold_0").mkdir(parents=True)
-        (model / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "kidney_right": 2,
-                                                                   "kidney_left": 3}}))
-        (model / "plans.json").write_text("{}")
-        torch.save({"network_weights": {}}, model / "fold_0" / "checkpoint_final.pth")
-        saved = os.environ.get("TOTALSEG_HOME_DIR")
-        os.environ["TOTALSEG_HOME_DIR"] = str(ts_home)
-        try:
-            listed = dict((path, label) for label, path in self.logic.availableModels())
-            self.assertEqual(listed[str(model)], "TotalSegmentator: Dataset291_TotalSegmentator_part1_organs (3d_fullres)")
-            self.assertEqual(self.logic.modelProblem(str(model)), "")
-            # the panel's first choice: the real model on this machine, not the phantom demonstration
-            self.assertEqual(self.logic.preferredModelPath(), str(model))
-            target = self.logic.importModel(str(model))
-            self.assertEqual(target.parent, self.logic.userModelsFolder())
-            manifest = json.loads((target / "manifest.json").read_text())
-            self.assertEqual([s["role"] for s in manifest["stages"]], ["kidney"])  # no tumor label: kidneys only
-            self.assertEqual(manifest["stages"][0]["nnunet"]["path"], str(model.resolve()))
-            self.assertIn((target.name, str(target)), self.logic.availableModels())
-            os.environ["TOTALSEG_HOME_DIR"] = str(self.tmp / "nothing-here")
-            self.assertEqual(self.logic.preferredModelPath(), self.logic.defaultModelPath())
-        finally:
-            if saved is None:
-                os.environ.pop("TOTALSEG_HOME_DIR", None)
-            else:
-                os.environ["TOTALSEG_HOME_DIR"] = saved
-
-    # -- runs --------------------------------------------------------------------
-
-    def _phantom_node(self):
-        import numpy as np
-        from KidneyTumorSegLib.phantom import make_phantom
-
-        phantom = make_phantom(5, shape=(32, 96, 96), spacing=(3.5, 3.5, 5.0), n_tumors=1)
-        image = phantom.image
-        ijk_to_ras = np.eye(4)
-        lps_to_ras = np.diag([-1.0, -1.0, 1.0])
-        ijk_to_ras[:3, :3] = lps_to_ras @ np.asarray(image.direction).reshape(3, 3) @ np.diag(image.spacing)
-        ijk_to_ras[:3, 3] = lps_to_ras @ np.asarray(image.origin)
-        return phantom, _VolumeNode(image.array, ijk_to_ras)
-
-    def _run_to_end(self, run, seconds=180):
-        import time
-
-        deadline = time.time() + seconds
-        while run.status == "running" and time.time() < deadline:
-            run.timer.fire()
-            time.sleep(0.1)
-        self.assertNotEqual(run.status, "running", "the background run did not finish")
-
-    @unittest.skipUnless(_has_module("KidneyTumorSegLib.background") and _has_module("KidneyTumorSegLib.slicer_geometry"),
-                         "needs KidneyTumorSegLib.background and .slicer_geometry")
-    def test_async_run_exports_the_input_and_delivers_outputs_on_its_grid(self):
-        import json
-
-        import numpy as np
-        import SimpleITK as sitk
-        from helpers_bundle import make_tiny_bundle
-
-        bundle = make_tiny_bundle(self.tmp / "fg", fg_bias=8.0).path
-        phantom, node = self._phantom_node()
-        # an ROI turned 90 degrees about S: its x axis points anterior, so its 40 mm run along P in LPS
-        roi_to_world = np.eye(4)
-        roi_to_world[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]
-        roi_to_world[:3, 3] = (0.0, -50.0, -200.0)
-        roi = _RoiNode(roi_to_world, (40.0, 60.0, 60.0))
-        delivered = {}
-        self.logic._loadResults = lambda run, outputs: delivered.update(
-            {k: (Path(v), Path(v).read_bytes()) for k, v in outputs.items()})
-        progress, finished = [], []
-        run = self.logic.startSegmentation(node, model=str(bundle), device="cpu", roiNode=roi,
-                                           progressCallback=lambda f, text: progress.append((f, text)),
-                                           finishCallback=finished.append)
-        self.assertTrue(run.timer.active)
-        self._run_to_end(run)
-        self.assertEqual(run.status, "done", run.error)
-        self.assertEqual(finished, [run])
-        self.assertFalse(run.workDir.exists(), "the temporary folder is removed")
-        self.assertTrue({"segmentation", "report", "candidates"} <= set(delivered))
-        fractions = [f for f, _ in progress]
-        self.assertTrue(fractions and fractions == sorted(fractions) and fractions[-1] <= 1.0)
-        self.assertTrue(any(text.startswith("Segmenting kidneys") for _, text in progress))
-        report = json.loads(delivered["report"][1])
-        self.assertIn("region of interest given by the user; stage 1 skipped", report["messages"])
-        lo, hi = np.asarray(report["roi_lps_mm"])
-        want_lo, want_hi = np.array([-30.0, 30.0, -230.0]), np.array([30.0, 70.0, -170.0])
-        self.assertTrue(np.all(lo <= want_lo + 1e-3) and np.all(hi >= want_hi - 1e-3), (lo, hi))
-        self.assertTrue(np.all(want_lo - lo <= 10.0) and np.all(hi - want_hi <= 10.0), (lo, hi))
-        # the label map came back on the phantom's own grid (RAS -> LPS export round trip)
-        path, data = delivered["label"]
-        label_path = self.tmp / path.name
-        label_path.write_bytes(data)
-        label = sitk.ReadImage(str(label_path))
-        np.testing.assert_allclose(label.GetOrigin(), phantom.image.origin, atol=1e-4)
-        np.testing.assert_allclose(label.GetSpacing(), phantom.image.spacing, atol=1e-6)
-        np.testing.assert_allclose(label.GetDirection(), phantom.image.direction, atol=1e-6)
-        self.assertEqual(sitk.GetArrayFromImage(label).shape, phantom.image.array.shape)
-
-    @unittest.skipUnless(_has_module("KidneyTumorSegLib.slicer_geometry"), "needs KidneyTumorSegLib.slicer_geometry")
-    def test_quality_sets_the_test_time_augmentations_and_an_unknown_one_is_refused(self):
-        import shutil
-
-        from helpers_bundle import make_tiny_bundle
-
-        bundle = str(make_tiny_bundle(self.tmp / "q").path)
-        _, node = self._phantom_node()
-        self.assertEqual([q.value for q in self.kts.Quality], ["fast", "balanced", "full"])
-        self.assertEqual(self.kts.Quality.BALANCED.label(), "Balanced (4 test-time flips)")
-        for quality, tta in (("fast", 1), ("balanced", 4), ("full", 12), (self.kts.Quality.BALANCED, 4)):
-            with self.subTest(quality=quality):
-                run = self.logic._prepareRun(node, bundle, "cpu", quality, 0.8, 2, None, None, False)
-                try:
-                    self.assertEqual(run.options["tta"], tta)
-                    self.assertTrue((run.workDir / "input.nrrd").is_file())
-                finally:
-                    shutil.rmtree(run.workDir)
-        tmp = Path(self.kts.slicer.app.temporaryPath)
-        before = sorted(tmp.iterdir()) if tmp.exists() else []
-        with self.assertRaises(ValueError) as caught:
-            self.logic._prepareRun(node, bundle, "cpu", "best", 0.8, 2, None, None, False)
-        self.assertEqual(str(caught.exception), "quality must be 'fast', 'balanced' or 'full', not 'best'")
-        self.assertEqual(sorted(tmp.iterdir()) if tmp.exists() else [], before, "nothing is written for a refused run")
-
-    @unittest.skipUnless(_has_module("KidneyTumorSegLib.background") and _has_module("KidneyTumorSegLib.slicer_geometry"),
-                         "needs KidneyTumorSegLib.background and .slicer_geometry")
-    def test_tumor_growth_choice_reaches_the_core_and_an_unknown_one_is_refused(self):
-        import json
-        import shutil
-
-        from helpers_bundle import make_tiny_bundle
-        from KidneyTumorSegLib.background import run_segmentation
-        from KidneyTumorSegLib.config import PostprocessConfig
-
-        # a model shipped with one growth pass, as the default model is
-        post = PostprocessConfig(tumor_growth_passes=1, tumor_growth_mm=13.0)
-        bundle = str(make_tiny_bundle(self.tmp / "g", fg_bias=8.0, post=post).path)
-        _, node = self._phantom_node()
-        self.assertEqual([g.value for g in self.kts.TumorGrowth], ["model", "off", "1", "2", "3"])
-        self.assertEqual(self.kts.TumorGrowth.MODEL.label(), "Model's setting")
-        self.assertEqual(self.kts.KidneyTumorSegParameterNode.__annotations__["tumorGrowth"], self.kts.TumorGrowth)
-        cases = ((None, []), (self.kts.TumorGrowth.MODEL, []), ("off", ["--tumor-growth", "0"]),
-                 (self.kts.TumorGrowth.TWO, ["--tumor-growth", "2"]), (5, ["--tumor-growth", "5"]))
-        for choice, args in cases:
-            with self.subTest(choice=choice):
-                run = self.logic._prepareRun(node, bundle, "cpu", "fast", 0.8, 2, None, None, False, choice)
-                try:
-                    self.assertEqual(run.options["extra_args"], args)
-                    if choice == "off" or choice is None:
-                        # the core runs with it: the report names the growth setting it ran with
-                        outputs = run_segmentation(**run.options)
-                        report = json.loads(Path(outputs["report"]).read_text())
-                        self.assertEqual(report["tumor_growth"], {"passes": 0 if choice == "off" else 1, "mm": 13.0})
-                finally:
-                    shutil.rmtree(run.workDir)
-        tmp = Path(self.kts.slicer.app.temporaryPath)
-        before = sorted(tmp.iterdir()) if tmp.exists() else []
-        for bad in ("always", 9, -1, True):
-            with self.subTest(bad=bad), self.assertRaises(ValueError) as caught:
-                self.logic._prepareRun(node, bundle, "cpu", "fast", 0.8, 2, None, None, False, bad)
-            self.assertEqual(str(caught.exception), "tumorGrowth must be None (the model's setting), 'off' or a number "
-                                                    f"of passes from 0 to 8, not {bad!r}")
-        self.assertEqual(sorted(tmp.iterdir()) if tmp.exists() else [], before, "nothing is written for a refused run")
-
-    @unittest.skipUnless(_has_module("KidneyTumorSegLib.background") and _has_module("KidneyTumorSegLib.slicer_geometry"),
-                         "needs KidneyTumorSegLib.background and .slicer_geometry")
-    def test_failed_run_reports_the_core_message_and_cancel_stops_the_process(self):
-        from helpers_bundle import make_tiny_bundle
-
-        _, node = self._phantom_node()
-        self.logic._loadResults = lambda run, outputs: self.fail("nothing may be loaded")
-        empty = make_tiny_bundle(self.tmp / "bg", fg_bias=-8.0).path
-        run = self.logic.startSegmentation(node, model=str(empty), device="cpu")
-        self._run_to_end(run)
-        self.assertEqual(run.status, "failed")
-        self.assertIn("no kidney found", run.error)
-        self.assertFalse(run.workDir.exists())
-
-        finished = []
-        run = self.logic.startSegmentation(node, model=str(empty), device="cpu", finishCallback=finished.append)
-        run.timer.fire()
-        self.logic.cancel(run)
-        self.assertEqual(run.status, "cancelled")
-        self.assertEqual(finished, [run])
-        self.assertFalse(run.timer.active)
-        self.assertFalse(run.process.running)
-        self.assertFalse(run.workDir.exists())
-        self.logic.cancel(run)  # a second cancel changes nothing
-        self.assertEqual(finished, [run])
-
-    def test_candidate_edits_move_voxels_between_tumor_and_nearest_kidney(self):
-        import numpy as np
-
-        shape = (5, 6, 40)
-        left, right, tumor = (np.zeros(shape, bool) for _ in range(3))
-        left[:, :, :3] = True
-        right[:, :, 37:] = True
-        tumor[:, :, 3:9] = True  # a kept tumor on the left kidney's edge
-        rejected = np.zeros(shape, bool)
-        rejected[:, 2:4, 30:37] = True  # a rejected candidate: kidney voxels of the right kidney
-        right |= rejected
-        arrays = {"kidney_left": left, "kidney_right": right, "kidney_tumor": tumor}
-        kidneys = ["kidney_left", "kidney_right"]
-        spacing = (3.0, 1.0, 1.0)
-
-        removed = self.candidates.candidateUpdates(arrays, tumor, False, "kidney_tumor", kidneys, spacing)
-        self.assertFalse(removed["kidney_tumor"].any())
-        self.assertTrue((removed["kidney_left"] == (left | tumor)).all())  # far from the right kidney
-        self.assertTrue((removed["kidney_right"] == right).all())
-
-        added = self.candidates.candidateUpdates(arrays, rejected, True, "kidney_tumor", kidneys, spacing)
-        self.assertTrue((added["kidney_tumor"] == (tumor | rejected)).all())
-        self.assertTrue((added["kidney_right"] == (right & ~rejected)).all())
-        self.assertTrue((added["kidney_left"] == left).all())
-        total = sum(a.astype(int) for a in added.values())
-        self.assertLessEqual(int(total.max()), 1, "no voxel in two segments")
-
-        # a tumor between both kidneys is split by distance, also when the box must grow to find them
-        right_only = right & ~rejected
-        for cols in (slice(3, 37), slice(15, 25)):  # touching both kidneys; too far for the box's margin
-            between = np.zeros(shape, bool)
-            between[:, :, cols] = True
-            split = self.candidates.assignToNearestKidney(between, {"l": left, "r": right_only}, (1.0, 1.0, 1.0), margin=2)
-            near_left = between.copy()
-            near_left[:, :, 20:] = False  # column 19.5 is as far from both
-            self.assertTrue((split["l"] == (left | near_left)).all(), cols)
-            self.assertTrue((split["r"] == (right_only | (between & ~near_left))).all(), cols)
-
-    def test_report_follows_the_edit(self):
-        report = {"tumor_candidates": [{"id": 1, "volume_ml": 30.0, "kept": True},
-                                       {"id": 2, "volume_ml": 1.5, "kept": False}], "kept_tumors": 1}
-        edited = self.candidates.reportWithKept(report, {2}, 1, False)
-        self.assertEqual([c["kept"] for c in edited["tumor_candidates"]], [False, True])
-        self.assertEqual((edited["kept_tumors"], edited["total_tumor_volume_ml"]), (1, 1.5))
-        self.assertEqual(edited["manual_changes"], [{"candidate": 1, "kept": False}])
-        self.assertTrue(report["tumor_candidates"][0]["kept"], "the input report is not changed")
-
-    def test_findings_table_rows_and_selected_candidate(self):
-        import vtk
-
-        class TableNode:
-            def __init__(self):
-                self.attributes = {}
-                self.locked = False
-
-            def StartModify(self):
-                return 0
-
-            def EndModify(self, was):
-                pass
-
-            def SetAndObserveTable(self, table):
-                self.table = table
-
-            def SetAttribute(self, name, value):
-                self.attributes[name] = value
-
-            def GetAttribute(self, name):
-                return self.attributes.get(name)
-
-            def SetLocked(self, locked):
-                self.locked = locked
-
-            def SetUseColumnNameAsColumnHeader(self, use):
-                self.column_names_as_header = use
-
-        report = {
-            "kidneys": [{"index": 0, "side": "left", "volume_ml": 151.234}, {"index": 1, "side": "right", "volume_ml": 160.0}],
-            "tumor_candidates": [
-                {"id": 2, "kidney_index": 1, "side": "right", "volume_ml": 1.5, "axial_diameter_mm": 12.0,
-                 "diameter_3d_mm": 14.0, "mean_probability": 0.55, "kept": False},
-                {"id": 1, "kidney_index": 0, "side": "left", "volume_ml": 30.0, "axial_diameter_mm": 40.0,
-                 "diameter_3d_mm": 45.0, "mean_probability": 0.93, "kept": True},
-            ],
-        }
-        node = TableNode()
-        self.results.writeFindings(node, report)
-        table = node.table
-        self.assertTrue(node.locked)
-        # the view's rows are the table's rows (no header row in the model): selection maps 1:1
-        self.assertTrue(node.column_names_as_header)
-        self.assertEqual(table.GetNumberOfRows(), 4)
-        names = [table.GetColumn(c).GetName() for c in range(table.GetNumberOfColumns())]
-        self.assertIn("Volume (mL)", names)
-        volume = table.GetColumnByName("Volume (mL)")
-        self.assertIsInstance(volume, vtk.vtkDoubleArray)  # complete numeric column
-        self.assertAlmostEqual(volume.GetValue(0), 151.23)
-        probability = table.GetColumnByName("Mean probability")
-        self.assertIsInstance(probability, vtk.vtkStringArray)  # kidney rows leave it empty
-        self.assertEqual([probability.GetValue(r) for r in range(4)], ["", "", "0.93", "0.55"])
-        self.assertIsNone(self.kts.KidneyTumorSegLogic.candidateOfRow(node, 0))
-        self.assertEqual(self.kts.KidneyTumorSegLogic.candidateOfRow(node, 2), {"id": 1, "kept": True})
-        self.assertEqual(self.kts.KidneyTumorSegLogic.candidateOfRow(node, 3), {"id": 2, "kept": False})
-        self.assertIsNone(self.kts.KidneyTumorSegLogic.candidateOfRow(node, 4))

@@ -22,9 +22,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional
 
-from .events import STAGE_TITLES, parse_event
+from .events import parse_event
+from .run_settings import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,28 +39,20 @@ class SegmentationProcess:
 
     ``input_path``: CT file or folder the command line accepts; ``output_dir``:
     where it writes ``<case>/<case>.*`` (see :mod:`outputs`); ``model``: bundle
-    folder (None: the shipped model); ``tta``: 1..12 test-time augmentations;
-    ``roi``: a ``cascade.RoiWorld`` (LPS mm) that replaces stage 1;
-    ``python``: interpreter to run (default this one; Slicer passes
-    PythonSlicer); ``extra_args``: more command-line flags; ``env``: the child's
-    environment (default this process's).
+    folder (None: the shipped model); ``settings``: the run's
+    :class:`run_settings.RunSettings` (device, TTA, ROI, model values to replace,
+    optional outputs), passed on as command-line options; ``python``:
+    interpreter to run (default this one; Slicer passes PythonSlicer); ``env``:
+    the child's environment (default this process's).
     """
 
-    def __init__(self, input_path, output_dir, model=None, device: str = "auto", tta: int = 1,
-                 candidate_threshold: Optional[float] = None, keep_components: Optional[int] = None, roi=None,
-                 save_candidates: bool = True, python: Optional[str] = None, extra_args: Sequence[str] = (),
-                 env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, input_path, output_dir, model=None, settings: Optional[RunSettings] = None,
+                 python: Optional[str] = None, env: Optional[Dict[str, str]] = None) -> None:
         self.input_path = Path(input_path).absolute()
         self.output_dir = Path(output_dir).absolute()  # the child's cwd may differ; event paths stay absolute
         self.model = None if model is None else str(Path(model).absolute())
-        self.device = str(device)
-        self.tta = int(tta)
-        self.candidate_threshold = candidate_threshold
-        self.keep_components = keep_components
-        self.roi = roi
-        self.save_candidates = bool(save_candidates)
+        self.settings = RunSettings() if settings is None else settings
         self.python = python or sys.executable
-        self.extra_args = [str(a) for a in extra_args]
         self.env = env
         self._proc: Optional[subprocess.Popen] = None
         self._readers: List[threading.Thread] = []
@@ -68,7 +61,6 @@ class SegmentationProcess:
         self._log: Deque[str] = collections.deque(maxlen=LOG_LINES)
         self._errors: List[str] = []
         self._outputs: Dict[str, Dict[str, str]] = {}
-        self._progress: Tuple[float, str] = (0.0, "")
         self._created_output = False
         self.cancelled = False
 
@@ -77,20 +69,10 @@ class SegmentationProcess:
     def command(self) -> List[str]:
         """The child's argument list."""
         cmd = [self.python, "-m", "KidneyTumorSegLib", "segment", str(self.input_path), "-o", str(self.output_dir),
-               "--events", "-", "--no-progress", "--device", self.device, "--tta", str(self.tta)]
+               "--events", "-", "--no-progress"]
         if self.model:
             cmd += ["--model", self.model]
-        if self.candidate_threshold is not None:
-            cmd += ["--candidate-threshold", repr(float(self.candidate_threshold))]
-        if self.keep_components is not None:
-            cmd += ["--keep-components", str(int(self.keep_components))]
-        if self.roi is not None:
-            from .slicer_geometry import roi_cli_argument
-
-            cmd.append("--roi=" + roi_cli_argument(self.roi))  # "=": the value may start with a minus sign
-        if self.save_candidates:
-            cmd.append("--save-candidates")
-        return cmd + self.extra_args
+        return cmd + self.settings.to_argv()
 
     # -- running ----------------------------------------------------------------
     def start(self) -> "SegmentationProcess":
@@ -149,15 +131,10 @@ class SegmentationProcess:
             return
         with self._lock:
             kind = event.get("event")
-            if kind == "progress":
-                stage = str(event.get("stage", ""))
-                self._progress = (float(event.get("fraction", self._progress[0])), STAGE_TITLES.get(stage, stage))
-            elif kind == "case_done":
+            if kind == "case_done":
                 self._outputs[str(event.get("case"))] = {str(k): str(v) for k, v in (event.get("outputs") or {}).items()}
             elif kind == "case_failed":
                 self._errors.append(str(event.get("error", "")))
-            elif kind == "done" and not event.get("failed"):
-                self._progress = (1.0, self._progress[1])
         self._events.put(event)
 
     def poll(self) -> List[Dict[str, Any]]:
@@ -183,38 +160,11 @@ class SegmentationProcess:
             return None
         return self._proc.returncode
 
-    def wait(self, timeout: Optional[float] = None) -> int:
-        """Wait for the child and its output; returns the exit status.
-
-        Raises ``subprocess.TimeoutExpired`` after ``timeout`` seconds (the child keeps running).
-        """
-        if self._proc is None:
-            raise RuntimeError("the segmentation process was not started")
-        t0 = time.monotonic()
-        self._proc.wait(timeout)
-        for t in self._readers:
-            t.join(None if timeout is None else max(0.0, timeout - (time.monotonic() - t0)))
-            if t.is_alive():
-                raise subprocess.TimeoutExpired(self.command, timeout)
-        return int(self._proc.returncode)
-
-    @property
-    def progress(self) -> Tuple[float, str]:
-        """``(overall fraction 0..1, stage title)`` of the latest progress event."""
-        with self._lock:
-            return self._progress
-
     @property
     def outputs(self) -> Dict[str, str]:
         """Files of the (last) finished case: kind (``label``, ``segmentation``, ``report``...) -> absolute path."""
         with self._lock:
             return dict(list(self._outputs.values())[-1]) if self._outputs else {}
-
-    @property
-    def case_outputs(self) -> Dict[str, Dict[str, str]]:
-        """Files of every finished case: case id -> kind -> path."""
-        with self._lock:
-            return {k: dict(v) for k, v in self._outputs.items()}
 
     def log_tail(self) -> List[str]:
         """The last non-event output lines (log messages, tracebacks)."""
@@ -224,9 +174,10 @@ class SegmentationProcess:
     def error_message(self) -> str:
         """Why the run failed: the core's message(s) from ``case_failed``, else the output's tail; "" if none."""
         with self._lock:
-            if self._errors:
-                return "\n".join(e for e in self._errors if e)
-            lines = list(self._log)
+            errors = list(self._errors)
+        if errors:
+            return "\n".join(e for e in errors if e)
+        lines = self.log_tail()
         if self.cancelled:
             return "cancelled"
         if self.returncode == 0:
@@ -257,13 +208,6 @@ class SegmentationProcess:
             t.join(5.0)
         if self._created_output and self.output_dir.exists():
             shutil.rmtree(self.output_dir, ignore_errors=True)
-
-    def __enter__(self) -> "SegmentationProcess":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.running:
-            self.cancel()
 
 
 def _stop_posix_group(proc: subprocess.Popen, grace: float) -> None:
@@ -310,10 +254,9 @@ def _stop_windows_tree(proc: subprocess.Popen, grace: float) -> None:  # pragma:
         proc.wait()
 
 
-def run_segmentation(input_path, output_dir, model=None, device: str = "auto", tta: int = 1,
-                     candidate_threshold: Optional[float] = None, keep_components: Optional[int] = None, roi=None,
-                     save_candidates: bool = True, python: Optional[str] = None, extra_args: Sequence[str] = (),
-                     env: Optional[Dict[str, str]] = None, progress: Optional[Callable[[Dict[str, Any]], None]] = None,
+def run_segmentation(input_path, output_dir, model=None, settings: Optional[RunSettings] = None,
+                     python: Optional[str] = None, env: Optional[Dict[str, str]] = None,
+                     progress: Optional[Callable[[Dict[str, Any]], None]] = None,
                      timeout: Optional[float] = None, poll_interval: float = 0.1) -> Dict[str, str]:
     """Run one segmentation to the end; returns its output files (kind -> path).
 
@@ -322,9 +265,7 @@ def run_segmentation(input_path, output_dir, model=None, device: str = "auto", t
     the core's message when the run fails, and ``TimeoutError`` (after
     cancelling) when it takes longer than ``timeout`` seconds.
     """
-    proc = SegmentationProcess(input_path, output_dir, model=model, device=device, tta=tta,
-                               candidate_threshold=candidate_threshold, keep_components=keep_components, roi=roi,
-                               save_candidates=save_candidates, python=python, extra_args=extra_args, env=env)
+    proc = SegmentationProcess(input_path, output_dir, model=model, settings=settings, python=python, env=env)
     t0 = time.monotonic()
     proc.start()
     try:

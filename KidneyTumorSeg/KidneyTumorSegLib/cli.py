@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
-from .cli_checks import duplicate_case_problem, events_problem, float_arg, int_arg, output_problem, roi_arg
+from .cli_checks import duplicate_case_problem, events_problem, output_problem
 from .cli_models import add_import_parser, add_model_options, cmd_import_model
+from .run_settings import add_run_options
 
 log = logging.getLogger("kidneytumorseg")
 
@@ -26,7 +27,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_segment_parser(sub)
+    _add_phantom_parser(sub)
+    ev = sub.add_parser("evaluate", help="KiTS19 metrics of predictions against references")
+    ev.add_argument("pred", help="prediction file or folder")
+    ev.add_argument("gt", help="reference file or folder")
+    ev.add_argument("--csv", help="per-case CSV (default: <pred>/metrics.csv when pred is a folder)")
+    ev.add_argument("--summary", help="summary JSON")
+    ev.add_argument("--overwrite", action="store_true")
 
+    inf = sub.add_parser("info", help="show the model card, the device that will be used and the models installed")
+    inf.add_argument("--model", help="model bundle folder or nnU-Net model (default: the shipped model)")
+    add_model_options(inf)
+    inf.add_argument("--device", default="auto")
+    add_import_parser(sub)
+    return p
+
+
+def _add_segment_parser(sub) -> None:
     s = sub.add_parser("segment", help="segment kidneys and tumors in CT scans")
     s.add_argument("inputs", nargs="+", help="CT file (NIfTI, NRRD, MHA), DICOM folder, KiTS case folder, folder of cases, or glob")
     s.add_argument("-o", "--output", required=True, help="output folder (one subfolder per case)")
@@ -36,30 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-postprocess", action="store_true",
                    help="nnU-Net models: write the model's own label map of the whole scan (its argmax or region "
                         "decoding, its label values), as nnUNetv2_predict does; no cascade, no candidate choice")
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    q = s.add_mutually_exclusive_group()
-    q.add_argument("--fast", action="store_true", help="no test-time augmentation (default)")
-    q.add_argument("--full", action="store_true", help="report 000's 12 test-time augmentations")
-    q.add_argument("--tta", type=int_arg(1, 12), help="number of test-time augmentations, 1 to 12")
-    s.add_argument("--overlap", type=float_arg(0.0, 0.9), default=0.25, help="sliding-window overlap 0..0.9 (default 0.25)")
-    s.add_argument("--batch", type=int_arg(1), default=2, help="windows per forward pass (default 2)")
-    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    s.add_argument("--threads", type=int_arg(0), default=0, help="CPU threads for torch (default: torch's choice)")
-    s.add_argument("--candidate-threshold", type=float_arg(0.0, 1.0), help="keep a tumor candidate when its mean probability is at least this (model default 0.8)")
-    s.add_argument("--keep-components", type=int, choices=[1, 2], help="kidneys to keep (model default 2)")
-    s.add_argument("--tumor-growth", type=int, metavar="PASSES",
-                   help="run the tumor stage again, at most PASSES (0-8) more times, around kept tumors that reach "
-                        "past the kidney stage's outline (exophytic tumors it missed); default: the model's setting "
-                        "(the shipped model: 1)")
-    s.add_argument("--tumor-growth-mm", type=float_arg(0.0, 50.0), metavar="MM",
-                   help="how far past those tumors a growth pass looks (default: the model's, else 13 mm)")
-    s.add_argument("--roi", type=roi_arg, metavar="X0,Y0,Z0,X1,Y1,Z1", help="region of interest in LPS mm; replaces stage 1")
+    add_run_options(s)  # device, quality, sliding window, model values, ROI, optional outputs (RunSettings)
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    s.add_argument("--no-preview", action="store_true", help="do not write the PNG preview")
-    s.add_argument("--save-candidates", action="store_true", help="also write <case>.candidates.nii.gz (tumor candidate ids)")
     s.add_argument("--events", help="write machine-readable progress events to this file ('-' = stderr)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+
+def _add_phantom_parser(sub) -> None:
     ph = sub.add_parser("phantom", help="write synthetic abdominal CT cases with reference labels (KiTS layout)")
     ph.add_argument("output", help="output folder")
     ph.add_argument("-n", "--cases", type=int, default=1, help="number of cases (default 1)")
@@ -83,20 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
                          "in the arterial phase (default 0)")
     ph.add_argument("--overwrite", action="store_true")
 
-    ev = sub.add_parser("evaluate", help="KiTS19 metrics of predictions against references")
-    ev.add_argument("pred", help="prediction file or folder")
-    ev.add_argument("gt", help="reference file or folder")
-    ev.add_argument("--csv", help="per-case CSV (default: <pred>/metrics.csv when pred is a folder)")
-    ev.add_argument("--summary", help="summary JSON")
-    ev.add_argument("--overwrite", action="store_true")
-
-    inf = sub.add_parser("info", help="show the model card, the device that will be used and the models installed")
-    inf.add_argument("--model", help="model bundle folder or nnU-Net model (default: the shipped model)")
-    add_model_options(inf)
-    inf.add_argument("--device", default="auto")
-    add_import_parser(sub)
-    return p
-
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
@@ -112,131 +99,122 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 # --------------------------------------------------------------------------
 def cmd_segment(args) -> int:
     from .bundle import BundleError
-    from .config import RuntimeConfig
-    from .events import EventWriter, STAGE_TITLES, overall_fraction
     from .cli_models import model_options
+    from .events import EventWriter
     from .pipeline import Segmenter
+    from .run_settings import RunSettings
+
+    settings = RunSettings.from_args(args)
+    cases = _checked_cases(args)
+    if cases is None:
+        return 2
+    with _event_stream(args.events) as stream:
+        events = EventWriter(stream)
+        try:
+            seg = Segmenter(args.model, settings, nnunet=model_options(args))
+        except (BundleError, RuntimeError, ValueError, OSError) as exc:
+            log.error("%s", exc)
+            events.emit("case_failed", case=None, error=str(exc))
+            events.emit("done", ok=0, failed=len(cases))
+            return 2
+        if args.no_postprocess and (seg.nnunet_model() is None or settings.roi):
+            why = ("--roi does not apply: the model runs on the whole scan" if settings.roi else
+                   f"{seg.bundle.name}: --no-postprocess needs an nnU-Net model given as --model (every stage one model)")
+            log.error("--no-postprocess: %s", why)
+            events.emit("done", ok=0, failed=len(cases))
+            return 2
+        events.emit("start", cases=len(cases), model=seg.bundle.name, device=str(seg.device))
+        log.info("%d case(s); model %s; device %s; TTA %d", len(cases), seg.bundle.name, seg.device, settings.tta)
+        if seg.bundle.limitations:
+            log.warning("%s", f"Model {seg.bundle.name}: {seg.bundle.limitations}")
+        failed = _segment_cases(args, seg, cases, events)
+    return 0 if failed == 0 else 1
+
+
+def _checked_cases(args):
+    """The cases of ``args.inputs`` (``[(case_id, path), ...]``), or None (logged why) when the run is refused:
+    an input that cannot be found, two inputs for one output folder, an unusable ``--events`` or output folder."""
     from .volume import InputError
     from .volume_io import find_cases
 
-    tta = 12 if args.full else (args.tta or 1)  # the parser checked the values (cli_checks)
     cases = []
     try:
         for spec in args.inputs:
             cases.extend(find_cases(spec))
     except InputError as exc:
         log.error("%s", exc)
-        return 2
+        return None
     problem = (duplicate_case_problem(cases, args.output) or events_problem(args.events, [p for _, p in cases])
                or output_problem(args.output))
     if problem:
         log.error("%s", problem)
-        return 2
-    runtime = RuntimeConfig(device=args.device, tta=tta, overlap=args.overlap, sw_batch_size=args.batch,
-                            precision=args.precision, threads=args.threads,
-                            candidate_threshold=args.candidate_threshold, keep_components=args.keep_components,
-                            tumor_growth_passes=args.tumor_growth, tumor_growth_mm=args.tumor_growth_mm)
-    with _event_stream(args.events) as stream:
-        events = EventWriter(stream)
+        return None
+    return cases
+
+
+def _segment_cases(args, seg, cases, events) -> int:
+    """Segment every case (one plan of its files each, checked before it is read); returns how many failed."""
+    from .cli_progress import CaseProgress
+    from .outputs import RAW_KINDS, case_kinds, plan_case
+    from .volume import InputError
+
+    settings = seg.runtime
+    kinds = RAW_KINDS if args.no_postprocess else case_kinds(settings.preview, settings.save_candidates)
+    input_paths = [p for _, p in cases]
+    ok = failed = 0
+    for index, (case_id, path) in enumerate(cases):
+        plan = plan_case(args.output, case_id, kinds, args.overwrite, input_paths)
+        progress = CaseProgress(events, case_id, index, len(cases), bar=not args.no_progress)
+        t0 = time.perf_counter()
         try:
-            seg = Segmenter(args.model, runtime, nnunet=model_options(args))
-        except (BundleError, RuntimeError, ValueError, OSError) as exc:
-            log.error("%s", exc)
-            events.emit("case_failed", case=None, error=str(exc))
-            events.emit("done", ok=0, failed=len(cases))
-            return 2
-        if args.no_postprocess and (seg.nnunet_model() is None or args.roi):
-            why = ("--roi does not apply: the model runs on the whole scan" if args.roi else
-                   f"{seg.bundle.name}: --no-postprocess needs an nnU-Net model given as --model (every stage one model)")
-            log.error("--no-postprocess: %s", why)
-            events.emit("done", ok=0, failed=len(cases))
-            return 2
-        events.emit("start", cases=len(cases), model=seg.bundle.name, device=str(seg.device))
-        log.info("%d case(s); model %s; device %s; TTA %d", len(cases), seg.bundle.name, seg.device, tta)
-        note = f"Model {seg.bundle.name}: {seg.bundle.limitations}" if seg.bundle.limitations else ""
-        if note:
-            log.warning("%s", note)
-        roi = None
-        if args.roi:
-            from .cascade import RoiWorld
-            roi = RoiWorld(tuple(args.roi[:3]), tuple(args.roi[3:]))  # the parser checked lo < hi
-        ok = failed = 0
-        input_paths = [p for _, p in cases]
-        for index, (case_id, path) in enumerate(cases):
-            bar = _bar(case_id, args.no_progress)
-            last = [0.0]
-
-            def progress(stage, frac, message="", _case=case_id, _index=index, _bar=bar, _last=last):
-                overall = overall_fraction(stage, frac)
-                events.emit("progress", case=_case, index=_index, stage=stage, stage_fraction=round(frac, 4),
-                            fraction=round((_index + overall) / len(cases), 4), message=message or STAGE_TITLES.get(stage, stage))
-                if _bar is None:
-                    if frac == 0.0:
-                        log.info("%s: %s", _case, STAGE_TITLES.get(stage, stage))
-                else:
-                    _bar.set_description(f"{_case}: {STAGE_TITLES.get(stage, stage)}")
-                    _bar.update(max(0.0, overall * 100 - _last[0]))
-                    _last[0] = max(_last[0], overall * 100)
-
-            t0 = time.perf_counter()
-            try:
-                outs, messages = _segment_case(args, seg, case_id, path, input_paths, roi, tta, progress, t0)
-            except (InputError, FileExistsError, ValueError, RuntimeError, OSError) as exc:
-                failed += 1
-                if bar is not None:
-                    bar.close()
-                log.error("%s: %s", case_id, exc)
-                events.emit("case_failed", case=case_id, error=str(exc))
-                continue
-            if bar is not None:
-                bar.close()
-            ok += 1
-            for m in messages:
-                log.info("%s: %s", case_id, m)
-            log.info("%s: written to %s (%.1f s)", case_id, outs["label"].parent, time.perf_counter() - t0)
-            events.emit("case_done", case=case_id, status="ok", outputs={k: str(v) for k, v in outs.items()},
-                        messages=messages)
-        events.emit("done", ok=ok, failed=failed)
-    return 0 if failed == 0 else 1
+            outs, messages = _segment_case(args, seg, plan, path, progress, t0)
+        except (InputError, FileExistsError, ValueError, RuntimeError, OSError) as exc:
+            failed += 1
+            progress.close()
+            log.error("%s: %s", case_id, exc)
+            events.emit("case_failed", case=case_id, error=str(exc))
+            continue
+        progress.close()
+        ok += 1
+        for m in messages:
+            log.info("%s: %s", case_id, m)
+        log.info("%s: written to %s (%.1f s)", case_id, plan.folder, time.perf_counter() - t0)
+        events.emit("case_done", case=case_id, status="ok", outputs={k: str(v) for k, v in outs.items()},
+                    messages=messages)
+    events.emit("done", ok=ok, failed=failed)
+    return failed
 
 
-def _segment_case(args, seg, case_id, path, input_paths, roi, tta, progress, t0):
-    """Segment one case and write its files; returns (paths written, messages). Raises on failure, writing nothing."""
-    from .outputs import case_output_paths, check_outputs_free, write_case_outputs, write_raw_outputs
+def _segment_case(args, seg, plan, path, progress, t0):
+    """Segment one case and write the files of its ``plan``; returns (paths written, messages). Raises on
+    failure, writing nothing."""
+    from .outputs import write_planned_case, write_raw_outputs
     from .volume import InputError
     from .volume_io import read_volume, validate_ct
 
-    targets = case_output_paths(args.output, case_id)
-    if args.no_preview or args.no_postprocess:
-        targets.pop("preview")
-    if not args.save_candidates or args.no_postprocess:
-        targets.pop("candidates")
-    check_outputs_free(targets, args.overwrite, input_paths)
+    plan.check()
     image = read_volume(path)
     for w in validate_ct(image):
-        log.warning("%s: %s", case_id, w)
+        log.warning("%s: %s", plan.case_id, w)
     extra = {"model": seg.bundle.name, "model_version": seg.bundle.version, "device": str(seg.device),
-             "tta": tta}
+             "tta": seg.runtime.tta}
     if args.no_postprocess:
         progress("kidney", 0.0, "running the model on the whole scan")
         label, names = seg.segment_raw(image)
         progress("write", 0.0, "writing results")
         extra["seconds"] = round(time.perf_counter() - t0, 2)
-        outs = write_raw_outputs(label, names, image, args.output, case_id, overwrite=args.overwrite,
-                                 extra_report=extra, inputs=input_paths)
+        outs = write_raw_outputs(label, names, image, plan, extra_report=extra)
         progress("write", 1.0, "done")
         return outs, ["the model's own label map (no cascade, no candidate choice)"]
-    result = seg.segment(image, roi=roi, progress=progress)
+    result = seg.segment(image, roi=seg.runtime.roi, progress=progress)
     if result.status == "no_kidney":
         raise InputError("; ".join(result.messages) + " (nothing written)")
     for reason in result.plausibility.get("reasons", []):
-        log.warning("%s: implausible result: %s", case_id, reason)
+        log.warning("%s: implausible result: %s", plan.case_id, reason)
     progress("write", 0.0, "writing results")
     extra.update(tumor_growth={"passes": seg.post.tumor_growth_passes, "mm": seg.post.tumor_growth_mm},
                  seconds=round(time.perf_counter() - t0, 2))
-    outs = write_case_outputs(result, image, args.output, case_id, overwrite=args.overwrite,
-                              preview=not args.no_preview, candidates=args.save_candidates, extra_report=extra,
-                              inputs=input_paths)
+    outs = write_planned_case(result, image, plan, extra_report=extra)
     progress("write", 1.0, "done")
     return outs, result.messages
 
@@ -324,14 +302,6 @@ def _event_stream(target: Optional[str]):
     else:
         with open(target, "w", encoding="utf-8") as f:
             yield f
-
-
-def _bar(case_id: str, disabled: bool):
-    if disabled or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=100, desc=case_id, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -82,6 +82,8 @@ def duplicate_case_problem(cases: Sequence[Tuple[str, Path]], output: str) -> Op
     spelling), and two inputs whose case ids give one output folder; ids that
     differ only in letter case count as one, as they do on Windows and macOS.
     """
+    from .outputs import case_folder
+
     by_path: Dict[str, str] = {}
     by_folder: Dict[str, Tuple[str, Path]] = {}
     for case_id, path in cases:
@@ -92,7 +94,7 @@ def duplicate_case_problem(cases: Sequence[Tuple[str, Path]], output: str) -> Op
         folder = case_id.casefold()
         if folder in by_folder:
             first_id, first = by_folder[folder]
-            target = Path(output) / case_id
+            target = case_folder(output, case_id)
             if first_id == case_id:
                 why = (f"case id '{case_id}' of '{path}' is also that of '{first}': both would be written to the "
                        f"folder '{target}'")

@@ -256,7 +256,8 @@ class RuntimeConfig:
     supported, else fp16 on CUDA, fp32 on CPU) | ``fp32`` | ``bf16`` | ``fp16``.
     ``candidate_threshold``, ``keep_components``, ``tumor_growth_passes``,
     ``tumor_growth_mm``: when set, replace the bundle's values (see
-    :class:`PostprocessConfig`).
+    :class:`PostprocessConfig`). :class:`run_settings.RunSettings` extends it
+    with a run's ROI and optional outputs, and reads and writes the command line.
     """
 
     device: str = "auto"

@@ -1,17 +1,39 @@
-"""Compute device and numeric precision of a run."""
+"""Compute device and numeric precision of a run.
+
+A device name (``auto``, ``cpu``, ``cuda``, ``cuda:N``) is read in one place, :func:`parse_device`,
+which needs no torch: the Slicer panel checks a choice with it without loading torch (and a CUDA
+context) into Slicer. :func:`resolve_device` adds what only torch knows: which GPUs there are.
+torch is imported where it is used, for the same reason.
+"""
 from __future__ import annotations
 
 import logging
 import re
-from typing import Optional, Tuple
-
-import torch
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from .volume import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def parse_device(name: Optional[str]) -> Tuple[str, Optional[int]]:
+    """``(kind, index)`` of a device name: ``("auto", None)``, ``("cpu", None)`` or ``("cuda", N)``.
+
+    Empty means ``auto``; ``cuda`` is ``cuda:0``. Raises :class:`InputError` for any other name.
+    Nothing is asked of the hardware (see :func:`resolve_device`).
+    """
+    text = (name or "auto").strip().lower()
+    if text in ("auto", "cpu"):
+        return text, None
+    m = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if not m:
+        raise InputError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
+    return "cuda", int(m.group(1) or 0)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -20,19 +42,17 @@ def resolve_device(name: str) -> torch.device:
     ``auto`` is the first CUDA GPU when there is one, else the CPU. Asking for
     a GPU that is not there raises :class:`InputError` saying why.
     """
-    text = (name or "auto").strip().lower()
-    if text == "auto":
+    import torch
+
+    kind, index = parse_device(name)
+    if kind == "auto":
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    if text == "cpu":
+    if kind == "cpu":
         return torch.device("cpu")
-    m = re.fullmatch(r"cuda(?::(\d+))?", text)
-    if not m:
-        raise InputError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         why = ("this PyTorch was built without CUDA" if torch.version.cuda is None
                else "no CUDA GPU is visible (driver missing, or CUDA_VISIBLE_DEVICES hides it)")
         raise InputError(f"device {name!r} was requested but {why}; use device 'cpu' or 'auto'")
-    index = int(m.group(1) or 0)
     count = torch.cuda.device_count()
     if index >= count:
         raise InputError(f"device {name!r} was requested but only {count} CUDA GPU(s) exist (cuda:0..cuda:{count - 1})")
@@ -47,6 +67,8 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> Optional[to
     faster for 3D convolutions and loses accuracy). ``fp16`` on CPU falls back
     to float32 with a warning.
     """
+    import torch
+
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
     if precision == "fp32":
@@ -66,6 +88,8 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> Optional[to
 
 def gpu_memory(device: torch.device) -> Optional[Tuple[int, int]]:
     """``(free, total)`` bytes of ``device``'s GPU, or ``None`` for a CPU (or when unknown)."""
+    import torch
+
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
     try:

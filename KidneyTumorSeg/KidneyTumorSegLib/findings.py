@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
 from .volume import Volume
+
+K = TypeVar("K")  # a kidney's key: a segment id, a label value
 
 # label values of the segment map written to .seg.nrrd and shown in Slicer
 SEGMENT_KIDNEY_LEFT = 1
@@ -105,19 +107,66 @@ def segment_map(label: np.ndarray, sides: np.ndarray) -> np.ndarray:
 def apply_candidate_choice(result: CascadeResult, kept_ids) -> np.ndarray:
     """KiTS label array (input grid) with exactly the candidates ``kept_ids`` as tumor.
 
-    Voxels of a dropped candidate become kidney where they lie inside a
-    kidney and background elsewhere; an added candidate becomes tumor. Used
-    by the annotator's "add / remove candidate" actions.
+    Each candidate follows :func:`choose_candidate`, with the kidney region the cascade found
+    (``result.sides > 0``). Used by the annotator's "add / remove candidate" actions.
     """
     kept_ids = set(int(i) for i in kept_ids)
-    label = result.label.array.copy()
+    label = result.label.array
+    kidney, tumor = label == 1, label == 2
     cand = result.candidates.array
     inside_kidney = result.sides.array > 0
     for c in result.tumors:
-        m = cand == c.id
-        if c.id in kept_ids:
-            label[m] = 2
-        else:
-            label[m & inside_kidney] = 1
-            label[m & ~inside_kidney] = 0
-    return label
+        kidneys, tumor = choose_candidate({1: kidney}, tumor, cand == c.id, c.id in kept_ids, inside_kidney)
+        kidney = kidneys[1]
+    out = np.where(kidney, 1, 0).astype(label.dtype)
+    out[tumor] = 2
+    return out
+
+
+def choose_candidate(kidneys: Mapping[K, np.ndarray], tumor: np.ndarray, mask: np.ndarray, keep: bool,
+                     kidney_region: np.ndarray, spacing_kji: Sequence[float] = (1.0, 1.0, 1.0),
+                     ) -> Tuple[Dict[K, np.ndarray], np.ndarray]:
+    """The kidney masks and the tumor mask (boolean, one grid) once tumor candidate ``mask`` is kept or rejected.
+
+    The one rule of the command line's and the Slicer module's candidate edits. Kept: the candidate's
+    voxels become tumor and leave the kidneys. Rejected: they leave the tumor and the kidneys; those
+    inside ``kidney_region`` (the kidney region the cascade found, ``CascadeResult.sides > 0``) become
+    kidney, of the nearest of ``kidneys`` where there are several (a left and a right kidney, a split
+    horseshoe; ``spacing_kji``: voxel size in mm), and the rest background: a candidate outside the
+    kidney (e.g. rejected as bordering it over too little of its surface) is not kidney either.
+    """
+    if keep:
+        return {k: m & ~mask for k, m in kidneys.items()}, tumor | mask
+    rest = {k: m & ~mask for k, m in kidneys.items()}
+    return assign_to_nearest(mask & kidney_region, rest, spacing_kji), tumor & ~mask
+
+
+def assign_to_nearest(mask: np.ndarray, regions: Mapping[K, np.ndarray], spacing_kji: Sequence[float],
+                      margin: int = 16) -> Dict[K, np.ndarray]:
+    """``regions`` with every ``mask`` voxel added to the nearest of them (arrays [k, j, i], spacing in mm).
+
+    With no region voxel at all, the first region takes the whole mask. The distance transform runs
+    on the mask's box plus ``margin`` voxels (a whole CT would need gigabytes for the nearest-voxel
+    indices), and on the whole array only if no region is that near.
+    """
+    from scipy import ndimage
+
+    order = list(regions)
+    if not order:
+        return {}
+    if len(order) == 1 or not mask.any():
+        return {k: (m | mask) if k == order[0] else m.copy() for k, m in regions.items()}
+    labels = np.zeros(mask.shape, np.uint8)
+    for n, k in enumerate(order, start=1):
+        labels[regions[k] & ~mask] = n
+    if not labels.any():
+        return {k: (m | mask) if k == order[0] else m.copy() for k, m in regions.items()}
+    where = np.nonzero(mask)
+    box = tuple(slice(max(int(w.min()) - margin, 0), int(w.max()) + margin + 1) for w in where)
+    if not labels[box].any():
+        box = tuple(slice(0, n) for n in mask.shape)
+    sub = labels[box]
+    nearest = ndimage.distance_transform_edt(sub == 0, sampling=spacing_kji, return_distances=False, return_indices=True)
+    nearest_label = np.zeros(mask.shape, np.uint8)
+    nearest_label[box] = sub[tuple(nearest)]
+    return {k: regions[k] | (mask & (nearest_label == n)) for n, k in enumerate(order, start=1)}

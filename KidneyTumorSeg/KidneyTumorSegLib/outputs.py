@@ -11,14 +11,17 @@
   candidate or remove a kept one
 
 A case's files are written together (``case_folder``): into a staging folder, then moved into the
-case folder only once all of them are written, so the case folder is complete or absent. Nothing is
-written unless all targets are free (or ``overwrite``), so a refused run leaves the folder as it was.
+case folder only once all of them are written, so the case folder is complete or absent. Where they
+go is decided once per case (:func:`plan_case`): the plan is checked before anything is read or
+computed (:meth:`CasePlan.check`), so a refused case leaves the folder as it was, and the writers
+write exactly the plan's files.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,19 +37,49 @@ SUFFIXES = {
     "preview": ".preview.png",
     "candidates": ".candidates.nii.gz",
 }
+# what --no-postprocess writes: the model's own label map, as a segmentation too, and the report
+RAW_KINDS = ("label", "segmentation", "report")
 
 
-def case_output_paths(outdir: os.PathLike, case_id: str) -> Dict[str, Path]:
-    folder = Path(outdir) / case_id
-    return {k: folder / f"{case_id}{s}" for k, s in SUFFIXES.items()}
+def case_folder(outdir: os.PathLike, case_id: str) -> Path:
+    """The folder of case ``case_id``'s files in the output folder ``outdir``."""
+    return Path(outdir) / case_id
 
 
-def check_outputs_free(paths: Dict[str, Path], overwrite: bool, inputs: Iterable[os.PathLike] = ()) -> None:
-    """Raise before anything is written if a target exists (without overwrite) or is an input."""
-    for p in paths.values():
-        check_not_input(p, inputs)
-        if p.exists() and not overwrite:
-            raise FileExistsError(exists_message(p))
+def case_kinds(preview: bool = True, candidates: bool = False) -> Tuple[str, ...]:
+    """The kinds of file a segmented case gets (module docstring): the preview unless left out, the
+    candidate map when asked for."""
+    return tuple(k for k in SUFFIXES if (k != "preview" or preview) and (k != "candidates" or candidates))
+
+
+@dataclass
+class CasePlan:
+    """Where one case's files go: ``paths`` (kind -> file) of the kinds written, whether existing files
+    may be replaced (``overwrite``), and the run's inputs, which are never written over."""
+
+    case_id: str
+    paths: Dict[str, Path]
+    overwrite: bool = False
+    inputs: Tuple[Path, ...] = ()
+
+    @property
+    def folder(self) -> Path:
+        return next(iter(self.paths.values())).parent
+
+    def check(self) -> None:
+        """Raise before anything is written if a target exists (without ``overwrite``) or is an input."""
+        for p in self.paths.values():
+            check_not_input(p, self.inputs)
+            if p.exists() and not self.overwrite:
+                raise FileExistsError(exists_message(p))
+
+
+def plan_case(outdir: os.PathLike, case_id: str, kinds: Sequence[str] = case_kinds(), overwrite: bool = False,
+              inputs: Iterable[os.PathLike] = ()) -> CasePlan:
+    """The plan of case ``case_id``'s files of ``kinds`` (keys of :data:`SUFFIXES`) in ``outdir``."""
+    folder = case_folder(outdir, case_id)
+    return CasePlan(case_id, {k: folder / f"{case_id}{SUFFIXES[k]}" for k in kinds}, overwrite,
+                    tuple(Path(p) for p in inputs))
 
 
 def write_case_outputs(
@@ -60,20 +93,22 @@ def write_case_outputs(
     extra_report: Optional[Dict[str, Any]] = None,
     inputs: Iterable[os.PathLike] = (),
 ) -> Dict[str, Path]:
-    """Write the case's files, all or none (``case_folder``); returns their paths by kind (module docstring)."""
+    """Check and write the case's files, all or none (``case_folder``); returns their paths by kind."""
+    plan = plan_case(outdir, case_id, case_kinds(preview, candidates), overwrite, inputs)
+    plan.check()
+    return write_planned_case(result, image, plan, extra_report)
+
+
+def write_planned_case(result: CascadeResult, image: Volume, plan: CasePlan,
+                       extra_report: Optional[Dict[str, Any]] = None) -> Dict[str, Path]:
+    """Write the files of ``plan`` (checked by the caller), all or none; returns their paths by kind."""
     from .preview import write_preview
     from .jsonfile import write_json
     from .writers import write_labelmap, write_seg_nrrd
 
-    paths = case_output_paths(outdir, case_id)
-    if not preview:
-        paths.pop("preview")
-    if not candidates:
-        paths.pop("candidates")
-    check_outputs_free(paths, overwrite, inputs)
     seg = result.label.with_array(segment_map(result.label.array, result.sides.array))
-    report = dict(case=case_id, source=str(image.meta.get("source", "")), **result.report())
-    report["outputs"] = {k: p.name for k, p in paths.items()}
+    report = dict(case=plan.case_id, source=str(image.meta.get("source", "")), **result.report())
+    report["outputs"] = {k: p.name for k, p in plan.paths.items()}
     if extra_report:
         report.update(extra_report)
     writers = {
@@ -84,17 +119,16 @@ def write_case_outputs(
         "preview": lambda path: write_preview(result.canonical_image, result.canonical_label, path,
                                               focus=_largest_kept_tumor_centre(result, result.canonical_image)),
     }
-    _write_staged(paths, writers, overwrite)
-    return paths
+    _write_staged(plan, writers)
+    return dict(plan.paths)
 
 
-def _write_staged(paths: Dict[str, Path], writers: Dict[str, Any], overwrite: bool) -> None:
-    """Write every file of ``paths`` (by kind) with its writer in a staging folder, then move them in together."""
+def _write_staged(plan: CasePlan, writers: Dict[str, Any]) -> None:
+    """Write every file of ``plan`` with its kind's writer in a staging folder, then move them in together."""
     from .case_folder import staged_case_folder, write_file
 
-    folder = next(iter(paths.values())).parent
-    with staged_case_folder(folder, overwrite=overwrite) as staging:
-        for kind, final in paths.items():
+    with staged_case_folder(plan.folder, overwrite=plan.overwrite) as staging:
+        for kind, final in plan.paths.items():
             write_file(final, staging / final.name, writers[kind])
 
 
@@ -119,25 +153,23 @@ def write_candidates(cand: Volume, path: Path, overwrite: bool = False) -> None:
     atomic_write(path, lambda tmp: sitk.WriteImage(img, tmp, True), overwrite=overwrite)
 
 
-def write_raw_outputs(label: Volume, names: Dict[int, str], image: Volume, outdir: os.PathLike, case_id: str,
-                      overwrite: bool = False, extra_report: Optional[Dict[str, Any]] = None,
-                      inputs: Iterable[os.PathLike] = ()) -> Dict[str, Path]:
-    """A model's own label map (``--no-postprocess``): ``<case>.label.nii.gz`` with the model's label values,
-    ``<case>.seg.nrrd`` with a segment per label name, and ``<case>.report.json`` naming the values. No
-    candidates, no findings and no preview: stage 4 did not run."""
+def write_raw_outputs(label: Volume, names: Dict[int, str], image: Volume, plan: CasePlan,
+                      extra_report: Optional[Dict[str, Any]] = None) -> Dict[str, Path]:
+    """A model's own label map (``--no-postprocess``; ``plan`` of :data:`RAW_KINDS`, checked by the caller):
+    ``<case>.label.nii.gz`` with the model's label values, ``<case>.seg.nrrd`` with a segment per label
+    name, and ``<case>.report.json`` naming the values. No candidates, no findings and no preview: stage 4
+    did not run."""
     from .terminology import segments_for_names
     from .jsonfile import write_json
     from .writers import write_labelmap, write_seg_nrrd
 
-    paths = {k: p for k, p in case_output_paths(outdir, case_id).items() if k in ("label", "segmentation", "report")}
-    check_outputs_free(paths, overwrite, inputs)
     present = sorted(int(v) for v in names if int(v) and np.any(label.array == int(v)))
-    report = {"case": case_id, "source": str(image.meta.get("source", "")), "status": "ok", "postprocess": False,
+    report = {"case": plan.case_id, "source": str(image.meta.get("source", "")), "status": "ok", "postprocess": False,
               "label_values": {str(v): n for v, n in sorted(names.items())}, "labels_present": present,
               "messages": ["the model's own label map: no cascade, no candidate choice (--no-postprocess)"],
-              "outputs": {k: p.name for k, p in paths.items()}}
+              "outputs": {k: p.name for k, p in plan.paths.items()}}
     report.update(extra_report or {})
-    _write_staged(paths, {"label": lambda path: write_labelmap(label, path),
-                          "segmentation": lambda path: write_seg_nrrd(label, path, segments_for_names(names)),
-                          "report": lambda path: write_json(report, path)}, overwrite)
-    return paths
+    _write_staged(plan, {"label": lambda path: write_labelmap(label, path),
+                         "segmentation": lambda path: write_seg_nrrd(label, path, segments_for_names(names)),
+                         "report": lambda path: write_json(report, path)})
+    return dict(plan.paths)

@@ -37,9 +37,10 @@ class Segmenter:
     trained-model folder, its dataset folder or an exported zip), with
     ``nnunet`` options ``configuration``, ``folds``, ``checkpoint``,
     ``orientation``, ``labels`` (see :func:`nnunet_bundle.bundle_from_nnunet`).
-    ``runtime.candidate_threshold``,
-    ``runtime.keep_components`` and the tumor growth settings override the
-    bundle's values when set.
+    ``runtime``: a :class:`config.RuntimeConfig`, e.g. the command line's
+    :class:`run_settings.RunSettings`; its ``candidate_threshold``,
+    ``keep_components`` and tumor growth settings override the bundle's values
+    when set (None keeps the bundle's).
     """
 
     def __init__(self, bundle: Union[Bundle, str, os.PathLike, None] = None, runtime: RuntimeConfig = RuntimeConfig(),

@@ -5,11 +5,14 @@ isotropic with HU clipped to [-1024, 1500]; stage 2 at report 004's
 3.22 x 1.62 x 1.62 mm; stage 3 finer in-plane, on one kidney's crop with the
 outside masked to -1024 HU. The normalisation statistics here are
 placeholders that training replaces with the training data's own.
+
+Also the run presets the Slicer panel offers (:class:`Quality`, :class:`TumorGrowth`): each choice
+and what it means for a run, defined here once for the panel, scripts and the command line.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import List
+import enum
+from typing import List, Optional
 
 from .config import NetworkConfig, PostprocessConfig, StageConfig
 
@@ -54,5 +57,51 @@ DEFAULT_POSTPROCESS = PostprocessConfig(candidate_threshold=0.8, tumor_threshold
 DEFAULT_TUMOR_GROWTH_MM = 13.0
 
 
-def with_network(stages: List[StageConfig], network: NetworkConfig) -> List[StageConfig]:
-    return [replace(s, network=network) for s in stages]
+
+class Quality(enum.Enum):
+    """Speed against accuracy: how many test-time augmentations a run uses (:attr:`tta`; each stage caps it
+    at what its bundle was validated with). ``--full`` of the command line is :attr:`FULL`."""
+
+    FAST = "fast"
+    BALANCED = "balanced"
+    FULL = "full"
+
+    @property
+    def tta(self) -> int:
+        return _QUALITY_TTA[self.value]
+
+    def label(self) -> str:
+        """The text of this choice in the Slicer panel's combo box."""
+        return _QUALITY_LABELS[self.value]
+
+
+# Model 0.4, 22 held-out phantoms on 2 CPU cores: fast 7 s a phantom, mean composite 0.699; balanced
+# 14 s, 0.710; full 31 s, 0.713. The shipped model 0.5 (two tumor members): fast 9 s, 0.722; balanced
+# 21 s, 0.727; full 42 s, 0.716 (training/README.md).
+_QUALITY_TTA = {"fast": 1, "balanced": 4, "full": 12}
+_QUALITY_LABELS = {"fast": "Fast (no test-time augmentation)", "balanced": "Balanced (4 test-time flips)",
+                   "full": "Full (12 test-time augmentations)"}
+
+
+class TumorGrowth(enum.Enum):
+    """Tumor growth passes past the kidney stage's outline (:attr:`passes`; see
+    ``PostprocessConfig.tumor_growth_passes``): the model's own setting, off, or 1 to 3."""
+
+    MODEL = "model"
+    OFF = "off"
+    ONE = "1"
+    TWO = "2"
+    THREE = "3"
+
+    @property
+    def passes(self) -> Optional[int]:
+        """None keeps the model's own setting (the shipped model 0.5: one pass)."""
+        return _GROWTH_PASSES[self.value]
+
+    def label(self) -> str:
+        """The text of this choice in the Slicer panel's combo box."""
+        return _GROWTH_LABELS[self.value]
+
+
+_GROWTH_PASSES = {"model": None, "off": 0, "1": 1, "2": 2, "3": 3}
+_GROWTH_LABELS = {"model": "Model's setting", "off": "Off", "1": "1 pass", "2": "2 passes", "3": "3 passes"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from slicer.i18n import tr as _
 
@@ -46,17 +46,40 @@ def _queryGpus() -> Optional[List[Tuple[str, float]]]:
 
 
 def gpuMemoryWarning(device: str, minGib: float = MIN_GPU_MEMORY_GIB, gpus=None) -> str:
-    """A warning for ``device`` ("auto" or "cuda"; the segmentation uses CUDA device 0) or empty.
+    """A warning for ``device`` ("auto", "cpu", "cuda" or "cuda:N", read by the core's ``device.parse_device``;
+    "auto" uses the first GPU) or empty.
 
-    ``gpus`` is the driver's list (default: asked now); uncached, so callers keep the answer per device.
+    ``gpus`` is the driver's list (default: asked now, except for the CPU); uncached, see
+    :func:`cachedGpuMemoryWarning`.
     """
+    from KidneyTumorSegLib.device import parse_device
+    from KidneyTumorSegLib.volume import InputError
+
+    try:
+        kind, index = parse_device(device)
+    except InputError as exc:
+        return str(exc)
+    if kind == "cpu":
+        return ""
     gpus = _queryGpus() if gpus is None else gpus
     if not gpus:
-        if device == "cuda":
+        if kind == "cuda":
             return _("No NVIDIA GPU was found: choose Auto or CPU.")
         return ""
-    name, gib = gpus[0]
+    if (index or 0) >= len(gpus):
+        return _("There is no GPU {device}: the NVIDIA driver lists {n}.").format(device=device, n=len(gpus))
+    name, gib = gpus[index or 0]
     if gib < minGib:
         return _("The GPU ({name}) has {gib:.1f} GiB of memory; at least {need:.0f} GiB are needed. "
                  "Choose CPU (slower) to avoid running out of memory.").format(name=name, gib=gib, need=minGib)
     return ""
+
+
+_warnings: Dict[str, str] = {}
+
+
+def cachedGpuMemoryWarning(device: str) -> str:
+    """:func:`gpuMemoryWarning`, asking the driver once per device choice while Slicer runs."""
+    if device not in _warnings:
+        _warnings[device] = gpuMemoryWarning(device)
+    return _warnings[device]

@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import slicer
 from slicer.i18n import tr as _
@@ -88,6 +88,27 @@ def modelProblem(modelPath: str) -> str:
             return _("No model: the default model is not installed. Import a model bundle with 'Import model…'.")
         return _("No model: {path} has no manifest.json. Import a model bundle with 'Import model…'.").format(path=modelPath)
     return ""
+
+
+def modelValues(modelPath: str) -> Dict:
+    """The model's own ``candidateThreshold`` and ``keepComponents``: what a run uses unless the panel
+    overrides them (``runsettings.panelOverrides``). Read from the manifest without hashing the weights
+    (that happens at run time); {} when the model cannot be read."""
+    from KidneyTumorSegLib.bundle import BundleError, load_bundle
+
+    try:
+        if isNnunetModel(modelPath):
+            if Path(modelPath).suffix.lower() == ".zip":  # not unpacked just to ask
+                return {}
+            from KidneyTumorSegLib.nnunet_bundle import bundle_from_nnunet
+
+            bundle = bundle_from_nnunet(modelPath)
+        else:
+            bundle = load_bundle(modelPath, verify=False)
+        return {"candidateThreshold": float(bundle.postprocess.candidate_threshold),
+                "keepComponents": int(bundle.stages["kidney"].keep_components)}
+    except (BundleError, OSError, ValueError, KeyError):
+        return {}
 
 
 def modelImportTarget(source: str) -> Path:

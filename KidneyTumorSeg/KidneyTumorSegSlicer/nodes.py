@@ -9,6 +9,8 @@ REF_INPUT = "KidneyTumorSeg.Input"
 REF_FINDINGS = "KidneyTumorSeg.Findings"
 REF_CANDIDATES = "KidneyTumorSeg.Candidates"
 ATTR_REPORT = "KidneyTumorSeg.Report"
+# on the candidate map: the kidney region at its voxels (kidneyregion.py)
+ATTR_KIDNEY_REGION = "KidneyTumorSeg.KidneyRegion"
 
 # segment ids written by the core (terminology.SEG_NRRD_SEGMENTS)
 SEGMENT_KIDNEY_LEFT = "kidney_left"

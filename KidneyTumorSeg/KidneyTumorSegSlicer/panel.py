@@ -10,6 +10,41 @@ import slicer
 from slicer.i18n import tr as _
 
 
+def forgetOutputOfOtherInput(p, lastInputID: Optional[str]) -> Tuple[bool, Optional[str]]:
+    """When another input CT is chosen in parameter node ``p``, stop pointing at the previous CT's result.
+
+    Otherwise the next run would silently overwrite that result and move it under the new CT's study.
+    A segmentation chosen by hand for the current input stays. ``lastInputID``: the input's node id
+    the last time this was asked. Returns (whether the output was forgotten, the input's node id now).
+    """
+    from .nodes import REF_INPUT
+
+    inputID = p.inputVolume.GetID() if p.inputVolume else None
+    segmentation = p.outputSegmentation
+    if inputID == lastInputID or segmentation is None or inputID is None:
+        return False, inputID
+    source = segmentation.GetNodeReference(REF_INPUT)
+    if source is None or source.GetID() == inputID:
+        return False, inputID
+    p.outputSegmentation = None
+    return True, inputID
+
+
+def showRunState(ui, running: bool, blocker: str) -> None:
+    """The Segment button (Cancel while ``running``) and the settings sections (locked while running);
+    ``blocker``: why Segment cannot run now (empty when it can)."""
+    for section in (ui.inputsCollapsibleButton, ui.outputsCollapsibleButton, ui.advancedCollapsibleButton):
+        section.enabled = not running
+    if running:
+        ui.segmentButton.text = _("Cancel")
+        ui.segmentButton.toolTip = _("Stop the segmentation; the scene is left as it was.")
+        ui.segmentButton.enabled = True
+        return
+    ui.segmentButton.text = _("Segment")
+    ui.segmentButton.enabled = not blocker
+    ui.segmentButton.toolTip = blocker or _("Segment the kidneys and kidney tumors in the input CT.")
+
+
 def addImportMenu(button, fromFolder: Callable[[], None], fromFile: Callable[[], None]) -> None:
     """Give the import button its menu: a bundle folder, or a manifest.json / .zip file."""
     menu = qt.QMenu(button)
@@ -59,6 +94,32 @@ def selectedTableRow(view) -> Optional[int]:
     # the view may be sorted: map back to the model's row, which is the table's own row because
     # results.writeFindings shows the column names as the header (not as a first model row)
     return view.sortFilterProxyModel().mapToSource(indexes[0]).row()
+
+
+def showFindingsTable(view, segmentation) -> None:
+    """Show the findings table of ``segmentation`` (none for None) in the qMRMLTableView ``view``."""
+    from .nodes import REF_FINDINGS
+
+    table = segmentation.GetNodeReference(REF_FINDINGS) if segmentation else None
+    shown = view.mrmlTableNode()
+    if (shown.GetID() if shown else None) != (table.GetID() if table else None):
+        view.setMRMLTableNode(table)
+
+
+def importModel(logic, source: str):
+    """Import the model at ``source`` (empty: the dialog was cancelled) into the user models folder, asking
+    before it replaces one of the same name; its folder, or None when nothing was imported."""
+    if not source:
+        return None
+    with slicer.util.tryWithErrorDisplay(_("The model could not be imported."), waitCursor=True):
+        target = logic.modelImportTarget(source)
+        if target.exists() and not slicer.util.confirmOkCancelDisplay(
+                _("A model named '{name}' is already in your models folder. Replace it?").format(name=target.name)):
+            return None
+        path = logic.importModel(source, overwrite=target.exists())
+        slicer.util.showStatusMessage(_("Model imported into {path}").format(path=path), 5000)
+        return path
+    return None  # the import failed: tryWithErrorDisplay showed why
 
 
 def openInSegmentEditor(segmentation, volume) -> None:

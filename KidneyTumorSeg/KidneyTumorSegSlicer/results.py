@@ -10,6 +10,7 @@ import vtk
 import slicer
 from slicer.i18n import tr as _
 
+from .kidneyregion import storeKidneyRegion
 from .nodes import ATTR_REPORT, REF_CANDIDATES, REF_FINDINGS, REF_INPUT, forgetStorage, placeBesides, \
     removeNodeWithDependents, replaceSegments
 
@@ -17,8 +18,9 @@ from .nodes import ATTR_REPORT, REF_CANDIDATES, REF_FINDINGS, REF_INPUT, forgetS
 def loadResults(run, outputs: Dict[str, str]) -> None:
     """Bring the finished ``run``'s files into the scene (the only place a run changes the scene).
 
-    ``outputs``: the core's output paths by kind ("segmentation", "candidates", "report", ...).
-    Sets ``run.segmentationNode``, ``run.tableNode`` and ``run.messages``.
+    ``outputs``: the core's output paths by kind ("segmentation", "candidates", "label", "report", ...).
+    Sets ``run.segmentationNode``, ``run.tableNode`` and ``run.messages``. A failure leaves the scene
+    as it was.
     """
     report = json.loads(Path(outputs["report"]).read_text(encoding="utf-8"))
     volumeNode = run.volumeNode
@@ -27,16 +29,45 @@ def loadResults(run, outputs: Dict[str, str]) -> None:
     segmentation = run.outputSegmentation
     if segmentation is not None and segmentation.GetScene() is None:
         segmentation = None  # removed during the run: make a new one
+    loaded, candidates = _loadFiles(outputs, volumeNode)
+    segmentation, table = _fillNodes(segmentation, loaded, candidates, volumeNode, report)
+    # from here on nothing fails: swap in the new candidate map and link the findings
+    forgetStorage(candidates)  # its file is in the run's folder, removed when the run ends
+    removeNodeWithDependents(segmentation.GetNodeReference(REF_CANDIDATES))
+    segmentation.SetNodeReferenceID(REF_CANDIDATES, candidates.GetID())
+    segmentation.SetNodeReferenceID(REF_FINDINGS, table.GetID())
+
+    for node in (segmentation, table, candidates):
+        placeBesides(node, volumeNode)
+    showSegmentation(segmentation, volumeNode, run.show3D)
+    run.segmentationNode = segmentation
+    run.tableNode = table
+    reasons = (report.get("plausibility") or {}).get("reasons", [])
+    warning = [_("Implausible result, check it: {reasons}").format(reasons="; ".join(reasons))] if reasons else []
+    run.messages = warning + list(report.get("messages", []))
+
+
+def _loadFiles(outputs: Dict[str, str], volumeNode):
+    """The run's segmentation (a node to copy from) and its candidate map, which keeps the kidney region
+    of the label map (``kidneyregion``); on failure neither is left in the scene."""
     loaded = candidates = None
     try:
         loaded = slicer.util.loadSegmentation(str(outputs["segmentation"]))
         candidates = slicer.util.loadLabelVolume(str(outputs["candidates"]), {
             "name": slicer.mrmlScene.GenerateUniqueName(f"{volumeNode.GetName()} tumor candidates"), "show": False})
+        storeKidneyRegion(candidates, slicer.util.arrayFromVolume(candidates), outputs["label"])
     except Exception:
         removeNodeWithDependents(loaded)
         removeNodeWithDependents(candidates)
         raise
-    created = [candidates]  # removed again if anything below fails: a failed run leaves the scene as it was
+    return loaded, candidates
+
+
+def _fillNodes(segmentation, loaded, candidates, volumeNode, report):
+    """``(segmentation, table)``: the segments of ``loaded`` in ``segmentation`` (a new node when None), tied
+    to the input, and the findings table filled. On failure the new nodes and ``candidates`` are removed
+    and an overwritten segmentation gets its segments back: the scene is as it was."""
+    created = [candidates]
     backup = None
     try:
         if segmentation is None:
@@ -55,7 +86,6 @@ def loadResults(run, outputs: Dict[str, str]) -> None:
         segmentation.SetNodeReferenceID(REF_INPUT, volumeNode.GetID())
         segmentation.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
         candidates.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
-
         table = segmentation.GetNodeReference(REF_FINDINGS)
         if table is None:
             table = slicer.mrmlScene.AddNewNodeByClass(
@@ -63,25 +93,13 @@ def loadResults(run, outputs: Dict[str, str]) -> None:
             created.append(table)
         writeFindings(table, report)
     except Exception:
+        removeNodeWithDependents(loaded)
         if backup is not None:
             segmentation.GetSegmentation().DeepCopy(backup)
         for node in created:
             removeNodeWithDependents(node)
         raise
-    # from here on nothing fails: swap in the new candidate map and link the findings
-    forgetStorage(candidates)  # its file is in the run's folder, removed when the run ends
-    removeNodeWithDependents(segmentation.GetNodeReference(REF_CANDIDATES))
-    segmentation.SetNodeReferenceID(REF_CANDIDATES, candidates.GetID())
-    segmentation.SetNodeReferenceID(REF_FINDINGS, table.GetID())
-
-    for node in (segmentation, table, candidates):
-        placeBesides(node, volumeNode)
-    showSegmentation(segmentation, volumeNode, run.show3D)
-    run.segmentationNode = segmentation
-    run.tableNode = table
-    reasons = (report.get("plausibility") or {}).get("reasons", [])
-    warning = [_("Implausible result, check it: {reasons}").format(reasons="; ".join(reasons))] if reasons else []
-    run.messages = warning + list(report.get("messages", []))
+    return segmentation, table
 
 
 def showSegmentation(segmentation, volumeNode, show3D: bool = False) -> None:

@@ -1,4 +1,4 @@
-"""One run of the core in Slicer: its state, its inputs (volume, ROI, PythonSlicer setup) and polling its process.
+"""One run of the core in Slicer: its state, its inputs (volume, ROI, PythonSlicer setup), starting and polling its process.
 
 Nothing here adds to the scene: the caller's ``loadResults(run, outputs)`` does, once a run has succeeded.
 """
@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+import qt
 import vtk
 
 import slicer
@@ -43,55 +44,44 @@ class SegmentationRun:
         self.finishCallback: Optional[Callable[["SegmentationRun"], None]] = None
 
 
-# test-time augmentations per quality setting (each stage caps it at what its bundle was validated with).
-# Model 0.4, 22 held-out phantoms on 2 CPU cores: fast 7 s a phantom, mean composite 0.699; balanced
-# 14 s, 0.710; full 31 s, 0.713. The shipped model 0.5 (two tumor members): fast 9 s, 0.722; balanced
-# 21 s, 0.727; full 42 s, 0.716 (training/README.md).
-QUALITY_TTA = {"fast": 1, "balanced": 4, "full": 12}
-
-# the panel's tumor growth choices: None keeps the model's own setting (the shipped model 0.5: one pass)
-GROWTH_PASSES = {"model": None, "off": 0, "1": 1, "2": 2, "3": 3}
-
-
-def growthPasses(value) -> Optional[int]:
-    """Tumor growth passes to ask the core for: None (the model's setting) or 0..8.
-
-    ``value``: None, a key of :data:`GROWTH_PASSES` (or an enum whose value is one), or an integer 0..8.
-    """
-    value = getattr(value, "value", value)
-    if value is None:
-        return None
-    if isinstance(value, str) and value in GROWTH_PASSES:
-        return GROWTH_PASSES[value]
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 8:
-        return value
-    raise ValueError(_("tumorGrowth must be None (the model's setting), 'off' or a number of passes from 0 to 8, "
-                       "not {value!r}").format(value=value))
-
-
-def prepareWork(volumeNode, roiNode, modelPath: str, device: str, quality: str, candidateThreshold: float,
-                keepComponents: int, tumorGrowth: Optional[int] = None) -> Tuple[Path, Dict]:
+def prepareWork(volumeNode, roiNode, modelPath: str, settings) -> Tuple[Path, Dict]:
     """A new temporary folder holding the exported input, and the core's arguments for it.
 
-    ``device``: "auto", "cpu" or "cuda"; ``quality``: a key of :data:`QUALITY_TTA`;
-    ``tumorGrowth``: tumor growth passes (None: the model's setting). The
-    folder is removed again when the export fails.
+    ``settings``: the run's ``RunSettings`` (``runsettings.runSettings``); the ROI box, in the
+    volume's own frame, is added here. The folder is removed again when the export fails.
     """
+    from dataclasses import replace
+
     workDir = Path(tempfile.mkdtemp(prefix="KidneyTumorSeg-", dir=slicer.app.temporaryPath))
     try:
         inputPath = workDir / "input.nrrd"
         exportVolume(volumeNode, inputPath)
         options = dict(
-            input_path=str(inputPath), output_dir=str(workDir / "out"), model=modelPath, device=device,
-            tta=QUALITY_TTA[quality], candidate_threshold=float(candidateThreshold),
-            keep_components=int(keepComponents), roi=roiInVolumeFrame(roiNode, volumeNode), save_candidates=True,
+            input_path=str(inputPath), output_dir=str(workDir / "out"), model=modelPath,
+            settings=replace(settings, roi=roiInVolumeFrame(roiNode, volumeNode)),
             python=pythonSlicerExecutable(), env=processEnvironment(),
-            extra_args=[] if tumorGrowth is None else ["--tumor-growth", str(int(tumorGrowth))],
         )
     except Exception:
         shutil.rmtree(workDir, ignore_errors=True)
         raise
     return workDir, options
+
+
+def start(run: SegmentationRun, tick: Callable[[], None], intervalMs: int) -> None:
+    """Start ``run``'s background process, and a timer that calls ``tick`` every ``intervalMs`` ms (which
+    polls it, see :func:`poll`); the run's folder is removed when the process cannot start."""
+    from KidneyTumorSegLib.background import SegmentationProcess
+
+    try:
+        run.process = SegmentationProcess(**run.options)
+        run.process.start()
+    except Exception:
+        shutil.rmtree(run.workDir, ignore_errors=True)
+        raise
+    run.timer = qt.QTimer()
+    run.timer.setInterval(intervalMs)
+    run.timer.connect("timeout()", tick)
+    run.timer.start()
 
 
 def poll(run: SegmentationRun, loadResults: Callable[[SegmentationRun, Dict[str, str]], None]) -> None:
@@ -109,15 +99,14 @@ def poll(run: SegmentationRun, loadResults: Callable[[SegmentationRun, Dict[str,
 
 
 def _pollOnce(run: SegmentationRun, loadResults) -> None:
-    from KidneyTumorSegLib.events import STAGE_TITLES
+    from KidneyTumorSegLib.events import stage_text
 
     for event in run.process.poll():
         if event.get("event") != "progress":
             continue
+        # the overall fraction (stage weight times the fraction within the stage) and the stage's message
         run.fraction = float(event.get("fraction", run.fraction))
-        title = STAGE_TITLES.get(event.get("stage", ""), event.get("stage", ""))
-        message = event.get("message") or ""
-        run.stageText = title if not message or message == title else f"{title}: {message}"
+        run.stageText = stage_text(str(event.get("stage", "")), event.get("message") or "")
         if run.progressCallback:
             run.progressCallback(run.fraction, run.stageText)
     if run.process.running:
@@ -150,6 +139,15 @@ def finish(run: SegmentationRun, status: str, error: str = "") -> None:
     shutil.rmtree(run.workDir, ignore_errors=True)
     if run.finishCallback:
         run.finishCallback(run)
+
+
+def statusText(run: SegmentationRun) -> str:
+    """The panel's status line once ``run`` has ended."""
+    if run.status == "cancelled":
+        return _("Cancelled; the scene was not changed.")
+    if run.status == "failed":
+        return _("Failed.")
+    return "\n".join(run.messages) or _("Done.")
 
 
 def exportVolume(volumeNode, path: Path) -> None:
