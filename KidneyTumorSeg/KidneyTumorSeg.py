@@ -499,7 +499,7 @@ class KidneyTumorSegTest(ScriptedLoadableModuleTest):
     """Runs the real pipeline on the sample phantom with the shipped default model."""
 
     # the bar the core's Testing/test_default_model.py checks on the same phantom
-    from KidneyTumorSegLib.sample import KIDNEY_DICE_MIN, TUMOR_DICE_MIN
+    from KidneyTumorSegLib.phantom.sample import KIDNEY_DICE_MIN, TUMOR_DICE_MIN
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -511,7 +511,7 @@ class KidneyTumorSegTest(ScriptedLoadableModuleTest):
         self.test_CancelLeavesSceneUnchanged()
 
     def _requireDefaultModel(self):
-        from KidneyTumorSegLib.bundle import default_bundle_path
+        from KidneyTumorSegLib.bundles.bundle import default_bundle_path
 
         path = default_bundle_path()
         self.assertTrue((path / "manifest.json").is_file(),
@@ -541,8 +541,8 @@ class KidneyTumorSegTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Segmenting the sample phantom")
         self.assertTrue(KidneyTumorSegLogic.ensureDependencies(askConfirmation=False))
         self._requireDefaultModel()
-        from KidneyTumorSegLib.metrics import dice
-        from KidneyTumorSegLib.volume_io import read_label
+        from KidneyTumorSegLib.evaluation.metrics import dice
+        from KidneyTumorSegLib.io.volume_io import read_label
 
         volume = loadPhantomSample()
         reference = read_label(str(phantomSamplePaths()[1])).array

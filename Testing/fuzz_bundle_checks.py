@@ -20,7 +20,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from hypothesis import HealthCheck, settings
 
-from KidneyTumorSegLib.bundle import BundleError, load_bundle
+from KidneyTumorSegLib.bundles.bundle import BundleError, load_bundle
 from KidneyTumorSegLib.cli import main
 from helpers_logs import RecordingHandler
 

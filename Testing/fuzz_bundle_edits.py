@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Tuple
 
 from hypothesis import strategies as st
 
-from KidneyTumorSegLib.bundle import MANIFEST
+from KidneyTumorSegLib.bundles.bundle import MANIFEST
 from helpers_bundle import make_tiny_bundle
 from fuzz_bundle_checks import (WEIGHTS, info_problems, isolated, load_problems, segment_problems, weight_problems)
 from helpers_ct import ct_volume, write_image

@@ -15,8 +15,8 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from KidneyTumorSegLib.volume import InputError
-from KidneyTumorSegLib.volume_io import read_volume, validate_ct
+from KidneyTumorSegLib.geometry.volume import InputError
+from KidneyTumorSegLib.io.volume_io import read_volume, validate_ct
 from fuzz_input_specs import (BUILDERS, CLI_PEAK_LIMIT, FAST, LIMIT_S, PEAK_LIMIT, nifti_specs,  # noqa: F401 (FAST:
                               text_specs, written_specs)  # benchmarks/fuzz_inputs.py reads it here)
 from helpers_logs import RecordingHandler

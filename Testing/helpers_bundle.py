@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from KidneyTumorSegLib.bundle import save_bundle
+from KidneyTumorSegLib.bundles.bundle import save_bundle
 from KidneyTumorSegLib.config import NetworkConfig, PostprocessConfig, StageConfig
-from KidneyTumorSegLib.networks import build_network
+from KidneyTumorSegLib.engine.networks import build_network
 
 TINY_NET = NetworkConfig(architecture="resunet", channels=(4, 8, 16), strides=(1, 2, 2), deep_supervision=False)
 

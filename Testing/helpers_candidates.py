@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from KidneyTumorSegLib.findings import CascadeResult, Candidate, Kidney
-from KidneyTumorSegLib.volume import Volume
+from KidneyTumorSegLib.findings.findings import CascadeResult, Candidate, Kidney
+from KidneyTumorSegLib.geometry.volume import Volume
 
 SHAPE = (12, 24, 48)  # k, j, i
 SPACING = (2.0, 2.0, 4.0)  # x, y, z mm

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KidneyTumorSegLib.volume import Volume
-from KidneyTumorSegLib.volume_io import volume_to_sitk
+from KidneyTumorSegLib.geometry.volume import Volume
+from KidneyTumorSegLib.io.volume_io import volume_to_sitk
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # A rotated, non-unit grid: catches any axis swap or lost direction.

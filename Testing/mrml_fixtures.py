@@ -47,7 +47,7 @@ def core_run(tmp_path_factory):
     from KidneyTumorSegLib.background import run_segmentation
     from KidneyTumorSegLib.phantom import make_phantom
     from KidneyTumorSegLib.run_settings import RunSettings
-    from KidneyTumorSegLib.volume_io import volume_to_sitk
+    from KidneyTumorSegLib.io.volume_io import volume_to_sitk
 
     folder = tmp_path_factory.mktemp("core-run")
     phantom = make_phantom(3, shape=(48, 160, 160), spacing=(2.2, 2.2, 5.0), n_tumors=2)

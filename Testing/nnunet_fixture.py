@@ -271,7 +271,7 @@ def _predict(model_folder: Path, folds: Folds, input_file: Path, output_truncate
 # --------------------------------------------------------------------------- the build, in the child process
 def _make_raw(kind: str, root: Path) -> None:
     """Phantom cases (KiTS layout) -> ``nnUNet_raw/DatasetNNN_Name`` with ``kind``'s label table."""
-    from KidneyTumorSegLib.phantom_io import write_phantom_cases
+    from KidneyTumorSegLib.phantom.phantom_io import write_phantom_cases
     from ktstrain.nnunet_export import export_nnunet_dataset
 
     k = KINDS[kind]

@@ -243,7 +243,7 @@ def bundle_with_own_values(path: Path, candidate_threshold: float = 0.6, keep_co
     from dataclasses import replace
 
     from helpers_bundle import make_tiny_bundle, tiny_stages
-    from KidneyTumorSegLib.bundle import save_bundle
+    from KidneyTumorSegLib.bundles.bundle import save_bundle
     from KidneyTumorSegLib.config import PostprocessConfig
 
     source = make_tiny_bundle(path.parent / f"{path.name}-source", fg_bias=8.0)

@@ -15,7 +15,7 @@ from KidneyTumorSegLib.cli import build_parser
 from KidneyTumorSegLib.events import STAGE_ORDER
 from KidneyTumorSegLib.phantom import write_phantom_cases
 from KidneyTumorSegLib.run_settings import RunSettings
-from KidneyTumorSegLib.slicer_geometry import roi_from_slicer
+from KidneyTumorSegLib.geometry.slicer_geometry import roi_from_slicer
 from helpers_bundle import make_tiny_bundle
 
 POSIX = os.name == "posix"

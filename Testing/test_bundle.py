@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from KidneyTumorSegLib.bundle import MANIFEST, BundleError, load_bundle
+from KidneyTumorSegLib.bundles.bundle import MANIFEST, BundleError, load_bundle
 from helpers_bundle import make_tiny_bundle
 
 

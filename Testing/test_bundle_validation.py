@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import KidneyTumorSegLib.bundle as bundle_mod
-from KidneyTumorSegLib.bundle import MANIFEST, Bundle, BundleError, default_bundle_path, load_bundle
+import KidneyTumorSegLib.bundles.bundle as bundle_mod
+from KidneyTumorSegLib.bundles.bundle import MANIFEST, Bundle, BundleError, default_bundle_path, load_bundle
 from KidneyTumorSegLib.cli import main
 from helpers_bundle import make_tiny_bundle
 
@@ -338,10 +338,10 @@ def test_the_shipped_model_passes_the_checks_unchanged():
 
 
 def test_the_rules_cover_every_configuration_field_and_match_the_modules_they_mirror():
-    from KidneyTumorSegLib import bundle_checks as bc
+    from KidneyTumorSegLib.bundles import bundle_checks as bc
     from KidneyTumorSegLib.config import NetworkConfig, NnunetSource, PostprocessConfig, StageConfig
-    from KidneyTumorSegLib.networks import ARCHITECTURES
-    from KidneyTumorSegLib.tta import MAX_TTA
+    from KidneyTumorSegLib.engine.networks import ARCHITECTURES
+    from KidneyTumorSegLib.engine.tta import MAX_TTA
 
     for cls, rules in ((StageConfig, bc.STAGE_CHECKS), (NetworkConfig, bc.NETWORK_CHECKS),
                        (NnunetSource, bc.NNUNET_CHECKS), (PostprocessConfig, bc.POSTPROCESS_CHECKS)):

@@ -9,11 +9,11 @@ import pytest
 
 from KidneyTumorSegLib.cascade import RoiWorld, run_cascade
 from KidneyTumorSegLib.config import NetworkConfig, PostprocessConfig, StageConfig
-from KidneyTumorSegLib.findings import apply_candidate_choice, segment_map
-from KidneyTumorSegLib.geometry import canonical_reorient
-from KidneyTumorSegLib.metrics import case_metrics
-from KidneyTumorSegLib.reference import FalseCandidate, ReferencePredictor, reference_predictors
-from KidneyTumorSegLib.volume import Volume
+from KidneyTumorSegLib.findings.findings import apply_candidate_choice, segment_map
+from KidneyTumorSegLib.geometry.records import canonical_reorient
+from KidneyTumorSegLib.evaluation.metrics import case_metrics
+from KidneyTumorSegLib.engine.reference import FalseCandidate, ReferencePredictor, reference_predictors
+from KidneyTumorSegLib.geometry.volume import Volume
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -262,7 +262,7 @@ def _one_kidney_and_a_false_one(cut_right_side=False, spine=False, cut_at=0.3):
 def test_two_components_on_one_side_keep_its_name_and_are_flagged(cut):
     image, label, preds = _one_kidney_and_a_false_one(cut_right_side=cut)
     from KidneyTumorSegLib.cascade.anatomy import midline_x as _midline_x
-    from KidneyTumorSegLib.geometry import canonical_reorient
+    from KidneyTumorSegLib.geometry.records import canonical_reorient
 
     mid = _midline_x(canonical_reorient(image).volume(image))
     assert (mid.cut_right, mid.cut_left) == (cut, False)
@@ -280,7 +280,7 @@ def test_a_field_of_view_cut_near_the_kidney_takes_the_midline_from_the_spine():
     # the visible body's centre falls on the left kidney itself; the spine says where the midline is
     image, label, preds = _one_kidney_and_a_false_one(cut_right_side=True, spine=True, cut_at=0.45)
     from KidneyTumorSegLib.cascade.anatomy import midline_x as _midline_x, spine_x as _spine_x
-    from KidneyTumorSegLib.geometry import canonical_reorient
+    from KidneyTumorSegLib.geometry.records import canonical_reorient
 
     can = canonical_reorient(image).volume(image)
     mid = _midline_x(can)

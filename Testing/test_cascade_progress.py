@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from KidneyTumorSegLib.cascade import run_cascade
 from KidneyTumorSegLib.config import PostprocessConfig
-from KidneyTumorSegLib.reference import reference_predictors
+from KidneyTumorSegLib.engine.reference import reference_predictors
 
 from test_cascade import stages, toy_case
 

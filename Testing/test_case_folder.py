@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from KidneyTumorSegLib.case_folder import OutputError, check_output_folder, staged_case_folder
+from KidneyTumorSegLib.io.case_folder import OutputError, check_output_folder, staged_case_folder
 from KidneyTumorSegLib.config import RuntimeConfig
-from KidneyTumorSegLib.outputs import SUFFIXES, write_case_outputs
+from KidneyTumorSegLib.io.outputs import SUFFIXES, write_case_outputs
 from KidneyTumorSegLib.phantom import make_phantom
 from KidneyTumorSegLib.pipeline import Segmenter
 
@@ -100,7 +100,7 @@ def test_a_failing_writer_leaves_an_existing_case_folder_as_it_was(case, tmp_pat
     image, result = case
     first = write_case_outputs(result, image, tmp_path, "case_00000")
     before = {p.name: p.read_bytes() for p in first["label"].parent.iterdir()}
-    import KidneyTumorSegLib.preview as preview
+    import KidneyTumorSegLib.io.preview as preview
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated crash in the preview writer")
@@ -128,7 +128,7 @@ def test_overwrite_replaces_the_files_keeps_others_and_removes_stale_temporary_f
 _KILLED_WRITER = """
 import sys, time
 from pathlib import Path
-from KidneyTumorSegLib.case_folder import staged_case_folder
+from KidneyTumorSegLib.io.case_folder import staged_case_folder
 with staged_case_folder(Path(sys.argv[1])) as staging:
     (staging / "case_00000.label.nii.gz").write_bytes(b"half")
     print("writing", flush=True)
@@ -171,7 +171,7 @@ def test_the_command_refuses_an_unwritable_output_before_loading_the_model(tmpfs
     ct = tmp_path / "ct.nii.gz"
     import SimpleITK as sitk
 
-    from KidneyTumorSegLib.volume_io import volume_to_sitk
+    from KidneyTumorSegLib.io.volume_io import volume_to_sitk
 
     sitk.WriteImage(volume_to_sitk(make_phantom(1, shape=(16, 32, 32), spacing=(4.0, 4.0, 5.0)).image), str(ct))
     started = time.perf_counter()

@@ -6,9 +6,9 @@ import re
 import pytest
 
 from helpers_ct import IDENTITY, ct_volume, write_dicom_series, write_image
-from KidneyTumorSegLib.cases import case_id_for, find_cases, is_kits_case
-from KidneyTumorSegLib.volume import InputError
-from KidneyTumorSegLib.volume_io import read_volume
+from KidneyTumorSegLib.io.cases import case_id_for, find_cases, is_kits_case
+from KidneyTumorSegLib.geometry.volume import InputError
+from KidneyTumorSegLib.io.volume_io import read_volume
 
 
 def test_find_cases_in_a_mixed_folder(tmp_path):

@@ -17,7 +17,7 @@ import KidneyTumorSegLib.pipeline as pipeline
 from KidneyTumorSegLib.background import SegmentationProcess
 from KidneyTumorSegLib.cli import build_parser, main
 from KidneyTumorSegLib.run_settings import RunSettings
-from KidneyTumorSegLib.slicer_geometry import roi_from_slicer
+from KidneyTumorSegLib.geometry.slicer_geometry import roi_from_slicer
 
 
 class _Started(Exception):

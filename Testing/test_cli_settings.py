@@ -19,7 +19,7 @@ from KidneyTumorSegLib.cli import build_parser, main
 from KidneyTumorSegLib.config import RuntimeConfig
 from KidneyTumorSegLib.presets import Quality
 from KidneyTumorSegLib.run_settings import RunSettings
-from KidneyTumorSegLib.volume import RoiWorld
+from KidneyTumorSegLib.geometry.volume import RoiWorld
 
 # a value other than the default for every field (floats that have no short decimal form included)
 EVERY_FIELD = {
@@ -97,7 +97,7 @@ def test_the_command_hands_the_parsed_settings_to_the_segmenter(tmp_path, monkey
 
 def test_importing_the_settings_loads_no_torch():
     """The Slicer process builds the settings and the command line without loading torch."""
-    code = ("import sys\nimport KidneyTumorSegLib.run_settings, KidneyTumorSegLib.presets, KidneyTumorSegLib.device\n"
+    code = ("import sys\nimport KidneyTumorSegLib.run_settings, KidneyTumorSegLib.presets, KidneyTumorSegLib.engine.device\n"
             "sys.exit(1 if 'torch' in sys.modules else 0)\n")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
@@ -105,8 +105,8 @@ def test_importing_the_settings_loads_no_torch():
 @pytest.mark.parametrize("name,kind", [("auto", ("auto", None)), ("CPU", ("cpu", None)), ("cuda", ("cuda", 0)),
                                        ("cuda:3", ("cuda", 3)), ("", ("auto", None))])
 def test_device_names_are_read_in_one_place(name, kind):
-    from KidneyTumorSegLib.device import parse_device
-    from KidneyTumorSegLib.volume import InputError
+    from KidneyTumorSegLib.engine.device import parse_device
+    from KidneyTumorSegLib.geometry.volume import InputError
 
     assert parse_device(name) == kind
     with pytest.raises(InputError, match="unknown device 'gpu0': use auto, cpu, cuda or cuda:N"):

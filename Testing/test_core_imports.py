@@ -24,11 +24,12 @@ def test_core_source_imports_no_gui_toolkit():
                 if n.split(".")[0].lower() in FORBIDDEN:
                     offenders.append(f"{py.name}:{node.lineno} imports {n}")
     assert not offenders, offenders
-    assert len(list(CORE.glob("*.py"))) > 10
+    assert len(list(CORE.rglob("*.py"))) > 10
 
 
 def test_importing_every_core_module_loads_no_gui_toolkit():
-    mods = sorted(p.stem for p in CORE.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    mods = sorted(".".join(p.relative_to(CORE).with_suffix("").parts) for p in CORE.rglob("*.py")
+                  if p.stem not in ("__init__", "__main__"))
     code = (
         "import sys, importlib\n"
         f"for m in {mods!r}: importlib.import_module('KidneyTumorSegLib.' + m)\n"
@@ -55,8 +56,8 @@ def test_modules_the_slicer_process_imports_do_not_load_torch():
     """Slicer's own process only converts geometry, runs the core in a subprocess and reads events."""
     code = (
         "import sys\n"
-        "import KidneyTumorSegLib.slicer_geometry, KidneyTumorSegLib.background, KidneyTumorSegLib.findings_table\n"
-        "import KidneyTumorSegLib.events, KidneyTumorSegLib.terminology, KidneyTumorSegLib.sample\n"
+        "import KidneyTumorSegLib.geometry.slicer_geometry, KidneyTumorSegLib.background, KidneyTumorSegLib.findings.findings_table\n"
+        "import KidneyTumorSegLib.events, KidneyTumorSegLib.findings.terminology, KidneyTumorSegLib.phantom.sample\n"
         "sys.exit(1 if 'torch' in sys.modules else 0)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

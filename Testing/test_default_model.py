@@ -1,16 +1,16 @@
 """The shipped default model: verified, within its size budget, and good enough on the sample phantom.
 
-The same case and bar as the Slicer self-test (``KidneyTumorSegLib.sample``), run here without Slicer.
+The same case and bar as the Slicer self-test (``KidneyTumorSegLib.phantom.sample``), run here without Slicer.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from KidneyTumorSegLib import sample
-from KidneyTumorSegLib.bundle import default_bundle_path, load_bundle
+from KidneyTumorSegLib.phantom import sample
+from KidneyTumorSegLib.bundles.bundle import default_bundle_path, load_bundle
 from KidneyTumorSegLib.config import RuntimeConfig
-from KidneyTumorSegLib.metrics import dice
+from KidneyTumorSegLib.evaluation.metrics import dice
 from KidneyTumorSegLib.pipeline import Segmenter
 
 MAX_BYTES = 20 * 2**20  # issue 3: the default model ships in the repository, at most 20 MB
@@ -59,7 +59,7 @@ def test_default_model_on_the_real_ct_finds_two_kidneys_and_no_tumor():
     """Issue 3: on the one real abdominal CT (no labels) two kidneys of plausible size and place, and no tumor."""
     from helpers_ct import shared
 
-    from KidneyTumorSegLib import volume_io
+    from KidneyTumorSegLib.io import volume_io
 
     image = volume_io.read_volume(shared("real-abdominal-ct-dicom"))
     report = Segmenter(runtime=RuntimeConfig(device="cpu", tta=1)).segment(image).report()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from KidneyTumorSegLib.bundle import load_bundle
-from KidneyTumorSegLib.networks import build_network
+from KidneyTumorSegLib.bundles.bundle import load_bundle
+from KidneyTumorSegLib.engine.networks import build_network
 from ktstrain.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KidneyTumorSegLib.evaluate import case_id_of, evaluate, pair_cases
-from KidneyTumorSegLib.metrics import case_metrics
-from KidneyTumorSegLib.volume import InputError
+from KidneyTumorSegLib.evaluation.evaluate import case_id_of, evaluate, pair_cases
+from KidneyTumorSegLib.evaluation.metrics import case_metrics
+from KidneyTumorSegLib.geometry.volume import InputError
 
 SPACING_XYZ = (0.8, 0.8, 3.0)
 ORIGIN = (-100.0, 20.0, 5.0)

@@ -7,9 +7,9 @@ import SimpleITK as sitk
 
 from helpers_ct import ct_array
 from KidneyTumorSegLib.cli import main
-from KidneyTumorSegLib.evaluate import evaluate
-from KidneyTumorSegLib.metrics import case_metrics
-from KidneyTumorSegLib.volume import InputError
+from KidneyTumorSegLib.evaluation.evaluate import evaluate
+from KidneyTumorSegLib.evaluation.metrics import case_metrics
+from KidneyTumorSegLib.geometry.volume import InputError
 
 SPACING_XYZ = (0.8, 0.8, 3.0)
 ALLOWED = "values other than 0 (background), 1 (kidney), 2 (tumor) and 3 (cyst)"

@@ -8,10 +8,10 @@ import pytest
 
 from KidneyTumorSegLib.cascade import run_cascade
 from KidneyTumorSegLib.config import PostprocessConfig, StageConfig
-from KidneyTumorSegLib.findings import apply_candidate_choice
-from KidneyTumorSegLib.findings_table import TABLE_COLUMNS, findings_markdown, findings_rows, kept_ids_after
+from KidneyTumorSegLib.findings.findings import apply_candidate_choice
+from KidneyTumorSegLib.findings.findings_table import TABLE_COLUMNS, findings_markdown, findings_rows, kept_ids_after
 from KidneyTumorSegLib.phantom import make_phantom
-from KidneyTumorSegLib.reference import FalseCandidate, reference_predictors
+from KidneyTumorSegLib.engine.reference import FalseCandidate, reference_predictors
 
 STAGES = {
     "roi": StageConfig("coarse", "roi", spacing=(5.0, 5.0, 5.0), margin_mm=15.0),
@@ -139,7 +139,7 @@ def test_a_rejected_candidate_is_kidney_only_inside_the_kidney_region():
 
 
 def test_the_inside_voxels_of_a_rejected_candidate_go_to_the_nearest_kidney():
-    from KidneyTumorSegLib.findings import assign_to_nearest, choose_candidate
+    from KidneyTumorSegLib.findings.findings import assign_to_nearest, choose_candidate
     from helpers_candidates import HALF_INSIDE, box, LEFT, RIGHT, candidate_masks, candidate_result
 
     res, masks = candidate_result(), candidate_masks()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from helpers_ct import IDENTITY, ct_volume, write_dicom_series, write_image
-from KidneyTumorSegLib.formats import dicom_series, image_suffix, is_dicom_file
+from KidneyTumorSegLib.io.formats import dicom_series, image_suffix, is_dicom_file
 
 
 def test_image_suffix():

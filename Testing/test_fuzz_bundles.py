@@ -22,7 +22,7 @@ from typing import Any, List
 import pytest
 from hypothesis import example, given, strategies as st
 
-from KidneyTumorSegLib.bundle import BundleError, load_bundle
+from KidneyTumorSegLib.bundles.bundle import BundleError, load_bundle
 from KidneyTumorSegLib.cli import main
 from fuzz_bundle_checks import (HEADROOM, _capped, bounded, captured, info_problems, isolated, load_problems, message_problems, output_problems, segment_problems, weight_problems)
 from fuzz_bundle_edits import (Fuzz, RAW, STRUCTS, manifest_edits, mild_edits, weight_edits, write_manifest, write_weights)

@@ -23,8 +23,8 @@ import pytest
 import SimpleITK as sitk
 from hypothesis import example, given, settings
 
-from KidneyTumorSegLib.volume import InputError
-from KidneyTumorSegLib.volume_io import read_volume, validate_ct
+from KidneyTumorSegLib.geometry.volume import InputError
+from KidneyTumorSegLib.io.volume_io import read_volume, validate_ct
 from fuzz_input_specs import FAST, INF, NAN, _write_sitk, build_text, ct_voxels, nifti_spec, text_spec
 from fuzz_input_checks import (SPECS, check_cli, check_message, check_read)  # noqa: F401
 
@@ -98,7 +98,7 @@ def test_metaimage_compressed_data_size_never_gives_wrong_voxels(tmp_path, size)
                                       dict(direction=(1, 0, 0, 0, 1, 0, 0, 0, INF))])
 def test_validate_ct_refuses_a_non_finite_origin_or_direction(geometry):
     """Found by fuzzing (a NIfTI ``srow`` of NaN): such a scan passed ``validate_ct``."""
-    from KidneyTumorSegLib.volume import Volume
+    from KidneyTumorSegLib.geometry.volume import Volume
 
     vol = Volume(ct_voxels((6, 7, 8), "int16", "ct", 0), spacing=(0.8, 0.7, 2.5), meta={"source": "ct.nii"}, **geometry)
     with pytest.raises(InputError, match=r"^'ct.nii' has a non-finite origin .* check the file's header$"):
@@ -108,7 +108,7 @@ def test_validate_ct_refuses_a_non_finite_origin_or_direction(geometry):
 @pytest.mark.parametrize("x", [2.1e16, -1e6, 100001.0])
 def test_validate_ct_refuses_an_origin_far_away(x):
     """Found by fuzzing (an NRRD ``space origin`` of 2.1e16 mm): the cascade failed on it after validation."""
-    from KidneyTumorSegLib.volume import Volume
+    from KidneyTumorSegLib.geometry.volume import Volume
 
     vol = Volume(ct_voxels((6, 7, 8), "int16", "ct", 0), spacing=(0.8, 0.7, 2.5), origin=(x, 0.0, -400.0),
                  meta={"source": "ct.nii"})
@@ -120,7 +120,7 @@ def test_validate_ct_refuses_an_origin_far_away(x):
 @pytest.mark.parametrize("cut", [1, 3, 6])
 def test_nan_restoration_leaves_a_shorter_file_alone(tmp_path, cut):
     """Found by fuzzing (a float NIfTI cut by 2 bytes): ValueError "buffer size must be a multiple of element size"."""
-    from KidneyTumorSegLib.volume_io import nifti_nonfinite_restored
+    from KidneyTumorSegLib.io.volume_io import nifti_nonfinite_restored
 
     arr = ct_voxels((6, 7, 8), "float32", "ct", 0)
     arr[2, 3, 4] = 0.0  # a voxel of the value ITK puts in place of NaN: the stored floats are scanned

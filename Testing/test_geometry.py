@@ -7,15 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from KidneyTumorSegLib.geometry import (
-    Crop,
-    Resample,
-    box_from_mask,
-    canonical_reorient,
-    expand_box,
-    resample_record,
-)
-from KidneyTumorSegLib.volume import InputError, Volume
+from KidneyTumorSegLib.geometry.boxes import box_from_mask, expand_box
+from KidneyTumorSegLib.geometry.records import Crop, Resample, canonical_reorient, resample_record
+from KidneyTumorSegLib.geometry.volume import InputError, Volume
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -151,8 +145,8 @@ def test_volume_rejects_2d_and_bad_spacing():
 def test_a_stage_grid_too_large_to_allocate_is_refused_before_any_allocation():
     import pytest
 
-    from KidneyTumorSegLib.geometry import resample_record
-    from KidneyTumorSegLib.volume import InputError
+    from KidneyTumorSegLib.geometry.records import resample_record
+    from KidneyTumorSegLib.geometry.volume import InputError
 
     with pytest.raises(InputError) as caught:
         resample_record((12, 20, 24), (2.0, 2.0, 2.0), (0.01, 0.01, 0.01))

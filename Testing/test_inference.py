@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from KidneyTumorSegLib import device as device_mod
+from KidneyTumorSegLib.engine import device as device_mod
 from KidneyTumorSegLib.config import NetworkConfig, RuntimeConfig, StageConfig
-from KidneyTumorSegLib.device import autocast_dtype, gpu_memory, resolve_device, warn_if_low_memory
-from KidneyTumorSegLib.inference import (
+from KidneyTumorSegLib.engine.device import autocast_dtype, gpu_memory, resolve_device, warn_if_low_memory
+from KidneyTumorSegLib.engine.inference import (
     NetworkPredictor,
     choose_transforms,
     count_windows,
@@ -20,10 +20,10 @@ from KidneyTumorSegLib.inference import (
     run_with_fallback,
     sliding_window,
 )
-from KidneyTumorSegLib.intensity import normalise
-from KidneyTumorSegLib.networks import build_network
-from KidneyTumorSegLib.tta import TRANSFORMS, tta_transforms
-from KidneyTumorSegLib.volume import InputError
+from KidneyTumorSegLib.engine.intensity import normalise
+from KidneyTumorSegLib.engine.networks import build_network
+from KidneyTumorSegLib.engine.tta import TRANSFORMS, tta_transforms
+from KidneyTumorSegLib.geometry.volume import InputError
 
 
 def predict_probabilities(image, stage, models, runtime):

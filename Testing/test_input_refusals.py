@@ -11,8 +11,8 @@ import pytest
 import SimpleITK as sitk
 
 from helpers_ct import ct_array, shared
-from KidneyTumorSegLib import volume_io as vio
-from KidneyTumorSegLib.volume import InputError
+from KidneyTumorSegLib.io import volume_io as vio
+from KidneyTumorSegLib.geometry.volume import InputError
 
 GEOMETRY = dict(spacing=(0.8, 0.7, 2.5), origin=(-120.5, 33.25, -410.0))
 

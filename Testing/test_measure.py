@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import pdist
 
-from KidneyTumorSegLib.measure import (
+from KidneyTumorSegLib.findings.measure import (
     component_volume_ml,
     feret_diameter,
     max_axial_diameter_mm,
@@ -111,8 +111,8 @@ def test_diameters_agree_with_radiographic_size():
         pytest.skip(f"real KiTS19 labels not available at {folder}")
     import SimpleITK as sitk
 
-    from KidneyTumorSegLib.geometry import canonical_reorient
-    from KidneyTumorSegLib.volume import Volume
+    from KidneyTumorSegLib.geometry.records import canonical_reorient
+    from KidneyTumorSegLib.geometry.volume import Volume
 
     sizes = {c["case_id"]: c["radiographic_size"] for c in json.load(open(folder / "kits.json"))}
     axial_err, d3_err = [], []

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from KidneyTumorSegLib.metrics import case_metrics, dice, hd95_mm, surface_dice
+from KidneyTumorSegLib.evaluation.metrics import case_metrics, dice, hd95_mm, surface_dice
 
 SPACING = (2.5, 0.8, 0.8)  # (k, j, i) mm: thick slices, as in most KiTS19 scans
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from KidneyTumorSegLib.config import NetworkConfig
-from KidneyTumorSegLib.networks import (
+from KidneyTumorSegLib.engine.networks import (
     ARCHITECTURES,
     InstanceNormGN,
     PreActResBlock,

@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from KidneyTumorSegLib.bundle import BundleError, default_bundle_path, load_bundle
+from KidneyTumorSegLib.bundles.bundle import BundleError, default_bundle_path, load_bundle
 from KidneyTumorSegLib.cli import main
-from KidneyTumorSegLib.nnunet_bundle import bundle_from_nnunet, import_model, model_bundle
+from KidneyTumorSegLib.bundles.nnunet_bundle import bundle_from_nnunet, import_model, model_bundle
 
 KITS = {"labels": {"background": 0, "kidney": 1, "tumor": 2}}
 TOTALSEG = {"labels": {"background": 0, "spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5,
@@ -100,13 +100,13 @@ def test_no_postprocess_is_refused_up_front_for_a_model_that_is_not_one_nnunet_m
 
 
 def test_a_model_used_by_two_stages_is_hashed_once_on_import_and_on_load(tmp_path, monkeypatch):
-    import KidneyTumorSegLib.bundle as bundle_mod
+    import KidneyTumorSegLib.bundles.bundle as bundle_mod
 
     kits = _model(tmp_path, "Dataset220_KiTS2023", KITS, folds=("0", "1"))
     hashed = []
     real = bundle_mod.sha256_file
     monkeypatch.setattr(bundle_mod, "sha256_file", lambda p: hashed.append(p) or real(p))
-    monkeypatch.setattr("KidneyTumorSegLib.nnunet_bundle.sha256_file", bundle_mod.sha256_file)
+    monkeypatch.setattr("KidneyTumorSegLib.bundles.nnunet_bundle.sha256_file", bundle_mod.sha256_file)
     import_model(tmp_path / "b", {"kidney": str(kits), "tumor": str(kits)})
     # 4 files inference reads: hashed once when recorded, once when save_bundle loads the new bundle back
     assert len(hashed) == 8 and len(set(hashed)) == 4

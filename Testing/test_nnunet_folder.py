@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from KidneyTumorSegLib.nnunet_folder import (NnunetFolderError, discover_models, looks_like_nnunet, resolve,
+from KidneyTumorSegLib.bundles.nnunet_folder import (NnunetFolderError, discover_models, looks_like_nnunet, resolve,
                                              search_roots, unpack_zip)
-from KidneyTumorSegLib.nnunet_model import NnunetError, load_checkpoint
+from KidneyTumorSegLib.engine.nnunet_model import NnunetError, load_checkpoint
 
 
 def _model(ds: pathlib.Path, conf: str, folds=("0", "1"), ckpt="checkpoint_final.pth") -> pathlib.Path:

@@ -1,8 +1,8 @@
 """nnU-Net models' labels matched to the cascade's roles by name (KiTS19, KiTS21/23 regions, TotalSegmentator)."""
 import pytest
 
-from KidneyTumorSegLib.nnunet_labels import LabelError, label_roles, parse_overrides, value_names
-from KidneyTumorSegLib.terminology import KIDNEY_CODE, LEFT, segments_for_names
+from KidneyTumorSegLib.bundles.nnunet_labels import LabelError, label_roles, parse_overrides, value_names
+from KidneyTumorSegLib.findings.terminology import KIDNEY_CODE, LEFT, segments_for_names
 
 KITS19 = {"labels": {"background": 0, "kidney": 1, "tumor": 2}}
 KITS21 = {"labels": {"background": 0, "kidney": [1, 2, 3], "masses": [2, 3], "tumor": 2},

@@ -19,11 +19,11 @@ from nnunet_fixture import build_nnunet_results, export_zip, predict_with_nnunet
 
 from KidneyTumorSegLib.cli import main  # noqa: E402
 from KidneyTumorSegLib.config import RuntimeConfig  # noqa: E402
-from KidneyTumorSegLib.nnunet_folder import resolve  # noqa: E402
-from KidneyTumorSegLib.nnunet_model import NnunetError, open_model  # noqa: E402
-from KidneyTumorSegLib.nnunet_stage import to_orientation  # noqa: E402
+from KidneyTumorSegLib.bundles.nnunet_folder import resolve  # noqa: E402
+from KidneyTumorSegLib.engine.nnunet_model import NnunetError, open_model  # noqa: E402
+from KidneyTumorSegLib.engine.nnunet_stage import to_orientation  # noqa: E402
 from KidneyTumorSegLib.pipeline import Segmenter  # noqa: E402
-from KidneyTumorSegLib.volume_io import read_volume  # noqa: E402
+from KidneyTumorSegLib.io.volume_io import read_volume  # noqa: E402
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "nnunet-fixture"
 
@@ -37,7 +37,7 @@ def results():
 def ct(tmp_path_factory):
     """A phantom CT never used in training, stored as KiTS stores its scans (orientation IPL)."""
     from KidneyTumorSegLib.phantom import make_phantom
-    from KidneyTumorSegLib.volume_io import volume_to_sitk
+    from KidneyTumorSegLib.io.volume_io import volume_to_sitk
 
     ph = make_phantom(424242, shape=(40, 64, 64), spacing=(5.0, 5.0, 5.0), n_tumors=1, n_cysts=1)
     img = sitk.DICOMOrient(volume_to_sitk(ph.image), "IPL")
@@ -118,8 +118,8 @@ def test_the_cascades_stage_probabilities_are_nnunets_own(results, ct, kind):
     ours = model.role_probabilities(stored.array, stored.spacing_zyx)[0]
     np.testing.assert_allclose(ours, kidney_ref, atol=2e-5)
     # through the cascade's stage adapter: the canonical grid, reoriented to the model's orientation
-    from KidneyTumorSegLib.geometry import canonical_reorient
-    from KidneyTumorSegLib.nnunet_stage import ModelRuns, NnunetStage
+    from KidneyTumorSegLib.geometry.records import canonical_reorient
+    from KidneyTumorSegLib.engine.nnunet_stage import ModelRuns, NnunetStage
 
     reo = canonical_reorient(stored)
     can = reo.volume(stored)
@@ -183,7 +183,7 @@ def test_a_changed_checkpoint_is_refused_at_load(results, tmp_path):
     assert main(["import-model", "-o", str(out), "--kidney", str(copy), "--tumor", str(copy), "--folds", "0"]) == 0
     ck = copy / "fold_0" / "checkpoint_final.pth"
     ck.write_bytes(ck.read_bytes()[:-1] + bytes([ck.read_bytes()[-1] ^ 1]))
-    from KidneyTumorSegLib.bundle import BundleError
+    from KidneyTumorSegLib.bundles.bundle import BundleError
 
     with pytest.raises(BundleError, match="SHA-256 mismatch"):
         Segmenter(str(out), RuntimeConfig(device="cpu"))

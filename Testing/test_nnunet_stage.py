@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KidneyTumorSegLib.nnunet_stage import ModelRuns, NnunetStage, from_orientation, orientation_plan, to_orientation
-from KidneyTumorSegLib.volume import Volume
+from KidneyTumorSegLib.engine.nnunet_stage import ModelRuns, NnunetStage, from_orientation, orientation_plan, to_orientation
+from KidneyTumorSegLib.geometry.volume import Volume
 
 
 @pytest.mark.parametrize("code", ["LPS", "RAS", "IPL", "PIR", "ASL", "SLA"])

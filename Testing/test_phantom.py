@@ -11,9 +11,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from KidneyTumorSegLib.phantom import make_phantom, write_phantom_cases
-from KidneyTumorSegLib.phantom_place import scan_geometry
-from KidneyTumorSegLib.phantom_params import KIDNEY_CODES, T, is_cyst, is_tumor
-from KidneyTumorSegLib.volume import InputError, Volume
+from KidneyTumorSegLib.phantom.phantom_place import scan_geometry
+from KidneyTumorSegLib.phantom.phantom_params import KIDNEY_CODES, T, is_cyst, is_tumor
+from KidneyTumorSegLib.geometry.volume import InputError, Volume
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SMALL = dict(shape=(48, 128, 128), spacing=(2.8, 2.8, 4.0))
@@ -275,8 +275,8 @@ def test_kits_label_is_reproduced_exactly_with_its_geometry():
 
 
 def test_find_kidneys_of_a_label_without_kidneys_is_empty():
-    from KidneyTumorSegLib.phantom_field import Grid
-    from KidneyTumorSegLib.phantom_kits import find_kidneys
+    from KidneyTumorSegLib.phantom.phantom_field import Grid
+    from KidneyTumorSegLib.phantom.phantom_kits import find_kidneys
 
     grid = Grid(np.arange(4.0), np.arange(5.0), np.arange(3.0))
     assert find_kidneys(np.zeros((3, 5, 4), np.uint8), grid) == []
@@ -286,7 +286,9 @@ def test_phantom_modules_import_one_another_without_a_cycle():
     import ast
 
     import KidneyTumorSegLib
-    from KidneyTumorSegLib import phantom, phantom_io, phantom_make
+    from KidneyTumorSegLib import phantom
+    from KidneyTumorSegLib.phantom import phantom_io
+    from KidneyTumorSegLib.phantom import phantom_make
 
     root = Path(KidneyTumorSegLib.__file__).parent
     mods = {p.stem: p for p in root.glob("phantom*.py")}

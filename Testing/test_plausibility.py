@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from KidneyTumorSegLib import plausibility
-from KidneyTumorSegLib.findings import Candidate, Kidney
-from KidneyTumorSegLib.findings_table import findings_markdown, findings_rows
-from KidneyTumorSegLib.volume import Volume
+from KidneyTumorSegLib.findings import plausibility
+from KidneyTumorSegLib.findings.findings import Candidate, Kidney
+from KidneyTumorSegLib.findings.findings_table import findings_markdown, findings_rows
+from KidneyTumorSegLib.geometry.volume import Volume
 
 SHAPE = (20, 40, 60)  # k, j, i; 2 mm voxels; LPS x = 2 * i, midline at x = 60
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from KidneyTumorSegLib import preview
-from KidneyTumorSegLib.preview import COLOURS, GAP, HEADER, PANEL_SIZE, default_focus, write_preview
-from KidneyTumorSegLib.volume import Volume
+from KidneyTumorSegLib.io import preview
+from KidneyTumorSegLib.io.preview import COLOURS, GAP, HEADER, PANEL_SIZE, default_focus, write_preview
+from KidneyTumorSegLib.geometry.volume import Volume
 
 SHAPE = (20, 64, 80)  # (k, j, i)
 SPACING_XYZ = (0.6, 0.5, 4.0)  # thick slices: the coronal panel must be stretched 8x vertically

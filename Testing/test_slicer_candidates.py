@@ -10,7 +10,7 @@ class CandidatesWithoutSlicerTest(StubbedModuleTest):
     def test_candidate_edits_move_voxels_between_tumor_and_nearest_kidney(self):
         """The Slicer edit's rule is the core's (findings.choose_candidate), on the segments' arrays."""
         import numpy as np
-        from KidneyTumorSegLib.findings import assign_to_nearest, choose_candidate
+        from KidneyTumorSegLib.findings.findings import assign_to_nearest, choose_candidate
 
         def candidateUpdates(arrays, mask, keep, tumorId, kidneyIds, spacing, region):
             kidneys, tumor = choose_candidate({k: arrays[k] for k in kidneyIds}, arrays[tumorId], mask, keep, region,

@@ -22,8 +22,8 @@ pytestmark = SKIP_WITHOUT_SLICER_CORE
 def by_hand(tmp_path_factory):
     """(CT path, outputs by kind, result) of the hand-made result, as a run writes them."""
     from helpers_candidates import candidate_result, image_of
-    from KidneyTumorSegLib.outputs import write_case_outputs
-    from KidneyTumorSegLib.volume_io import volume_to_sitk
+    from KidneyTumorSegLib.io.outputs import write_case_outputs
+    from KidneyTumorSegLib.io.volume_io import volume_to_sitk
 
     folder = tmp_path_factory.mktemp("by-hand")
     result = candidate_result()
@@ -42,7 +42,7 @@ def _kits_label(arrays):
 
 def test_a_rejected_candidate_outside_the_kidney_stays_background(harness, slicer, by_hand, tmp_path):
     from helpers_candidates import HALF_INSIDE, candidate_masks
-    from KidneyTumorSegLib.findings import apply_candidate_choice
+    from KidneyTumorSegLib.findings.findings import apply_candidate_choice
 
     ct, outputs, result = by_hand
     masks = candidate_masks()

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from KidneyTumorSegLib.cli import build_parser
-from KidneyTumorSegLib.geometry import canonical_reorient
-from KidneyTumorSegLib.slicer_geometry import (ijk_to_ras_from_volume, lps_to_ras, ras_to_lps, roi_cli_argument,
+from KidneyTumorSegLib.geometry.records import canonical_reorient
+from KidneyTumorSegLib.geometry.slicer_geometry import (ijk_to_ras_from_volume, lps_to_ras, ras_to_lps, roi_cli_argument,
                                                roi_from_slicer, volume_from_slicer)
-from KidneyTumorSegLib.volume import InputError, Volume
+from KidneyTumorSegLib.geometry.volume import InputError, Volume
 
 vtk = pytest.importorskip("vtk")
 from vtk.util import numpy_support  # noqa: E402
@@ -168,7 +168,7 @@ def test_kits19_geometry_through_a_slicer_matrix():
     if not label_path.exists():
         pytest.skip(f"KiTS19 label not available at {label_path}")
     sitk = pytest.importorskip("SimpleITK")
-    from KidneyTumorSegLib.volume_io import sitk_to_volume
+    from KidneyTumorSegLib.io.volume_io import sitk_to_volume
 
     img = sitk.ReadImage(str(label_path))
     ref = sitk_to_volume(img)

@@ -22,7 +22,7 @@ pytestmark = SKIP_WITHOUT_SLICER_CORE
 @pytest.fixture(scope="module")
 def phantom_ct(tmp_path_factory):
     from KidneyTumorSegLib.phantom import make_phantom
-    from KidneyTumorSegLib.volume_io import volume_to_sitk
+    from KidneyTumorSegLib.io.volume_io import volume_to_sitk
 
     phantom = make_phantom(3, shape=(48, 160, 160), spacing=(2.2, 2.2, 5.0), n_tumors=2)
     path = tmp_path_factory.mktemp("phantom") / "phantom.nrrd"
@@ -42,7 +42,7 @@ def _wait_for_progress(run, seconds=120):
 def test_segment_then_cancel_a_second_run_on_real_mrml(harness, phantom_ct):
     import slicer
 
-    from KidneyTumorSegLib.metrics import dice
+    from KidneyTumorSegLib.evaluation.metrics import dice
 
     slicer.mrmlScene.Clear(0)
     path, phantom = phantom_ct

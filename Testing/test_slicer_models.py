@@ -14,7 +14,7 @@ class ModelsWithoutSlicerTest(StubbedModuleTest):
         import shutil
 
         from helpers_bundle import make_tiny_bundle
-        from KidneyTumorSegLib.bundle import BundleError, load_bundle
+        from KidneyTumorSegLib.bundles.bundle import BundleError, load_bundle
 
         bundle = make_tiny_bundle(self.tmp / "src" / "mybundle")
         (bundle.path / "notes.txt").write_text("not part of the bundle")

@@ -19,7 +19,7 @@ pytestmark = SKIP_WITHOUT_SLICER_CORE
 
 
 def test_results_load_onto_the_ct_grid_with_names_terminology_and_colours(harness, slicer, core_run, tmp_path):
-    from KidneyTumorSegLib.terminology import SEG_NRRD_SEGMENTS
+    from KidneyTumorSegLib.findings.terminology import SEG_NRRD_SEGMENTS
 
     _, outputs, _ = core_run
     ct = slicer.util.loadVolume(str(core_run[0]))
@@ -62,7 +62,7 @@ def test_results_load_onto_the_ct_grid_with_names_terminology_and_colours(harnes
 
 def test_findings_table_node_lists_kidneys_and_candidates_with_names_as_header(harness, slicer, core_run, tmp_path,
                                                                                capfd):
-    from KidneyTumorSegLib.findings_table import TABLE_COLUMNS, findings_rows
+    from KidneyTumorSegLib.findings.findings_table import TABLE_COLUMNS, findings_rows
 
     _, run = load_results(harness, slicer, core_run, tmp_path)
     table = run.tableNode
@@ -177,7 +177,7 @@ def test_results_are_placed_beside_the_input_volume_in_the_data_tree(harness, sl
 def test_segmentation_saves_as_seg_nrrd_and_builds_a_closed_surface(harness, slicer, core_run, tmp_path):
     import slicerio
 
-    from KidneyTumorSegLib.terminology import SEG_NRRD_SEGMENTS
+    from KidneyTumorSegLib.findings.terminology import SEG_NRRD_SEGMENTS
 
     volume, run = load_results(harness, slicer, core_run, tmp_path)
     segmentation = run.segmentationNode

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from slicer_stubs import RoiNode, StubbedModuleTest, bundle_with_own_values, has_module
 
-NEEDS_CORE = unittest.skipUnless(has_module("KidneyTumorSegLib.background") and has_module("KidneyTumorSegLib.slicer_geometry"),
+NEEDS_CORE = unittest.skipUnless(has_module("KidneyTumorSegLib.background") and has_module("KidneyTumorSegLib.geometry.slicer_geometry"),
                                  "needs KidneyTumorSegLib.background and .slicer_geometry")
 
 
@@ -88,7 +88,7 @@ class RunsWithoutSlicerTest(StubbedModuleTest):
         np.testing.assert_allclose(label.GetDirection(), phantom.image.direction, atol=1e-6)
         self.assertEqual(sitk.GetArrayFromImage(label).shape, phantom.image.array.shape)
 
-    @unittest.skipUnless(has_module("KidneyTumorSegLib.slicer_geometry"), "needs KidneyTumorSegLib.slicer_geometry")
+    @unittest.skipUnless(has_module("KidneyTumorSegLib.geometry.slicer_geometry"), "needs KidneyTumorSegLib.geometry.slicer_geometry")
     def test_quality_sets_the_test_time_augmentations_and_an_unknown_one_is_refused(self):
         from helpers_bundle import make_tiny_bundle
 

@@ -12,10 +12,10 @@ import SimpleITK as sitk
 
 from KidneyTumorSegLib.cascade import kidney_crop
 from KidneyTumorSegLib.config import StageConfig
-from KidneyTumorSegLib.geometry import Crop, canonical_reorient, resample_record
-from KidneyTumorSegLib.intensity import normalise, normalised_value
-from KidneyTumorSegLib.volume import InputError
-from KidneyTumorSegLib.volume_io import read_label, read_volume
+from KidneyTumorSegLib.geometry.records import Crop, canonical_reorient, resample_record
+from KidneyTumorSegLib.engine.intensity import normalise, normalised_value
+from KidneyTumorSegLib.geometry.volume import InputError
+from KidneyTumorSegLib.io.volume_io import read_label, read_volume
 from ktstrain import preprocess as pp
 from ktstrain.data import Case, LabelMap, discover_cases
 from ktstrain.preprocess import PreprocessOptions, StageCache, preprocess_stage, resample_label

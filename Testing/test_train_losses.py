@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss
 
 from KidneyTumorSegLib.config import NetworkConfig
-from KidneyTumorSegLib.networks import build_network
+from KidneyTumorSegLib.engine.networks import build_network
 from ktstrain.losses import (
     LOSSES,
     DeepSupervisionLoss,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from KidneyTumorSegLib.bundle import load_bundle
+from KidneyTumorSegLib.bundles.bundle import load_bundle
 from KidneyTumorSegLib.cli import main as kts_main
 from ktstrain.checkpoint import load_checkpoint
 from ktstrain.cli import main as train_main
@@ -208,8 +208,8 @@ def test_ensemble_members_keep_their_own_normalisation(phantoms, runs, tmp_path)
     import numpy as np
 
     from KidneyTumorSegLib.config import RuntimeConfig
-    from KidneyTumorSegLib.inference import NetworkPredictor
-    from KidneyTumorSegLib.networks import Renormalised
+    from KidneyTumorSegLib.engine.inference import NetworkPredictor
+    from KidneyTumorSegLib.engine.networks import Renormalised
 
     torch.set_num_threads(1)
     _, done = runs

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from helpers_ct import KITS_DIRECTION, ct_array, ct_volume
-from KidneyTumorSegLib.validate import validate_ct
-from KidneyTumorSegLib.volume import InputError, Volume
+from KidneyTumorSegLib.io.validate import validate_ct
+from KidneyTumorSegLib.geometry.volume import InputError, Volume
 
 
 def test_non_ct_modality_from_meta():

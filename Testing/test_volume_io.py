@@ -16,9 +16,11 @@ from helpers_ct import (
     KITS_DIRECTION, assert_same_geometry, ct_array, ct_volume, shared, write_dicom_series, write_image,
     write_image_sitk,
 )
-from KidneyTumorSegLib import cases, formats, validate
-from KidneyTumorSegLib import volume_io as vio
-from KidneyTumorSegLib.volume import InputError, Volume
+from KidneyTumorSegLib.io import cases
+from KidneyTumorSegLib.io import formats
+from KidneyTumorSegLib.io import validate
+from KidneyTumorSegLib.io import volume_io as vio
+from KidneyTumorSegLib.geometry.volume import InputError, Volume
 
 
 # --------------------------------------------------------------------------
@@ -85,7 +87,7 @@ def test_kits19_swapped_axes_geometry_survives(tmp_path):
     assert not np.allclose(lab.direction_matrix, np.eye(3))  # the quirk is really there
     assert set(np.unique(lab.array)) == {0, 1, 2}
     out = tmp_path / "case_00000.nii.gz"
-    from KidneyTumorSegLib.writers import write_labelmap
+    from KidneyTumorSegLib.io.writers import write_labelmap
     write_labelmap(lab, out)
     back = vio.read_label(out)
     assert (back.spacing, back.origin, back.direction) == (lab.spacing, lab.origin, lab.direction)
@@ -144,7 +146,7 @@ def test_folder_with_several_series_reads_the_largest(tmp_path, caplog):
     folder = tmp_path / "mixed"
     write_dicom_series(folder, vol.with_array(vol.array[:5]), uid="1.2.826.0.1.3680043.2.1125.102")
     write_dicom_series(folder, vol, uid="1.2.826.0.1.3680043.2.1125.101")
-    with caplog.at_level(logging.INFO, logger="KidneyTumorSegLib.volume_io"):
+    with caplog.at_level(logging.INFO, logger="KidneyTumorSegLib.io.volume_io"):
         back = vio.read_volume(folder)
     assert back.shape == vol.shape and back.meta["dicom_series"] == 2
     assert back.meta["series_instance_uid"].endswith(".101")
@@ -262,7 +264,7 @@ def test_folder_without_images(tmp_path):
 # Module layout
 # --------------------------------------------------------------------------
 def test_reexports_keep_the_old_import_paths():
-    from KidneyTumorSegLib.volume_io import case_id_for, find_cases, is_kits_case, validate_ct  # noqa: F401
+    from KidneyTumorSegLib.io.volume_io import case_id_for, find_cases, is_kits_case, validate_ct  # noqa: F401
     assert vio.validate_ct is validate.validate_ct
     assert (vio.find_cases, vio.case_id_for, vio.is_kits_case) == (cases.find_cases, cases.case_id_for, cases.is_kits_case)
     assert (vio.image_suffix, vio.dicom_series) == (formats.image_suffix, formats.dicom_series)
@@ -273,5 +275,5 @@ def test_reexports_keep_the_old_import_paths():
 @pytest.mark.parametrize("first", ["cases", "validate", "formats", "volume_io"])
 def test_modules_import_in_any_order(first):
     # A fresh interpreter, so an import cycle between the split modules would show.
-    code = f"import KidneyTumorSegLib.{first}; from KidneyTumorSegLib.volume_io import find_cases, validate_ct"
+    code = f"import KidneyTumorSegLib.{first}; from KidneyTumorSegLib.io.volume_io import find_cases, validate_ct"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

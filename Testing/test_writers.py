@@ -11,12 +11,12 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 
-from KidneyTumorSegLib import terminology as T
-from KidneyTumorSegLib.atomic import atomic_write, atomic_write_text, check_not_input, full_suffix
-from KidneyTumorSegLib.volume import Volume
-from KidneyTumorSegLib.volume_io import read_label
-from KidneyTumorSegLib.jsonfile import write_json
-from KidneyTumorSegLib.writers import ijk_to_lps, write_csv, write_labelmap, write_seg_nrrd
+from KidneyTumorSegLib.findings import terminology as T
+from KidneyTumorSegLib.io.atomic import atomic_write, atomic_write_text, check_not_input, full_suffix
+from KidneyTumorSegLib.geometry.volume import Volume
+from KidneyTumorSegLib.io.volume_io import read_label
+from KidneyTumorSegLib.io.jsonfile import write_json
+from KidneyTumorSegLib.io.writers import ijk_to_lps, write_csv, write_labelmap, write_seg_nrrd
 
 ANGLE = np.deg2rad(30)
 ROTATED = (np.cos(ANGLE), 0.0, np.sin(ANGLE), 0.0, 1.0, 0.0, -np.sin(ANGLE), 0.0, np.cos(ANGLE))

@@ -62,11 +62,11 @@ def child(args) -> None:
 
     from KidneyTumorSegLib.cascade import run_cascade
     from KidneyTumorSegLib.config import RuntimeConfig
-    from KidneyTumorSegLib.inference import NetworkPredictor
-    from KidneyTumorSegLib.bundle import load_bundle
-    from KidneyTumorSegLib.outputs import write_case_outputs
-    from KidneyTumorSegLib.reference import reference_predictors
-    from KidneyTumorSegLib.volume_io import read_label, read_volume
+    from KidneyTumorSegLib.engine.inference import NetworkPredictor
+    from KidneyTumorSegLib.bundles.bundle import load_bundle
+    from KidneyTumorSegLib.io.outputs import write_case_outputs
+    from KidneyTumorSegLib.engine.reference import reference_predictors
+    from KidneyTumorSegLib.io.volume_io import read_label, read_volume
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -122,11 +122,11 @@ def make_inputs(tmp: Path, args):
     """Phantom (image + label) and a random-weight default bundle in ``tmp``."""
     import torch
 
-    from KidneyTumorSegLib.bundle import save_bundle
-    from KidneyTumorSegLib.networks import build_network
+    from KidneyTumorSegLib.bundles.bundle import save_bundle
+    from KidneyTumorSegLib.engine.networks import build_network
     from KidneyTumorSegLib.phantom import make_phantom
     from KidneyTumorSegLib.presets import DEFAULT_POSTPROCESS, default_stages
-    from KidneyTumorSegLib.writers import write_labelmap
+    from KidneyTumorSegLib.io.writers import write_labelmap
     import SimpleITK as sitk
 
     torch.manual_seed(0)
@@ -136,13 +136,13 @@ def make_inputs(tmp: Path, args):
     t = time.perf_counter()
     ph = make_phantom(seed=args.seed, shape=(200, 512, 512), spacing=(0.78, 0.78, 2.5), n_tumors=2)
     print(f"phantom 512x512x200 generated in {time.perf_counter() - t:.1f} s")
-    from KidneyTumorSegLib.volume_io import volume_to_sitk
+    from KidneyTumorSegLib.io.volume_io import volume_to_sitk
     sitk.WriteImage(volume_to_sitk(ph.image), str(tmp / "phantom.nii.gz"))
     write_labelmap(ph.label, tmp / "phantom_label.nii.gz")
     cases = [("phantom 512x512x200", tmp / "phantom.nii.gz", tmp / "phantom_label.nii.gz")]
     real = SHARED / "real-abdominal-ct-dicom"
     if real.is_dir() and not args.phantom_only:
-        from KidneyTumorSegLib.volume_io import read_volume
+        from KidneyTumorSegLib.io.volume_io import read_volume
 
         ct = read_volume(real)
         write_labelmap(_pseudo_kidneys(ct), tmp / "real_pseudo_label.nii.gz")
@@ -154,7 +154,7 @@ def _pseudo_kidneys(ct):
     """Two 11x6x5 cm ellipsoids beside the spine at mid-scan (for region sizes only)."""
     import numpy as np
 
-    from KidneyTumorSegLib.geometry import canonical_reorient
+    from KidneyTumorSegLib.geometry.records import canonical_reorient
 
     rec = canonical_reorient(ct)
     can = rec.volume(ct)

@@ -37,9 +37,9 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT / "KidneyTumorSeg"))
     from KidneyTumorSegLib.config import RuntimeConfig
-    from KidneyTumorSegLib.phantom_io import write_phantom_cases
+    from KidneyTumorSegLib.phantom.phantom_io import write_phantom_cases
     from KidneyTumorSegLib.pipeline import Segmenter
-    from KidneyTumorSegLib.volume_io import read_volume
+    from KidneyTumorSegLib.io.volume_io import read_volume
 
     work = Path(args.work)
     phantoms = work / "phantoms"

@@ -85,8 +85,8 @@ def make_case(work: Path, seed: int):
     import SimpleITK as sitk
 
     from KidneyTumorSegLib.phantom import make_phantom
-    from KidneyTumorSegLib.volume_io import volume_to_sitk
-    from KidneyTumorSegLib.writers import write_labelmap
+    from KidneyTumorSegLib.io.volume_io import volume_to_sitk
+    from KidneyTumorSegLib.io.writers import write_labelmap
 
     img, lab = work / "in" / "case_0000.nii.gz", work / "label.nii.gz"
     if not img.is_file():
@@ -113,10 +113,10 @@ def child_cascade(args) -> None:
     import torch
 
     from KidneyTumorSegLib.config import RuntimeConfig
-    from KidneyTumorSegLib.outputs import write_case_outputs
+    from KidneyTumorSegLib.io.outputs import write_case_outputs
     from KidneyTumorSegLib.pipeline import Segmenter
-    from KidneyTumorSegLib.reference import reference_predictors
-    from KidneyTumorSegLib.volume_io import read_label, read_volume
+    from KidneyTumorSegLib.engine.reference import reference_predictors
+    from KidneyTumorSegLib.io.volume_io import read_label, read_volume
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -147,9 +147,9 @@ def agreement(model_dir: Path, image: Path, label: Path, roi_lps) -> dict:
     """nnU-Net's label map of the whole scan vs of the ROI crop, inside the reference kidneys' boxes."""
     import numpy as np
 
-    from KidneyTumorSegLib.nnunet_folder import resolve
-    from KidneyTumorSegLib.nnunet_model import open_model
-    from KidneyTumorSegLib.volume_io import read_label, read_volume
+    from KidneyTumorSegLib.bundles.nnunet_folder import resolve
+    from KidneyTumorSegLib.engine.nnunet_model import open_model
+    from KidneyTumorSegLib.io.volume_io import read_label, read_volume
 
     model = open_model(resolve(model_dir, folds=["0"]))
     vol, ref = read_volume(image), read_label(label)
@@ -190,8 +190,8 @@ def main() -> None:
     model = make_model(work)
     image, label = make_case(work, args.seed)
     bundle = work / "bundle"
-    from KidneyTumorSegLib.bundle import default_bundle_path
-    from KidneyTumorSegLib.nnunet_bundle import import_model
+    from KidneyTumorSegLib.bundles.bundle import default_bundle_path
+    from KidneyTumorSegLib.bundles.nnunet_bundle import import_model
 
     import_model(bundle, {"roi": str(default_bundle_path()), "kidney": str(model), "tumor": str(model)},
                  folds=["0"], overwrite=True)

@@ -45,7 +45,7 @@ def phantoms(segmenter, n: int):
 def real_variants(segmenter, work: Path):
     from evaluate_default import real_variants as make_variants
 
-    from KidneyTumorSegLib import volume_io
+    from KidneyTumorSegLib.io import volume_io
 
     right = 0
     variants = make_variants(REAL, work / "real_variants")
@@ -61,8 +61,8 @@ def real_variants(segmenter, work: Path):
 def broken_models(runtime):
     import torch
 
-    from KidneyTumorSegLib.inference import NetworkPredictor
-    from KidneyTumorSegLib.networks import build_network
+    from KidneyTumorSegLib.engine.inference import NetworkPredictor
+    from KidneyTumorSegLib.engine.networks import build_network
     from KidneyTumorSegLib.phantom import make_phantom
     from KidneyTumorSegLib.pipeline import Segmenter, StageNetwork
 

@@ -62,8 +62,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from KidneyTumorSegLib.config import StageConfig  # noqa: E402
-from KidneyTumorSegLib.device import autocast_dtype, resolve_device  # noqa: E402
-from KidneyTumorSegLib.networks import build_network, count_parameters, required_divisor  # noqa: E402
+from KidneyTumorSegLib.engine.device import autocast_dtype, resolve_device  # noqa: E402
+from KidneyTumorSegLib.engine.networks import build_network, count_parameters, required_divisor  # noqa: E402
 from ktstrain.augment import augment_batch  # noqa: E402
 from ktstrain.config import StageTraining, load_config  # noqa: E402
 from ktstrain.losses import build_training_loss  # noqa: E402
@@ -383,7 +383,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         if args.json == "-":
             print(text)
         else:
-            from KidneyTumorSegLib.atomic import atomic_write_text
+            from KidneyTumorSegLib.io.atomic import atomic_write_text
 
             atomic_write_text(args.json, text + "\n", overwrite=args.overwrite)
     return res

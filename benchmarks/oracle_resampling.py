@@ -28,9 +28,9 @@ SHARED = ROOT.parent / "shared" / "data"
 
 def run(label, image):
     from KidneyTumorSegLib.cascade import run_cascade
-    from KidneyTumorSegLib.metrics import dice
+    from KidneyTumorSegLib.evaluation.metrics import dice
     from KidneyTumorSegLib.presets import default_stages
-    from KidneyTumorSegLib.reference import reference_predictors
+    from KidneyTumorSegLib.engine.reference import reference_predictors
 
     st = {s.role: s for s in default_stages()}
     t = time.perf_counter()
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--kits", type=int, default=10)
     args = ap.parse_args()
     from KidneyTumorSegLib.phantom import make_phantom
-    from KidneyTumorSegLib.volume_io import read_label
+    from KidneyTumorSegLib.io.volume_io import read_label
 
     groups = {}
     rows = []

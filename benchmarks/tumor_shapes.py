@@ -2,7 +2,7 @@
 
 Compactness = volume / volume of the sphere whose diameter is the tumor's largest 3D diameter (1 for
 a ball, near 0 for a thin or elongated shape), with the diameter measured as the cascade measures
-candidates (``KidneyTumorSegLib.measure.max_diameter_3d_mm``). Every 26-connected tumor component
+candidates (``KidneyTumorSegLib.findings.measure.max_diameter_3d_mm``). Every 26-connected tumor component
 (label 2) of at least ``--min-ml`` mL counts. KidneyTumorSegLib/plausibility.py takes its
 ``MIN_TUMOR_COMPACTNESS`` from this distribution.
 
@@ -23,7 +23,7 @@ def compactness_of(path: Path, min_ml: float):
     import cc3d
     import SimpleITK as sitk
 
-    from KidneyTumorSegLib.measure import max_diameter_3d_mm
+    from KidneyTumorSegLib.findings.measure import max_diameter_3d_mm
 
     image = sitk.ReadImage(str(path))
     label = sitk.GetArrayFromImage(image)

@@ -43,7 +43,7 @@ def _make_one(job: Dict[str, Any]) -> str:
         shutil.rmtree(tmp)
     kwargs = dict(job["kwargs"])
     if job.get("kits_label"):
-        from KidneyTumorSegLib.volume_io import read_label
+        from KidneyTumorSegLib.io.volume_io import read_label
 
         kwargs["kits_label"] = read_label(job["kits_label"])
     write_phantom_cases(tmp, 1, seed0=job["seed"], start_index=0, **kwargs)

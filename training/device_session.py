@@ -93,7 +93,7 @@ class Session:
         self.save()
 
     def save(self) -> None:
-        from KidneyTumorSegLib.jsonfile import write_json
+        from KidneyTumorSegLib.io.jsonfile import write_json
 
         write_json(self.summary, self.out / "session.json", overwrite=True, indent=1)
 
@@ -228,7 +228,7 @@ def phase_eval(s: Session, args) -> None:
     rc = run_logged(cmd, logfile, s.at(args.budget) - time.monotonic())
     info: Dict[str, Any] = {"rc": rc, "seconds": round(time.monotonic() - t, 1), "cases": len(cases)}
     try:
-        from KidneyTumorSegLib.evaluate import evaluate
+        from KidneyTumorSegLib.evaluation.evaluate import evaluate
 
         rows, _ = evaluate(pred, gt)
         info["rows"] = [{k: r[k] for k in ("case_id", "kidney_dice", "tumor_dice")} for r in rows]

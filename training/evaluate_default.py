@@ -47,7 +47,7 @@ def sh(*args) -> None:
 
 
 def evaluate_folder(pred: Path, gt: Path, csv: Path):
-    from KidneyTumorSegLib.evaluate import evaluate
+    from KidneyTumorSegLib.evaluation.evaluate import evaluate
 
     rows, summary = evaluate(pred, gt, out_csv=csv, overwrite=True)
     # a case the model wrote nothing for (no kidney found) scores 0, not "missing"
@@ -72,8 +72,8 @@ def cyst_rows(pred: Path, gt: Path):
     A case the model wrote nothing for (no kidney found) is scored against an empty prediction."""
     import numpy as np
 
-    from KidneyTumorSegLib.evaluate import load_pair
-    from KidneyTumorSegLib.metrics import dice
+    from KidneyTumorSegLib.evaluation.evaluate import load_pair
+    from KidneyTumorSegLib.evaluation.metrics import dice
 
     rows = []
     for case in sorted(p for p in gt.glob("case_*") if p.is_dir()):
@@ -102,7 +102,7 @@ def real_variants(src: Path, dst: Path) -> list:
     import numpy as np
     import SimpleITK as sitk
 
-    from KidneyTumorSegLib import volume_io
+    from KidneyTumorSegLib.io import volume_io
 
     variants = [
         ("original", "as read from DICOM"),

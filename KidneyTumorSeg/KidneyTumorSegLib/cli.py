@@ -98,7 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 # --------------------------------------------------------------------------
 def cmd_segment(args) -> int:
-    from .bundle import BundleError
+    from .bundles.bundle import BundleError
     from .cli_models import model_options
     from .events import EventWriter
     from .pipeline import Segmenter
@@ -134,8 +134,8 @@ def cmd_segment(args) -> int:
 def _checked_cases(args):
     """The cases of ``args.inputs`` (``[(case_id, path), ...]``), or None (logged why) when the run is refused:
     an input that cannot be found, two inputs for one output folder, an unusable ``--events`` or output folder."""
-    from .volume import InputError
-    from .volume_io import find_cases
+    from .geometry.volume import InputError
+    from .io.volume_io import find_cases
 
     cases = []
     try:
@@ -155,8 +155,8 @@ def _checked_cases(args):
 def _segment_cases(args, seg, cases, events) -> int:
     """Segment every case (one plan of its files each, checked before it is read); returns how many failed."""
     from .cli_progress import CaseProgress
-    from .outputs import RAW_KINDS, case_kinds, plan_case
-    from .volume import InputError
+    from .io.outputs import RAW_KINDS, case_kinds, plan_case
+    from .geometry.volume import InputError
 
     settings = seg.runtime
     kinds = RAW_KINDS if args.no_postprocess else case_kinds(settings.preview, settings.save_candidates)
@@ -188,9 +188,9 @@ def _segment_cases(args, seg, cases, events) -> int:
 def _segment_case(args, seg, plan, path, progress, t0):
     """Segment one case and write the files of its ``plan``; returns (paths written, messages). Raises on
     failure, writing nothing."""
-    from .outputs import write_planned_case, write_raw_outputs
-    from .volume import InputError
-    from .volume_io import read_volume, validate_ct
+    from .io.outputs import write_planned_case, write_raw_outputs
+    from .geometry.volume import InputError
+    from .io.volume_io import read_volume, validate_ct
 
     plan.check()
     image = read_volume(path)
@@ -221,11 +221,11 @@ def _segment_case(args, seg, plan, path, progress, t0):
 
 def cmd_phantom(args) -> int:
     from .phantom import write_phantom_cases
-    from .volume import InputError
+    from .geometry.volume import InputError
 
     kits = None
     if args.kits_label:
-        from .volume_io import read_label
+        from .io.volume_io import read_label
         try:
             kits = read_label(args.kits_label)
         except InputError as exc:
@@ -247,8 +247,8 @@ def cmd_phantom(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate
-    from .volume import InputError
+    from .evaluation.evaluate import evaluate
+    from .geometry.volume import InputError
 
     csv = args.csv
     if csv is None and Path(args.pred).is_dir():
@@ -265,11 +265,11 @@ def cmd_evaluate(args) -> int:
 def cmd_info(args) -> int:
     import torch
 
-    from .bundle import BundleError, default_bundle_path
+    from .bundles.bundle import BundleError, default_bundle_path
     from .cli_models import model_options
-    from .device import resolve_device
-    from .nnunet_bundle import model_bundle
-    from .nnunet_folder import discover_models
+    from .engine.device import resolve_device
+    from .bundles.nnunet_bundle import model_bundle
+    from .bundles.nnunet_folder import discover_models
 
     info = {"kidneytumorseg": __version__, "python": sys.version.split()[0], "torch": torch.__version__}
     try:

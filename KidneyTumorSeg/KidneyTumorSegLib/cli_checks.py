@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
-from .atomic import check_not_input
+from .io.atomic import check_not_input
 
 ROI_FIELDS = ("X0", "Y0", "Z0", "X1", "Y1", "Z1")
 
@@ -82,7 +82,7 @@ def duplicate_case_problem(cases: Sequence[Tuple[str, Path]], output: str) -> Op
     spelling), and two inputs whose case ids give one output folder; ids that
     differ only in letter case count as one, as they do on Windows and macOS.
     """
-    from .outputs import case_folder
+    from .io.outputs import case_folder
 
     by_path: Dict[str, str] = {}
     by_folder: Dict[str, Tuple[str, Path]] = {}
@@ -135,7 +135,7 @@ def events_problem(target: Optional[str], inputs: Iterable[os.PathLike] = ()) ->
 
 def output_problem(outdir: os.PathLike) -> Optional[str]:
     """Why nothing could be written in the output folder, or None; nothing is created. Found before inference."""
-    from .case_folder import OutputError, check_output_folder
+    from .io.case_folder import OutputError, check_output_folder
 
     try:
         check_output_folder(outdir)

@@ -27,7 +27,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def model_options(args) -> Dict[str, Any]:
     """The nnU-Net options given (None where not), as :func:`nnunet_bundle.bundle_from_nnunet` takes them."""
-    from .nnunet_labels import parse_overrides
+    from .bundles.nnunet_labels import parse_overrides
 
     labels = getattr(args, "labels", None)
     return {"configuration": getattr(args, "configuration", None), "folds": getattr(args, "folds", None),
@@ -51,8 +51,8 @@ def add_import_parser(sub) -> None:
 
 
 def cmd_import_model(args) -> int:
-    from .bundle import BundleError
-    from .nnunet_bundle import import_model
+    from .bundles.bundle import BundleError
+    from .bundles.nnunet_bundle import import_model
 
     sources = {r: getattr(args, r) for r in ("roi", "kidney", "tumor") if getattr(args, r)}
     opts = model_options(args)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple
 
-from .jsonfile import jsonable
+from .io.jsonfile import jsonable
 
 # Stage roles the cascade knows. A stage's role says where in the cascade it
 # runs and what its output means.

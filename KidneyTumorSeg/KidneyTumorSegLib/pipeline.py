@@ -8,12 +8,12 @@ from typing import Dict, Optional, Union
 
 import torch
 
-from .bundle import Bundle, default_bundle_path, BundleError
+from .bundles.bundle import Bundle, default_bundle_path, BundleError
 from .cascade import Progress, RoiWorld, run_cascade
 from .config import RuntimeConfig
-from .findings import CascadeResult
+from .findings.findings import CascadeResult
 from .presets import DEFAULT_TUMOR_GROWTH_MM
-from .volume import Volume
+from .geometry.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ class Segmenter:
 
     def __init__(self, bundle: Union[Bundle, str, os.PathLike, None] = None, runtime: RuntimeConfig = RuntimeConfig(),
                  nnunet: Optional[Dict] = None) -> None:
-        from .device import resolve_device
-        from .inference import NetworkPredictor
+        from .engine.device import resolve_device
+        from .engine.inference import NetworkPredictor
 
         if bundle is None:
             path = default_bundle_path()
@@ -56,7 +56,7 @@ class Segmenter:
         if isinstance(bundle, Bundle):
             self.bundle = bundle
         else:
-            from .nnunet_bundle import model_bundle
+            from .bundles.nnunet_bundle import model_bundle
 
             self.bundle = model_bundle(bundle, **(nnunet or {}))
         self.runtime = runtime
@@ -86,9 +86,9 @@ class Segmenter:
         log.info("model %s on %s", self.bundle.name, self.device)
 
     def _nnunet_stage(self, role: str, stage):
-        from .nnunet_folder import open_model_folder
-        from .nnunet_model import open_model
-        from .nnunet_stage import ModelRuns, NnunetStage
+        from .bundles.nnunet_folder import open_model_folder
+        from .engine.nnunet_model import open_model
+        from .engine.nnunet_stage import ModelRuns, NnunetStage
 
         src = stage.nnunet
         key = (str(self.bundle.nnunet_path(role)), src.folds, src.checkpoint, src.orientation,
@@ -117,7 +117,7 @@ class Segmenter:
         if model is None:
             raise BundleError(f"{self.bundle.name}: --no-postprocess needs a model whose every stage is one nnU-Net "
                               "model (a trained-model folder, its dataset folder or zip given as --model)")
-        from .nnunet_labels import value_names
+        from .bundles.nnunet_labels import value_names
 
         seg = model.segment(image.array, image.spacing_zyx)
         names = value_names(model.predictor.dataset_json)

@@ -19,9 +19,9 @@ from typing import List, Optional
 
 from .cli_checks import float_arg, int_arg, roi_arg
 from .config import RuntimeConfig
-from .device import PRECISIONS
+from .engine.device import PRECISIONS
 from .presets import Quality
-from .volume import RoiWorld
+from .geometry.volume import RoiWorld
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ def setCandidateKept(segmentation, candidateId: int, keep: bool) -> None:
     map) become Kidney tumor; removed, those inside the kidney region the cascade found
     (``kidneyregion``) become the nearest kidney segment, the rest background.
     """
-    from KidneyTumorSegLib.findings import choose_candidate
-    from KidneyTumorSegLib.findings_table import kept_ids_after
+    from KidneyTumorSegLib.findings.findings import choose_candidate
+    from KidneyTumorSegLib.findings.findings_table import kept_ids_after
 
     table = segmentation.GetNodeReference(REF_FINDINGS)
     candidates = segmentation.GetNodeReference(REF_CANDIDATES)
@@ -53,7 +53,7 @@ def _withTumorSegment(segmentation) -> Dict[str, str]:
     """``nodes.segmentIds`` of ``segmentation``, after adding an empty Kidney tumor segment if it has none."""
     ids = segmentIds(segmentation)
     if SEGMENT_TUMOR not in ids:
-        from KidneyTumorSegLib.terminology import KIDNEY_TUMOR
+        from KidneyTumorSegLib.findings.terminology import KIDNEY_TUMOR
 
         segmentation.GetSegmentation().AddEmptySegment(KIDNEY_TUMOR.segment_id, KIDNEY_TUMOR.name, KIDNEY_TUMOR.color)
         segment = segmentation.GetSegmentation().GetSegment(KIDNEY_TUMOR.segment_id)

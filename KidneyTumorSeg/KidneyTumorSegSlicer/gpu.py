@@ -52,8 +52,8 @@ def gpuMemoryWarning(device: str, minGib: float = MIN_GPU_MEMORY_GIB, gpus=None)
     ``gpus`` is the driver's list (default: asked now, except for the CPU); uncached, see
     :func:`cachedGpuMemoryWarning`.
     """
-    from KidneyTumorSegLib.device import parse_device
-    from KidneyTumorSegLib.volume import InputError
+    from KidneyTumorSegLib.engine.device import parse_device
+    from KidneyTumorSegLib.geometry.volume import InputError
 
     try:
         kind, index = parse_device(device)

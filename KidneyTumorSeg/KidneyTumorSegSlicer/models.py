@@ -13,7 +13,7 @@ from slicer.i18n import tr as _
 
 
 def defaultModelPath() -> str:
-    from KidneyTumorSegLib.bundle import default_bundle_path
+    from KidneyTumorSegLib.bundles.bundle import default_bundle_path
 
     return str(default_bundle_path())
 
@@ -35,7 +35,7 @@ def availableModels() -> List[Tuple[str, str]]:
         for sub in sorted(folder.iterdir()):
             if (sub / "manifest.json").is_file():
                 models.append((sub.name, str(sub)))
-    from KidneyTumorSegLib.nnunet_folder import discover_models
+    from KidneyTumorSegLib.bundles.nnunet_folder import discover_models
 
     for m in discover_models():
         models.append((f"{m['source']}: {m['dataset']} ({m['configuration']})", m["path"]))
@@ -45,8 +45,8 @@ def availableModels() -> List[Tuple[str, str]]:
 def preferredModelPath() -> str:
     """The panel's first choice: a real model already on this machine (one with a tumor label first, then one
     with kidneys, e.g. TotalSegmentator's weights), else the shipped phantom model, which fails on real CT."""
-    from KidneyTumorSegLib.nnunet_folder import discover_models
-    from KidneyTumorSegLib.nnunet_labels import LabelError, label_roles
+    from KidneyTumorSegLib.bundles.nnunet_folder import discover_models
+    from KidneyTumorSegLib.bundles.nnunet_labels import LabelError, label_roles
 
     withKidney = []
     for m in discover_models():
@@ -72,7 +72,7 @@ def usesNnunet(modelPath: str) -> bool:
 
 
 def isNnunetModel(modelPath: str) -> bool:
-    from KidneyTumorSegLib.nnunet_folder import looks_like_nnunet
+    from KidneyTumorSegLib.bundles.nnunet_folder import looks_like_nnunet
 
     return bool(modelPath) and not (Path(modelPath) / "manifest.json").is_file() and looks_like_nnunet(modelPath)
 
@@ -94,13 +94,13 @@ def modelValues(modelPath: str) -> Dict:
     """The model's own ``candidateThreshold`` and ``keepComponents``: what a run uses unless the panel
     overrides them (``runsettings.panelOverrides``). Read from the manifest without hashing the weights
     (that happens at run time); {} when the model cannot be read."""
-    from KidneyTumorSegLib.bundle import BundleError, load_bundle
+    from KidneyTumorSegLib.bundles.bundle import BundleError, load_bundle
 
     try:
         if isNnunetModel(modelPath):
             if Path(modelPath).suffix.lower() == ".zip":  # not unpacked just to ask
                 return {}
-            from KidneyTumorSegLib.nnunet_bundle import bundle_from_nnunet
+            from KidneyTumorSegLib.bundles.nnunet_bundle import bundle_from_nnunet
 
             bundle = bundle_from_nnunet(modelPath)
         else:
@@ -116,7 +116,7 @@ def modelImportTarget(source: str) -> Path:
     if isNnunetModel(source):
         if Path(source).suffix.lower() == ".zip":  # named after the file: not unpacked just to ask
             return userModelsFolder() / _safeFolderName("nnunet-" + Path(source).stem)
-        from KidneyTumorSegLib.nnunet_folder import resolve
+        from KidneyTumorSegLib.bundles.nnunet_folder import resolve
 
         return userModelsFolder() / _safeFolderName("nnunet-" + resolve(source).name.replace("/", "-"))
     with _bundleSource(source) as folder:
@@ -130,7 +130,7 @@ def importModel(source: str, overwrite: bool = False) -> Path:
     Returns the new folder. Raises the core's ``BundleError`` for a bad bundle and
     ``FileExistsError`` when a model of that name exists and ``overwrite`` is False.
     """
-    from KidneyTumorSegLib.bundle import MANIFEST, load_bundle
+    from KidneyTumorSegLib.bundles.bundle import MANIFEST, load_bundle
 
     if isNnunetModel(source):
         return _importNnunet(source, overwrite)
@@ -159,13 +159,13 @@ def importModel(source: str, overwrite: bool = False) -> Path:
 def _importNnunet(source: str, overwrite: bool) -> Path:
     """An nnU-Net model (folder or zip) as a bundle in the user models folder: a manifest that references it
     (a zip is unpacked next to the manifest's folder first), every file it reads recorded by SHA-256."""
-    from KidneyTumorSegLib.nnunet_bundle import bundle_from_nnunet, import_model
+    from KidneyTumorSegLib.bundles.nnunet_bundle import bundle_from_nnunet, import_model
 
     target = modelImportTarget(source)
     if target.exists() and not overwrite:
         raise FileExistsError(_("A model named '{name}' is already imported: {path}").format(name=target.name, path=target))
     if Path(source).suffix.lower() == ".zip":
-        from KidneyTumorSegLib.nnunet_folder import unpack_zip
+        from KidneyTumorSegLib.bundles.nnunet_folder import unpack_zip
 
         source = str(unpack_zip(Path(source), userModelsFolder() / ".nnunet-unpacked"))
     probe = bundle_from_nnunet(source)

@@ -20,7 +20,7 @@ SEGMENT_TUMOR = "kidney_tumor"
 
 def segmentIds(segmentation) -> Dict[str, str]:
     """Segment ids by the core's ids (falling back to the segment names for renamed ids)."""
-    from KidneyTumorSegLib.terminology import SEG_NRRD_SEGMENTS
+    from KidneyTumorSegLib.findings.terminology import SEG_NRRD_SEGMENTS
 
     seg = segmentation.GetSegmentation()
     ids = {}

@@ -123,7 +123,7 @@ def showSegmentation3D(segmentation, show3D: bool) -> None:
 def candidateOfRow(table, row: int) -> Optional[Dict]:
     """``{"id", "kept"}`` of the tumor candidate in findings-table ``row``, or None for another row."""
     report = json.loads(table.GetAttribute(ATTR_REPORT) or "{}")
-    from KidneyTumorSegLib.findings_table import findings_rows
+    from KidneyTumorSegLib.findings.findings_table import findings_rows
 
     rows = findings_rows(report)
     if not 0 <= row < len(rows):
@@ -139,7 +139,7 @@ def candidateOfRow(table, row: int) -> Optional[Dict]:
 
 def writeFindings(table, report: Dict) -> None:
     """Fill ``table`` with the core's findings rows and keep the report with it."""
-    from KidneyTumorSegLib.findings_table import TABLE_COLUMNS, findings_rows
+    from KidneyTumorSegLib.findings.findings_table import TABLE_COLUMNS, findings_rows
 
     rows = findings_rows(report)
     vtkTable = vtk.vtkTable()

@@ -153,9 +153,9 @@ def statusText(run: SegmentationRun) -> str:
 def exportVolume(volumeNode, path: Path) -> None:
     """Write the volume's voxels and geometry (its own frame, RAS to LPS) as NRRD, leaving the node untouched."""
     import SimpleITK as sitk
-    from KidneyTumorSegLib.slicer_geometry import volume_from_slicer
-    from KidneyTumorSegLib.validate import validate_ct
-    from KidneyTumorSegLib.volume_io import volume_to_sitk
+    from KidneyTumorSegLib.geometry.slicer_geometry import volume_from_slicer
+    from KidneyTumorSegLib.io.validate import validate_ct
+    from KidneyTumorSegLib.io.volume_io import volume_to_sitk
 
     if volumeNode.GetImageData() is None:
         raise ValueError(_("The volume '{name}' has no voxels.").format(name=volumeNode.GetName()))
@@ -173,7 +173,7 @@ def roiInVolumeFrame(roiNode, volumeNode):
     if roiNode is None:
         return None
     import numpy as np
-    from KidneyTumorSegLib.slicer_geometry import roi_from_slicer
+    from KidneyTumorSegLib.geometry.slicer_geometry import roi_from_slicer
 
     # vtkMRMLMarkupsROINode::GetObjectToWorldMatrix() returns the node's own matrix (it takes no argument)
     matrix = slicer.util.arrayFromVTKMatrix(roiNode.GetObjectToWorldMatrix())

@@ -8,7 +8,7 @@ from typing import Tuple
 import slicer
 from slicer.i18n import tr as _
 
-from KidneyTumorSegLib import sample
+from KidneyTumorSegLib.phantom import sample
 
 from .dependencies import ensureDependencies
 
@@ -34,8 +34,8 @@ def ensurePhantomSample() -> Tuple[Path, Path]:
     if not ensureDependencies():
         raise RuntimeError(_("The Python packages KidneyTumorSeg needs are not installed."))
     import SimpleITK as sitk
-    from KidneyTumorSegLib.atomic import atomic_write
-    from KidneyTumorSegLib.volume_io import volume_to_sitk
+    from KidneyTumorSegLib.io.atomic import atomic_write
+    from KidneyTumorSegLib.io.volume_io import volume_to_sitk
 
     with slicer.util.WaitCursor():
         phantom = sample.make_sample_phantom()

@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from KidneyTumorSegLib.atomic import atomic_write
+from KidneyTumorSegLib.io.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 

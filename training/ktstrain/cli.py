@@ -78,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    from KidneyTumorSegLib.bundle import BundleError
-    from KidneyTumorSegLib.volume import InputError
+    from KidneyTumorSegLib.bundles.bundle import BundleError
+    from KidneyTumorSegLib.geometry.volume import InputError
 
     try:
         if args.command == "train":
@@ -95,7 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _cases(data, synthetic: int = 0, seed: int = 10000):
     """The cases of one or more data folders (``--synthetic`` generates into the first)."""
     from .data import discover_cases
-    from KidneyTumorSegLib.volume import InputError
+    from KidneyTumorSegLib.geometry.volume import InputError
 
     roots = [Path(d) for d in ([data] if isinstance(data, (str, Path)) else data)]
     cases = _cases_of(roots[0], synthetic, seed)

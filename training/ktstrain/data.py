@@ -27,8 +27,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from KidneyTumorSegLib.volume import InputError
-from KidneyTumorSegLib.volume_io import KITS_IMAGE, KITS_LABEL
+from KidneyTumorSegLib.geometry.volume import InputError
+from KidneyTumorSegLib.io.volume_io import KITS_IMAGE, KITS_LABEL
 
 log = logging.getLogger(__name__)
 

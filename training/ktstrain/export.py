@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from KidneyTumorSegLib.bundle import Bundle, save_bundle, sha256_file
+from KidneyTumorSegLib.bundles.bundle import Bundle, save_bundle, sha256_file
 from KidneyTumorSegLib.config import PostprocessConfig, StageConfig, from_dict
 from KidneyTumorSegLib.presets import DEFAULT_POSTPROCESS
 
@@ -135,7 +135,7 @@ def _member_norm(stage: StageConfig, norms: Sequence[Tuple[float, float]]) -> Tu
 
 
 def _check_tta(tta: Mapping[str, int]) -> Dict[str, int]:
-    from KidneyTumorSegLib.tta import MAX_TTA
+    from KidneyTumorSegLib.engine.tta import MAX_TTA
 
     out = {}
     for role, n in tta.items():
@@ -158,7 +158,7 @@ def _checkpoint_name(which: str) -> str:
 
 def _stage_from_bundle(folder: Path, role: str, weights: Dict[str, list], members: Dict[str, list]) -> StageConfig:
     """Stage ``role`` of the bundle in ``folder``: its configuration, verified weights and provenance unchanged."""
-    from KidneyTumorSegLib.bundle import load_bundle
+    from KidneyTumorSegLib.bundles.bundle import load_bundle
 
     b = load_bundle(folder)
     st = b.stage(role)

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from PIL import Image, ImageDraw, ImageFont
 
-from KidneyTumorSegLib.atomic import atomic_write, atomic_write_text
+from KidneyTumorSegLib.io.atomic import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from monai.losses import DiceLoss, FocalLoss, TverskyLoss
 
-from KidneyTumorSegLib.networks import unpack_outputs
+from KidneyTumorSegLib.engine.networks import unpack_outputs
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from KidneyTumorSegLib.jsonfile import write_json
+from KidneyTumorSegLib.io.jsonfile import write_json
 
 from .data import Case, discover_cases
 

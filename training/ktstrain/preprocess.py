@@ -59,8 +59,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from KidneyTumorSegLib.config import StageConfig
-from KidneyTumorSegLib.jsonfile import write_json
-from KidneyTumorSegLib.volume import InputError
+from KidneyTumorSegLib.io.jsonfile import write_json
+from KidneyTumorSegLib.geometry.volume import InputError
 
 from .cache_keys import (CACHE_FORMAT, LOCATION_CLASSES, PREPROCESS_VERSION, PathLike, PreprocessOptions, cache_key,
                          case_fingerprint, key_fields, stage_cache_dir)

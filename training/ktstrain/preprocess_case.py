@@ -20,10 +20,11 @@ from scipy import ndimage
 
 from KidneyTumorSegLib.cascade import kidney_crop
 from KidneyTumorSegLib.config import StageConfig
-from KidneyTumorSegLib.geometry import Crop, Resample, box_from_mask, canonical_reorient, expand_box, resample_record
-from KidneyTumorSegLib.jsonfile import write_json
-from KidneyTumorSegLib.volume import InputError, Volume
-from KidneyTumorSegLib.volume_io import read_label, read_volume
+from KidneyTumorSegLib.geometry.boxes import box_from_mask, expand_box
+from KidneyTumorSegLib.geometry.records import Crop, Resample, canonical_reorient, resample_record
+from KidneyTumorSegLib.io.jsonfile import write_json
+from KidneyTumorSegLib.geometry.volume import InputError, Volume
+from KidneyTumorSegLib.io.volume_io import read_label, read_volume
 
 from .cache_keys import CACHE_FORMAT, PREPROCESS_VERSION, PathLike, PreprocessOptions
 from .data import Case

@@ -34,8 +34,9 @@ import numpy as np
 import torch.utils.data
 
 from KidneyTumorSegLib.config import StageConfig
-from KidneyTumorSegLib.geometry import Box, Crop
-from KidneyTumorSegLib.intensity import normalise
+from KidneyTumorSegLib.geometry.boxes import Box
+from KidneyTumorSegLib.geometry.records import Crop
+from KidneyTumorSegLib.engine.intensity import normalise
 
 from .stage_cache import CachedItem, StageCache
 

@@ -19,7 +19,7 @@ import random
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
-from KidneyTumorSegLib.jsonfile import write_json
+from KidneyTumorSegLib.io.jsonfile import write_json
 
 logger = logging.getLogger(__name__)
 

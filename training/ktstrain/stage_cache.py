@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from KidneyTumorSegLib.config import StageConfig
-from KidneyTumorSegLib.volume import InputError, Volume
+from KidneyTumorSegLib.geometry.volume import InputError, Volume
 
 PathLike = Union[str, Path]
 

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from KidneyTumorSegLib.config import StageConfig, to_dict
-from KidneyTumorSegLib.device import autocast_dtype, resolve_device
-from KidneyTumorSegLib.jsonfile import write_json
-from KidneyTumorSegLib.networks import build_network
+from KidneyTumorSegLib.engine.device import autocast_dtype, resolve_device
+from KidneyTumorSegLib.io.jsonfile import write_json
+from KidneyTumorSegLib.engine.networks import build_network
 
 from .augment import augment_batch
 from .checkpoint import CheckpointManager, capture_rng, restore_rng

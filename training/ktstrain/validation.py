@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from KidneyTumorSegLib.config import RuntimeConfig
-from KidneyTumorSegLib.inference import NetworkPredictor
+from KidneyTumorSegLib.engine.inference import NetworkPredictor
 
 from .stage_cache import StageCache
 from .sampler import stage_target

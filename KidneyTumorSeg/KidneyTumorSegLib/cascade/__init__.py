@@ -15,7 +15,7 @@ right, :mod:`.kidney_crop` cuts stage 3's input (training uses it too),
 :mod:`.tumors` is stage 3 with its growth passes, :mod:`.candidates` is
 stage 4 and :mod:`.describe` words the result for the user.
 """
-from ..volume import RoiWorld
+from ..geometry.volume import RoiWorld
 from .kidney_crop import KidneyCrop, kidney_crop
 from .run import Progress, run_cascade
 

@@ -11,8 +11,8 @@ from typing import List, Optional, Tuple
 import cc3d
 import numpy as np
 
-from ..geometry import box_from_mask
-from ..volume import Volume
+from ..geometry.boxes import box_from_mask
+from ..geometry.volume import Volume
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
-from .. import measure
+from ..findings import measure
 from ..config import PostprocessConfig
-from ..findings import Candidate
-from ..volume import Volume
+from ..findings.findings import Candidate
+from ..geometry.volume import Volume
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import List, Sequence
 
 from ..config import PostprocessConfig
-from ..findings import Candidate, Kidney
+from ..findings.findings import Candidate, Kidney
 from .candidates import OUTSIDE, SMALL
 
 

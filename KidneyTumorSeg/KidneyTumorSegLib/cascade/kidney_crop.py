@@ -7,9 +7,10 @@ from typing import Sequence
 import numpy as np
 
 from ..config import StageConfig
-from ..geometry import Box, Crop, box_from_mask, expand_box
-from ..masks import dilate_mm
-from ..volume import Volume
+from ..geometry.boxes import Box, box_from_mask, expand_box
+from ..geometry.records import Crop
+from ..geometry.masks import dilate_mm
+from ..geometry.volume import Volume
 
 
 @dataclass(frozen=True)

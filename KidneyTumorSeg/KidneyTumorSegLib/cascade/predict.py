@@ -16,8 +16,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..config import StageConfig
-from ..geometry import Resample, resample_record
-from ..volume import Volume
+from ..geometry.records import Resample, resample_record
+from ..geometry.volume import Volume
 
 Fraction = Callable[[float], None]  # progress within one prediction, 0..1
 

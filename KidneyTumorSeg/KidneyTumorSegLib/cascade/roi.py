@@ -11,9 +11,10 @@ from typing import List, Mapping, Optional, Tuple
 import numpy as np
 
 from ..config import StageConfig
-from ..geometry import Box, Crop, box_from_mask, expand_box
-from ..masks import largest_components
-from ..volume import InputError, RoiWorld, Volume
+from ..geometry.boxes import Box, box_from_mask, expand_box
+from ..geometry.records import Crop
+from ..geometry.masks import largest_components
+from ..geometry.volume import InputError, RoiWorld, Volume
 from .predict import Fraction, predict_volume, stage_record
 
 NOT_FOUND = "no kidney found: the localisation stage found no kidney-like tissue"

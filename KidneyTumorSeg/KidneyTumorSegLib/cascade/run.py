@@ -13,12 +13,13 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .. import plausibility
+from ..findings import plausibility
 from ..config import PostprocessConfig, StageConfig
-from ..findings import CascadeResult, Candidate, Kidney
-from ..geometry import Box, Crop, Reorient, box_from_mask, canonical_reorient
-from ..masks import largest_components
-from ..volume import RoiWorld, Volume
+from ..findings.findings import CascadeResult, Candidate, Kidney
+from ..geometry.boxes import Box, box_from_mask
+from ..geometry.records import Crop, Reorient, canonical_reorient
+from ..geometry.masks import largest_components
+from ..geometry.volume import RoiWorld, Volume
 from .anatomy import assign_sides, centre_world, patient_midline, split_sides
 from .candidates import OUTSIDE, candidate_records
 from .describe import describe

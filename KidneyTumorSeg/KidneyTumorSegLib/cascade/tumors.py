@@ -13,9 +13,10 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..config import PostprocessConfig, StageConfig
-from ..geometry import Crop, box_slices, expand_box
-from ..masks import dilate_mm
-from ..volume import Volume
+from ..geometry.boxes import box_slices, expand_box
+from ..geometry.records import Crop
+from ..geometry.masks import dilate_mm
+from ..geometry.volume import Volume
 from .candidates import Scored, score_candidates
 from .kidney_crop import KidneyCrop, kidney_crop
 from .predict import Fraction, predict_on_grid

@@ -1,0 +1,23 @@
+"""What a segmentation found and how it is described: kidneys, candidates, measurements, tables.
+
+``findings`` (``CascadeResult``, kidneys, tumor candidates, accepting and
+rejecting a candidate), ``measure`` (volumes and diameters),
+``terminology`` (segment names, colours, SNOMED CT codes, label values),
+``findings_table`` (the per-tumor table of the report and the Slicer panel),
+``plausibility`` (when a result should not be trusted).
+
+The names of version 0.1's ``findings`` module (``CascadeResult``,
+``apply_candidate_choice`` ...) are importable from here too, loaded on first use.
+"""
+import importlib
+from typing import Any
+
+_NAMES = {name: "findings" for name in (
+    "Kidney", "Candidate", "CascadeResult", "segment_map", "apply_candidate_choice", "choose_candidate",
+    "assign_to_nearest", "SEGMENT_KIDNEY_LEFT", "SEGMENT_KIDNEY_RIGHT", "SEGMENT_TUMOR")}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
