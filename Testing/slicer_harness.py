@@ -9,8 +9,10 @@ and puts a stand-in, each commented with what it replaces, in place of: ``slicer
 ``ScriptedLoadableModule`` base classes, ``parameterNodeWrapper``, the SampleData module and the
 subject-hierarchy plugin logic's node added / removed handling. Everything else is Slicer's own.
 
-Used by test_slicer_mrml.py and test_slicer_logic_mrml.py, which skip with ``unavailable()``'s
-reason where slicer-core cannot be installed (Python 3.9, Slicer 5.8's).
+Used, through mrml_fixtures.py, by the real-MRML tests (test_slicer_*mrml*.py: results, geometry,
+candidate edits, the logic end to end), which skip with ``unavailable()``'s reason where slicer-core
+cannot be installed (Python 3.9, Slicer 5.8's); there the stand-in tests (test_slicer_<helper>.py,
+with slicer_stubs.py, which borrows this file's paths) cover the module's logic instead.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ _MODULES = ("qt", "slicer.i18n", "slicer.ScriptedLoadableModule", "slicer.parame
 def unavailable() -> str:
     """Why the real-MRML tests cannot run here (empty when they can)."""
     if sys.version_info < (3, 10):
-        return "slicer-core needs Python >= 3.10 (the stand-in tests in test_slicer_module.py cover Python 3.9)"
+        return "slicer-core needs Python >= 3.10 (the stand-in tests, Testing/slicer/test_slicer_*.py without mrml, cover Python 3.9)"
     if importlib.util.find_spec("slicer_core") is None:
         return "needs slicer-core (pip install -e .[slicer])"
     return ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,9 @@ from KidneyTumorSegLib._moved import MOVED
 def test_every_public_name_is_importable_from_the_package(name):
     value = getattr(KidneyTumorSegLib, name)
     assert value.__module__ == f"KidneyTumorSegLib.{KidneyTumorSegLib._PUBLIC[name]}", name
+
+
+SUBPACKAGES = ("bundles", "cascade", "engine", "evaluation", "findings", "geometry", "io", "phantom")
 
 
 def test_importing_the_package_loads_no_module_of_it_and_no_torch():
@@ -55,3 +59,14 @@ def test_modules_that_became_packages_keep_their_names():
     assert box_from_mask.__module__ == "KidneyTumorSegLib.geometry.boxes"
     with pytest.raises(ImportError, match="no_such_name"):
         from KidneyTumorSegLib.geometry import no_such_name  # noqa: F401
+
+
+def test_importing_a_subpackage_loads_no_torch():
+    """Each subpackage's __init__ only names its modules; the Slicer process imports some of them."""
+    code = ("import sys, importlib\n"
+            f"for p in {SUBPACKAGES!r}: importlib.import_module('KidneyTumorSegLib.' + p)\n"
+            "sys.exit(1 if 'torch' in sys.modules else 0)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    on_disk = sorted(p.parent.name for p in Path(KidneyTumorSegLib.__file__).parent.glob("*/__init__.py"))
+    assert on_disk == sorted(SUBPACKAGES)

@@ -1,6 +1,6 @@
 """Fuzz model bundles longer than the test suite does (issue 27, part 4).
 
-Runs the properties of ``Testing/test_fuzz_bundles.py`` (manifest mutations through ``load_bundle``,
+Runs the properties of ``Testing/fuzz/test_fuzz_bundles.py`` (manifest mutations through ``load_bundle``,
 ``kidneytumorseg info`` and ``segment``; weight file mutations through loading and building the
 networks), each example in a forked child under a memory limit, for ``--examples`` examples each. Unlike
 the tests, a failing example does not stop the run: every distinct failure (its first line, numbers and
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "Testing"))
+sys.path[:0] = [str(ROOT / "Testing" / "fuzz"), str(ROOT / "Testing")]
 
 
 def signature(problem: str) -> str:

@@ -1,6 +1,6 @@
 """Fuzzing the CT readers for longer than the test suite does (issue 27, part 4).
 
-Runs the properties of ``Testing/test_fuzz_inputs.py`` (defined in ``fuzz_input_specs.py`` and ``fuzz_input_checks.py``) (files written by
+Runs the properties of ``Testing/fuzz/test_fuzz_inputs.py`` (defined in ``fuzz_input_specs.py`` and ``fuzz_input_checks.py``) (files written by
 SimpleITK, NIfTI header bytes, NRRD and MetaImage header text, each read with
 ``read_volume`` then ``validate_ct``; and the ``segment`` command end to end on
 each kind) with many more examples. A failing example does not stop the run:
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "Testing"))
+sys.path[:0] = [str(ROOT / "Testing" / "fuzz"), str(ROOT / "Testing")]
 
 
 def _signature(exc: BaseException) -> str:

@@ -37,7 +37,7 @@ them here first)::
     # device run, carry [".devkit"], timeout 600:
     bash training/device_session.sh --out $OUT --budget 540
 
-Everything also runs on a CPU with small sizes (``Testing/test_device_session.py``).
+Everything also runs on a CPU with small sizes (``Testing/training/test_device_session.py``).
 """
 from __future__ import annotations
 

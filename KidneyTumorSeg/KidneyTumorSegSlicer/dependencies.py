@@ -11,7 +11,7 @@ import slicer
 from slicer.i18n import tr as _
 
 # pip requirements of the core with the bounds of the repository's pyproject.toml
-# (Testing/test_slicer_module.py keeps the two equal). torch is not in this list:
+# (Testing/slicer/test_slicer_module.py keeps the two equal). torch is not in this list:
 # it comes from the PyTorch extension, which picks the build matching the GPU driver,
 # and it must be there before monai so that pip does not pull a generic torch.
 TORCH_REQUIREMENT = "torch>=2.1,<3"

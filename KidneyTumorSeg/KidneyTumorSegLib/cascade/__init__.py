@@ -15,8 +15,16 @@ right, :mod:`.kidney_crop` cuts stage 3's input (training uses it too),
 :mod:`.tumors` is stage 3 with its growth passes, :mod:`.candidates` is
 stage 4 and :mod:`.describe` words the result for the user.
 """
-from ..geometry.volume import RoiWorld
-from .kidney_crop import KidneyCrop, kidney_crop
-from .run import Progress, run_cascade
+import importlib
+from typing import Any
 
-__all__ = ["KidneyCrop", "Progress", "RoiWorld", "kidney_crop", "run_cascade"]
+# loaded on first use, as in every subpackage: importing the package imports nothing heavy
+_NAMES = {"KidneyCrop": "kidney_crop", "kidney_crop": "kidney_crop", "Progress": "run", "run_cascade": "run",
+          "RoiWorld": "run"}
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

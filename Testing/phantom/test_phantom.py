@@ -15,7 +15,7 @@ from KidneyTumorSegLib.phantom.phantom_place import scan_geometry
 from KidneyTumorSegLib.phantom.phantom_params import KIDNEY_CODES, T, is_cyst, is_tumor
 from KidneyTumorSegLib.geometry.volume import InputError, Volume
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SMALL = dict(shape=(48, 128, 128), spacing=(2.8, 2.8, 4.0))
 
 

@@ -15,7 +15,7 @@ from KidneyTumorSegLib.geometry.volume import InputError, Volume
 vtk = pytest.importorskip("vtk")
 from vtk.util import numpy_support  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def _rotation(axis, degrees):

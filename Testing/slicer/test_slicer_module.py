@@ -27,7 +27,7 @@ from typing import Dict, List, Set
 
 from slicer_stubs import StubbedModuleTest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = ROOT / "KidneyTumorSeg"
 MODULE_FILE = MODULE_DIR / "KidneyTumorSeg.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "KidneyTumorSeg.ui"

@@ -393,7 +393,7 @@ def test_every_shipped_training_configuration_parses_and_keeps_the_method_spacin
     from KidneyTumorSegLib.presets import default_stages
     from ktstrain.config import load_config, parse_config
 
-    root = Path(__file__).resolve().parents[1] / "training" / "configs"
+    root = Path(__file__).resolve().parents[2] / "training" / "configs"
     paths = sorted(root.rglob("*.json"))
     assert len(paths) >= 9
     presets = {s.role: s for s in default_stages()}

@@ -11,7 +11,7 @@ from KidneyTumorSegLib.geometry.boxes import box_from_mask, expand_box
 from KidneyTumorSegLib.geometry.records import Crop, Resample, canonical_reorient, resample_record
 from KidneyTumorSegLib.geometry.volume import InputError, Volume
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def _signed_perm_directions():

@@ -17,7 +17,7 @@ from KidneyTumorSegLib.findings.measure import (
 )
 
 SPACING = (2.5, 0.8, 0.7)  # (k, j, i) mm, deliberately all different
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def box(shape=(12, 30, 30), z=(2, 6), y=(3, 20), x=(5, 12)) -> np.ndarray:

@@ -25,7 +25,7 @@ from KidneyTumorSegLib.engine.nnunet_stage import to_orientation  # noqa: E402
 from KidneyTumorSegLib.pipeline import Segmenter  # noqa: E402
 from KidneyTumorSegLib.io.volume_io import read_volume  # noqa: E402
 
-CACHE = Path(__file__).resolve().parents[1] / ".cache" / "nnunet-fixture"
+CACHE = Path(__file__).resolve().parents[2] / ".cache" / "nnunet-fixture"
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from KidneyTumorSegLib.bundles.bundle import load_bundle
 from KidneyTumorSegLib.engine.networks import build_network
 from ktstrain.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEVICE_CONFIGS = ROOT / "training" / "configs" / "device"
 TINY_NET = {"channels": [4, 8, 16], "strides": [1, 2, 2], "deep_supervision_levels": 1}
 
