@@ -522,9 +522,11 @@ class KidneyTumorSegTest(ScriptedLoadableModuleTest):
         """KiTS label array [k, j, i] on ``volume``'s grid: 1 kidney, 2 tumor."""
         import numpy as np
 
+        from KidneyTumorSegLib.findings.terminology import KITS_KIDNEY, KITS_TUMOR
+
         ids = segmentIds(segmentation)
         label = None
-        for key, value in ((SEGMENT_KIDNEY_LEFT, 1), (SEGMENT_KIDNEY_RIGHT, 1), (SEGMENT_TUMOR, 2)):
+        for key, value in ((SEGMENT_KIDNEY_LEFT, KITS_KIDNEY), (SEGMENT_KIDNEY_RIGHT, KITS_KIDNEY), (SEGMENT_TUMOR, KITS_TUMOR)):
             self.assertIn(key, ids, f"segment {key} is missing")
             # not slicer.util.arrayFromSegmentBinaryLabelmap: it leaves a display node in the scene
             arr = labelmaps.segmentArray(segmentation, ids[key], volume)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Dict
 
 import slicer
+from KidneyTumorSegLib.findings.terminology import KIDNEY_LEFT, KIDNEY_RIGHT, KIDNEY_TUMOR
 
 REF_INPUT = "KidneyTumorSeg.Input"
 REF_FINDINGS = "KidneyTumorSeg.Findings"
@@ -13,9 +14,9 @@ ATTR_REPORT = "KidneyTumorSeg.Report"
 ATTR_KIDNEY_REGION = "KidneyTumorSeg.KidneyRegion"
 
 # segment ids written by the core (terminology.SEG_NRRD_SEGMENTS)
-SEGMENT_KIDNEY_LEFT = "kidney_left"
-SEGMENT_KIDNEY_RIGHT = "kidney_right"
-SEGMENT_TUMOR = "kidney_tumor"
+SEGMENT_KIDNEY_LEFT = KIDNEY_LEFT.segment_id
+SEGMENT_KIDNEY_RIGHT = KIDNEY_RIGHT.segment_id
+SEGMENT_TUMOR = KIDNEY_TUMOR.segment_id
 
 
 def segmentIds(segmentation) -> Dict[str, str]:

@@ -16,6 +16,7 @@ import numpy as np
 from ..findings import plausibility
 from ..config import PostprocessConfig, StageConfig
 from ..findings.findings import CascadeResult, Candidate, Kidney
+from ..findings.terminology import KITS_KIDNEY, KITS_TUMOR
 from ..geometry.boxes import Box, box_from_mask
 from ..geometry.records import Crop, Reorient, canonical_reorient
 from ..geometry.masks import largest_components
@@ -143,8 +144,8 @@ class _Maps:
         self.specks += found.specks
         # merge: the kidney component, then kept tumors on top
         kidney_full = kmask | kept_mask
-        crop.paste(self.label, np.where(kmask, 1, 0).astype(np.uint8))
-        crop.paste(self.label, np.where(kept_mask, 2, 0).astype(np.uint8))
+        crop.paste(self.label, np.where(kmask, KITS_KIDNEY, 0).astype(np.uint8))
+        crop.paste(self.label, np.where(kept_mask, KITS_TUMOR, 0).astype(np.uint8))
         if side == "horseshoe":
             crop.paste(self.sides, split_sides(kvol, kidney_full, midline_x))
         else:

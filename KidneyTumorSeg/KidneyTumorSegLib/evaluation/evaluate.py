@@ -31,6 +31,7 @@ import SimpleITK as sitk
 
 from .metrics import DEFAULT_SURFACE_TOLERANCE_MM, case_metrics
 from ..geometry.volume import InputError
+from ..findings.terminology import KITS_LABEL_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ CASE_FOLDER_FILES = ("{id}.label.nii.gz", "segmentation.nii.gz", "aggregated_MAJ
 GRID_TOLERANCE = 1e-3
 # The values a label map may hold (KiTS19: 0-2; KiTS21/23 add 3, cyst, which metrics counts with the
 # tumor as KiTS21's "masses" region). Anything else is refused, not scored.
-KITS_LABELS = {0: "background", 1: "kidney", 2: "tumor", 3: "cyst"}
 _SHOWN_VALUES = 5  # distinct unexpected values named in the message
 
 
@@ -230,13 +230,13 @@ def load_pair(case_id: str, pred_path: PathLike, gt_path: PathLike) -> Tuple[np.
 
 
 def check_labels(case_id: str, role: str, path: PathLike, arr: np.ndarray) -> np.ndarray:
-    """``arr`` as uint8 when every voxel holds a KiTS label (:data:`KITS_LABELS`, integer-valued).
+    """``arr`` as uint8 when every voxel holds a KiTS label (:data:`KITS_LABEL_NAMES`, integer-valued).
 
     Otherwise raises ``InputError`` naming the case, the file, how many voxels
     are wrong and their first few distinct values: another label set (7, 255),
     fractional or NaN values, or an image given in place of a label map.
     """
-    top = max(KITS_LABELS)
+    top = max(KITS_LABEL_NAMES)
     if arr.dtype.kind in "iub" and (arr.size == 0 or (arr.min() >= 0 and arr.max() <= top)):
         return arr.astype(np.uint8, copy=False)
     with np.errstate(invalid="ignore"):
@@ -249,8 +249,8 @@ def check_labels(case_id: str, role: str, path: PathLike, arr: np.ndarray) -> np
     shown = ", ".join(str(int(v)) if arr.dtype.kind in "iub" else f"{v:g}" for v in values[:_SHOWN_VALUES])
     if values.size > _SHOWN_VALUES:
         shown += f" and {values.size - _SHOWN_VALUES} more"
-    allowed = ", ".join(f"{v} ({name})" for v, name in sorted(KITS_LABELS.items())[:-1])
-    allowed += f" and {top} ({KITS_LABELS[top]})"
+    allowed = ", ".join(f"{v} ({name})" for v, name in sorted(KITS_LABEL_NAMES.items())[:-1])
+    allowed += f" and {top} ({KITS_LABEL_NAMES[top]})"
     raise InputError(
         f"case '{case_id}': the {role} '{path}' is not a KiTS label map: {int(np.count_nonzero(~ok))} voxel(s) "
         f"have values other than {allowed}: {shown}"

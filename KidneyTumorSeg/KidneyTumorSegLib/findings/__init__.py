@@ -14,7 +14,7 @@ from typing import Any
 
 _NAMES = {name: "findings" for name in (
     "Kidney", "Candidate", "CascadeResult", "segment_map", "apply_candidate_choice", "choose_candidate",
-    "assign_to_nearest", "SEGMENT_KIDNEY_LEFT", "SEGMENT_KIDNEY_RIGHT", "SEGMENT_TUMOR")}
+    "assign_to_nearest")}
 
 
 def __getattr__(name: str) -> Any:

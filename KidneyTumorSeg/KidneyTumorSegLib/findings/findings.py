@@ -7,13 +7,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 import numpy as np
 
 from ..geometry.volume import Volume
+from .terminology import KITS_KIDNEY, KITS_TUMOR, SEG_KIDNEY_LEFT, SEG_KIDNEY_RIGHT, SEG_TUMOR
 
 K = TypeVar("K")  # a kidney's key: a segment id, a label value
 
-# label values of the segment map written to .seg.nrrd and shown in Slicer
-SEGMENT_KIDNEY_LEFT = 1
-SEGMENT_KIDNEY_RIGHT = 2
-SEGMENT_TUMOR = 3
 
 
 @dataclass
@@ -93,14 +90,14 @@ class CascadeResult:
 
 
 def segment_map(label: np.ndarray, sides: np.ndarray) -> np.ndarray:
-    """Segment values for Slicer: 1 kidney left, 2 kidney right, 3 kidney tumor (uint8)."""
+    """Segment values for Slicer (uint8, :data:`terminology.SEG_NRRD_SEGMENTS`) from KiTS labels and the cascade's sides map."""
     seg = np.zeros(label.shape, np.uint8)
-    kidney = label == 1
-    seg[kidney & (sides == 1)] = SEGMENT_KIDNEY_LEFT
-    seg[kidney & (sides == 2)] = SEGMENT_KIDNEY_RIGHT
+    kidney = label == KITS_KIDNEY
+    seg[kidney & (sides == 1)] = SEG_KIDNEY_LEFT
+    seg[kidney & (sides == 2)] = SEG_KIDNEY_RIGHT
     # kidney voxels outside any side region cannot occur from the cascade; keep them visible anyway
-    seg[kidney & (sides == 0)] = SEGMENT_KIDNEY_RIGHT
-    seg[label == 2] = SEGMENT_TUMOR
+    seg[kidney & (sides == 0)] = SEG_KIDNEY_RIGHT
+    seg[label == KITS_TUMOR] = SEG_TUMOR
     return seg
 
 
@@ -112,14 +109,14 @@ def apply_candidate_choice(result: CascadeResult, kept_ids) -> np.ndarray:
     """
     kept_ids = set(int(i) for i in kept_ids)
     label = result.label.array
-    kidney, tumor = label == 1, label == 2
+    kidney, tumor = label == KITS_KIDNEY, label == KITS_TUMOR
     cand = result.candidates.array
     inside_kidney = result.sides.array > 0
     for c in result.tumors:
         kidneys, tumor = choose_candidate({1: kidney}, tumor, cand == c.id, c.id in kept_ids, inside_kidney)
         kidney = kidneys[1]
-    out = np.where(kidney, 1, 0).astype(label.dtype)
-    out[tumor] = 2
+    out = np.where(kidney, KITS_KIDNEY, 0).astype(label.dtype)
+    out[tumor] = KITS_TUMOR
     return out
 
 

@@ -120,10 +120,16 @@ KIDNEY_CYST = SegmentDefinition(
     anatomic_region=KIDNEY_CODE,
 )
 
-# Label values of the .seg.nrrd output (the NIfTI output keeps KiTS's 0/1/2).
-SEG_NRRD_SEGMENTS: Dict[int, SegmentDefinition] = {1: KIDNEY_LEFT, 2: KIDNEY_RIGHT, 3: KIDNEY_TUMOR}
-# KiTS label values (KiTS19: 1 kidney, 2 tumor; KiTS21/23 add 3 cyst).
-KITS_SEGMENTS: Dict[int, SegmentDefinition] = {1: KIDNEY, 2: KIDNEY_TUMOR, 3: KIDNEY_CYST}
+# The project's label values, defined here only.
+# KiTS label values, those of every NIfTI label map read and written (KiTS19: 1 kidney, 2 tumor;
+# KiTS21/23 add 3 cyst):
+KITS_KIDNEY, KITS_TUMOR, KITS_CYST = 1, 2, 3
+KITS_LABEL_NAMES: Dict[int, str] = {0: "background", KITS_KIDNEY: "kidney", KITS_TUMOR: "tumor", KITS_CYST: "cyst"}
+KITS_SEGMENTS: Dict[int, SegmentDefinition] = {KITS_KIDNEY: KIDNEY, KITS_TUMOR: KIDNEY_TUMOR, KITS_CYST: KIDNEY_CYST}
+# Segment values of the .seg.nrrd output and Slicer's segmentation (the kidneys by side):
+SEG_KIDNEY_LEFT, SEG_KIDNEY_RIGHT, SEG_TUMOR = 1, 2, 3
+SEG_NRRD_SEGMENTS: Dict[int, SegmentDefinition] = {SEG_KIDNEY_LEFT: KIDNEY_LEFT, SEG_KIDNEY_RIGHT: KIDNEY_RIGHT,
+                                                   SEG_TUMOR: KIDNEY_TUMOR}
 
 # Segments of an nnU-Net model's own label map (``--no-postprocess``): kidney, tumor and cyst labels
 # (matched by name as in nnunet_labels) get the definitions above; other organs a private code (scheme
