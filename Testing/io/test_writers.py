@@ -15,7 +15,7 @@ from KidneyTumorSegLib.findings import terminology as T
 from KidneyTumorSegLib.io.atomic import atomic_write, atomic_write_text, check_not_input, full_suffix
 from KidneyTumorSegLib.geometry.volume import Volume
 from KidneyTumorSegLib.io.volume_io import read_label
-from KidneyTumorSegLib.io.jsonfile import write_json
+from KidneyTumorSegLib.io.jsonfile import read_json, write_json
 from KidneyTumorSegLib.io.writers import ijk_to_lps, write_csv, write_labelmap, write_seg_nrrd
 
 ANGLE = np.deg2rad(30)
@@ -245,6 +245,17 @@ def test_write_json(tmp_path):
     with pytest.raises(TypeError):
         write_json({"bad": object()}, tmp_path / "bad.json")
     assert not (tmp_path / "bad.json").exists() and leftovers(tmp_path) == []
+    assert read_json(out) == {"a": 1}
+
+
+def test_read_json_names_what_is_missing_or_broken(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        read_json(tmp_path / "splits.json", "split file")
+    assert str(e.value) == f"split file not found: {tmp_path / 'splits.json'}"
+    (tmp_path / "bad.json").write_text('{"a": 1,}')
+    with pytest.raises(ValueError) as e:
+        read_json(tmp_path / "bad.json")
+    assert str(e.value).startswith(f"{tmp_path / 'bad.json'}: not valid JSON: Expecting property name")
 
 
 def test_write_csv(tmp_path):

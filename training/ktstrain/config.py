@@ -18,12 +18,12 @@ configuration states only what differs; the result is the core's own
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from KidneyTumorSegLib.config import StageConfig, from_dict, to_dict
+from KidneyTumorSegLib.io.jsonfile import read_json
 from KidneyTumorSegLib.presets import default_stages
 
 from .augment import AugmentConfig
@@ -120,12 +120,7 @@ def parse_config(data: Dict[str, Any]) -> StageTraining:
 
 def load_config(path) -> StageTraining:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"configuration file not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+    data = read_json(path, "configuration file")
     try:
         return parse_config(data)
     except (ValueError, TypeError) as exc:

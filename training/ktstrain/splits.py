@@ -12,14 +12,13 @@ give the same folds everywhere.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
-from KidneyTumorSegLib.io.jsonfile import write_json
+from KidneyTumorSegLib.io.jsonfile import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -144,12 +143,7 @@ def write_splits(path: Union[str, os.PathLike], folds: Sequence[Fold], seed: Opt
 def load_splits(path: Union[str, os.PathLike], case_ids: Optional[Sequence[str]] = None) -> List[Fold]:
     """Read and validate a split file (this format or nnU-Net's list); see :func:`validate_folds`."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"split file not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    doc = read_json(path, "split file")
     if isinstance(doc, dict):
         if int(doc.get("version", SPLITS_VERSION)) > SPLITS_VERSION:
             raise ValueError(f"{path}: split file version {doc['version']} is newer than supported "

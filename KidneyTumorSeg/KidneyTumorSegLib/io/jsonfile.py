@@ -1,4 +1,4 @@
-"""JSON in one place: values made JSON-able, and JSON files written atomically.
+"""JSON in one place: values made JSON-able, JSON files written atomically and read with a clear message.
 
 Reports, manifests, caches and phantom descriptions carry numpy scalars and
 arrays, tuples, sets and paths; :func:`jsonable` turns them into plain JSON
@@ -37,6 +37,18 @@ def jsonable(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     return x
+
+
+def read_json(path: PathLike, what: str = "file") -> Any:
+    """The JSON document in ``path``; ``FileNotFoundError("<what> not found: <path>")`` when it is missing,
+    ``ValueError("<path>: not valid JSON: <why>")`` when it does not parse."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
 
 
 def json_text(obj: Any, indent: int = 2, sort_keys: bool = False) -> str:
