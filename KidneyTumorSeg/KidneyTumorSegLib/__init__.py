@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "Segmenter": "pipeline",
     "RuntimeConfig": "config",
+    "RunSettings": "run_settings",
     "PostprocessConfig": "config",
     "StageConfig": "config",
     "Volume": "geometry.volume",
