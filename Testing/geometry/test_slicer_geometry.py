@@ -6,10 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from KidneyTumorSegLib.cli import build_parser
 from KidneyTumorSegLib.geometry.records import canonical_reorient
-from KidneyTumorSegLib.geometry.slicer_geometry import (ijk_to_ras_from_volume, lps_to_ras, ras_to_lps, roi_cli_argument,
-                                               roi_from_slicer, volume_from_slicer)
+from KidneyTumorSegLib.geometry.slicer_geometry import ijk_to_ras_from_volume, ras_to_lps, roi_from_slicer, volume_from_slicer
 from KidneyTumorSegLib.geometry.volume import InputError, Volume
 
 vtk = pytest.importorskip("vtk")
@@ -82,7 +80,7 @@ def test_voxel_positions_match_vtk_ijk_to_ras(mrml_style):
     assert vol.spacing == pytest.approx(SPACING, abs=1e-12)
     for ijk in [(0, 0, 0), (6, 0, 0), (0, 5, 0), (0, 0, 4), (3, 2, 1), (6, 5, 4), (2.5, 1.25, 3.75)]:
         ras = ijk_to_ras.MultiplyPoint((*ijk, 1.0))[:3]
-        assert lps_to_ras(vol.index_to_world(ijk)) == pytest.approx(ras, abs=1e-9)
+        assert ras_to_lps(vol.index_to_world(ijk)) == pytest.approx(ras, abs=1e-9)
         if all(float(v).is_integer() for v in ijk):
             i, j, k = (int(v) for v in ijk)
             # the voxel VTK stores at (i, j, k) is array[k, j, i] in the Volume
@@ -111,11 +109,11 @@ def test_vtk_image_data_direction_matrix_path():
     m = _numpy_matrix(img.GetIndexToPhysicalMatrix())
     vol = volume_from_slicer(_array_of(img), m)
     assert vol.spacing == pytest.approx(img.GetSpacing(), abs=1e-12)
-    assert lps_to_ras(vol.origin) == pytest.approx(img.GetOrigin(), abs=1e-12)
+    assert ras_to_lps(vol.origin) == pytest.approx(img.GetOrigin(), abs=1e-12)
     for ijk in [(0, 0, 0), (5, 4, 3), (1, 2, 3), (0.5, 3.5, 2.25)]:
         physical = [0.0, 0.0, 0.0]
         img.TransformContinuousIndexToPhysicalPoint(ijk, physical)
-        assert lps_to_ras(vol.index_to_world(ijk)) == pytest.approx(physical, abs=1e-9)
+        assert ras_to_lps(vol.index_to_world(ijk)) == pytest.approx(physical, abs=1e-9)
         assert vol.world_to_index(ras_to_lps(physical)) == pytest.approx(ijk, abs=1e-9)
     # direction columns are the index axes' directions: negate R and A rows to get RAS back
     assert np.allclose(vol.direction_matrix * np.array([-1, -1, 1])[:, None], DIRECTION_RAS, atol=1e-12)
@@ -130,7 +128,7 @@ def test_ras_and_lps_signs():
     assert np.array_equal(vol.direction_matrix, np.diag([-1.0, -1.0, 1.0]))
     assert vol.index_to_world((1, 1, 1)) == pytest.approx((-11.0, -21.0, 31.0))
     assert ras_to_lps((1.0, 2.0, 3.0)).tolist() == [-1.0, -2.0, 3.0]
-    assert lps_to_ras([[1.0, 2.0, 3.0], [-4.0, 5.0, -6.0]]).tolist() == [[-1.0, -2.0, 3.0], [4.0, -5.0, -6.0]]
+    assert ras_to_lps([[1.0, 2.0, 3.0], [-4.0, 5.0, -6.0]]).tolist() == [[-1.0, -2.0, 3.0], [4.0, -5.0, -6.0]]
     with pytest.raises(ValueError):
         ras_to_lps([1.0, 2.0])
 
@@ -141,9 +139,9 @@ def test_ras_to_lps_matches_a_vtk_transform():
     pts = np.random.default_rng(1).normal(0, 100, size=(20, 3))
     expected = np.array([t.TransformPoint(p) for p in pts])
     assert np.allclose(ras_to_lps(pts), expected, atol=1e-12)
-    assert np.allclose(lps_to_ras(pts), expected, atol=1e-12)
+    assert np.allclose(ras_to_lps(pts), expected, atol=1e-12)
     assert np.allclose(ras_to_lps(pts[0]), t.TransformPoint(pts[0]), atol=1e-12)
-    assert np.allclose(lps_to_ras(ras_to_lps(pts)), pts, atol=0)
+    assert np.allclose(ras_to_lps(ras_to_lps(pts)), pts, atol=0)
 
 
 def test_bad_matrices_are_refused():
@@ -227,11 +225,3 @@ def test_rotated_roi_box_holds_its_corners_like_vtk_bounds():
     assert np.all(np.asarray(roi.hi) - roi.lo >= np.asarray(plain.hi) - plain.lo - 1e-9)
     with pytest.raises(InputError, match="positive size"):
         roi_from_slicer(centre, (0.0, 1.0, 1.0))
-
-
-def test_roi_cli_argument_parses_back_with_negative_values():
-    roi = roi_from_slicer((10.0, 20.0, -30.0), (40.0, 50.0, 60.0))
-    arg = roi_cli_argument(roi)
-    assert arg == "-30.0000,-45.0000,-60.0000,10.0000,5.0000,0.0000"
-    args = build_parser().parse_args(["segment", "ct.nii.gz", "-o", "out", "--roi=" + arg])
-    assert args.roi == pytest.approx(tuple(roi.lo) + tuple(roi.hi))

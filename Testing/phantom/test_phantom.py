@@ -12,10 +12,21 @@ from scipy import ndimage as ndi
 
 from KidneyTumorSegLib.phantom import make_phantom, write_phantom_cases
 from KidneyTumorSegLib.phantom.phantom_place import scan_geometry
-from KidneyTumorSegLib.phantom.phantom_params import KIDNEY_CODES, T, is_cyst, is_tumor
+from KidneyTumorSegLib.phantom.phantom_params import KIDNEY_CODES, T
 from KidneyTumorSegLib.geometry.volume import InputError, Volume
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def is_tumor(codes):
+    """Tissue codes of tumor voxels (phantom_params.tumor_code's range)."""
+    return codes >= T.TUMOR0
+
+
+def is_cyst(codes):
+    return (codes >= T.CYST0) & (codes < T.CYST0 + T.N_CYST_CODES)
+
+
 SMALL = dict(shape=(48, 128, 128), spacing=(2.8, 2.8, 4.0))
 
 

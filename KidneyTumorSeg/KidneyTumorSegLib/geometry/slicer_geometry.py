@@ -22,12 +22,8 @@ _FLIP = np.array([-1.0, -1.0, 1.0])
 
 
 def ras_to_lps(points) -> np.ndarray:
-    """RAS mm ``(3,)`` or ``(N, 3)`` (x, y, z order) to LPS mm, same shape."""
-    return _flip(points)
-
-
-def lps_to_ras(points) -> np.ndarray:
-    """LPS mm ``(3,)`` or ``(N, 3)`` (x, y, z order) to RAS mm, same shape."""
+    """RAS mm ``(3,)`` or ``(N, 3)`` (x, y, z order) to LPS mm, same shape; the flip is its own inverse
+    (LPS to RAS)."""
     return _flip(points)
 
 
@@ -102,15 +98,6 @@ def roi_from_slicer(center_ras: Sequence[float], size_mm: Sequence[float],
     corners = np.array([c + axes @ (half * np.array(s)) for s in itertools.product((-1.0, 1.0), repeat=3)])
     lps = ras_to_lps(corners)
     return RoiWorld(tuple(float(v) for v in lps.min(axis=0)), tuple(float(v) for v in lps.max(axis=0)))
-
-
-def roi_cli_argument(roi: "RoiWorld") -> str:
-    """``"x0,y0,z0,x1,y1,z1"`` (LPS mm, 4 decimals) for the command line's ``--roi``.
-
-    Pass it as ``--roi=<value>``: a value that starts with a minus sign would
-    otherwise be taken for an option.
-    """
-    return ",".join(f"{float(v):.4f}" for v in tuple(roi.lo) + tuple(roi.hi))
 
 
 def _check_matrix(matrix) -> np.ndarray:

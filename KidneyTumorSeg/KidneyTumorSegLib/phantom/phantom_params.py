@@ -82,14 +82,6 @@ def cyst_code(c: int) -> int:
     return T.CYST0 + (c % T.N_CYST_CODES)
 
 
-def is_tumor(codes: np.ndarray) -> np.ndarray:
-    return codes >= T.TUMOR0
-
-
-def is_cyst(codes: np.ndarray) -> np.ndarray:
-    return (codes >= T.CYST0) & (codes < T.CYST0 + T.N_CYST_CODES)
-
-
 def lut(values: Dict[int, float], default: float = 0.0, dtype=np.float32) -> np.ndarray:
     out = np.full(256, default, dtype=dtype)
     for k, v in values.items():
