@@ -70,3 +70,20 @@ def test_importing_a_subpackage_loads_no_torch():
     assert out.returncode == 0, out.stdout + out.stderr
     on_disk = sorted(p.parent.name for p in Path(KidneyTumorSegLib.__file__).parent.glob("*/__init__.py"))
     assert on_disk == sorted(SUBPACKAGES)
+
+
+def test_no_name_a_package_hands_out_is_also_one_of_its_modules():
+    """Once a submodule is imported, the package's attribute of that name is the module, not the lazy name
+    (``cascade.kidney_crop`` was both, and ``from cascade import kidney_crop`` then gave the module)."""
+    import importlib
+
+    root = Path(KidneyTumorSegLib.__file__).parent
+    for pkg, names in [("", KidneyTumorSegLib._PUBLIC)] + [
+            (p, getattr(importlib.import_module(f"KidneyTumorSegLib.{p}"), "_NAMES", {})) for p in SUBPACKAGES]:
+        folder = root / pkg
+        modules = {m.stem for m in folder.glob("*.py")} | {d.name for d in folder.iterdir() if (d / "__init__.py").is_file()}
+        assert not set(names) & modules, (pkg, set(names) & modules)
+    importlib.import_module("KidneyTumorSegLib.cascade.crop")  # the submodule loaded first, as training does
+    from KidneyTumorSegLib.cascade import kidney_crop
+
+    assert callable(kidney_crop) and kidney_crop.__name__ == "kidney_crop"

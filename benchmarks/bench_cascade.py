@@ -62,6 +62,7 @@ def child(args) -> None:
 
     from KidneyTumorSegLib.cascade import run_cascade
     from KidneyTumorSegLib.config import RuntimeConfig
+    from KidneyTumorSegLib.engine.device import resolve_device
     from KidneyTumorSegLib.engine.inference import NetworkPredictor
     from KidneyTumorSegLib.bundles.bundle import load_bundle
     from KidneyTumorSegLib.io.outputs import write_case_outputs
@@ -81,7 +82,10 @@ def child(args) -> None:
     refs = reference_predictors(reference, tumor_probability=1.0)
     logs = {role: [] for role in nets}
     preds = {role: TimedReference(nets[role], refs[role], logs[role]) for role in nets}
-    if args.device.startswith("cuda"):
+    # the device the run got, not its name: "auto" on a GPU machine runs on the GPU. Asked once the
+    # models are loaded, so that starting CUDA stays in the model load time as before
+    gpu = resolve_device(args.device).type == "cuda"
+    if gpu:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     image = read_volume(args.image)
@@ -113,7 +117,7 @@ def child(args) -> None:
         "kidneys": [k.side for k in res.kidneys],
         "status": res.status,
     }
-    if args.device.startswith("cuda"):
+    if gpu:
         out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(out))
 
@@ -222,7 +226,9 @@ def _median(runs):
 
 def _print_case(name, runs, args):
     m = _median(runs)
-    gpu = args.device.startswith("cuda")
+    # the children resolved the device ("auto" may be a GPU); only one that ran on a GPU reports its peak,
+    # and resolving here too would give this parent process a CUDA context of its own
+    gpu = "gpu_peak_mb" in runs[0]
     target_s, target_mem = (2.0, 3072) if gpu else (30.0, 2048)
     print(f"\n== {name}: median of {len(runs)} runs on {args.device}" + ("" if gpu else f", {args.threads} threads"))
     print(f"  stage inputs (voxels at stage spacing): {runs[0]['stage_inputs']}")

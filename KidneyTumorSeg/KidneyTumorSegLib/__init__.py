@@ -43,7 +43,7 @@ _PUBLIC = {
     "write_seg_nrrd": "io.writers",
     "write_json": "io.jsonfile",
     "run_cascade": "cascade.run",
-    "kidney_crop": "cascade.kidney_crop",
+    "kidney_crop": "cascade.crop",
     "CascadeResult": "findings.findings",
     "apply_candidate_choice": "findings.findings",
     "findings_rows": "findings.findings_table",

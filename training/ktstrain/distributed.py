@@ -13,6 +13,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from KidneyTumorSegLib.engine.device import parse_device
+
 DDP_TIMEOUT = timedelta(minutes=60)
 
 
@@ -37,7 +39,8 @@ def init_world(device_name: str) -> World:
     if size <= 1:
         return World()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_name != "cpu"
+    # read as everywhere else (case, spaces, a bad name refused); the GPU is this rank's, whatever index was named
+    use_cuda = torch.cuda.is_available() and parse_device(device_name)[0] != "cpu"
     if use_cuda:
         torch.cuda.set_device(local)
     if not dist.is_initialized():

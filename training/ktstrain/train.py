@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from KidneyTumorSegLib.config import StageConfig, to_dict
-from KidneyTumorSegLib.engine.device import autocast_dtype, resolve_device
+from KidneyTumorSegLib.engine.device import autocast_dtype, parse_device, resolve_device
 from KidneyTumorSegLib.io.jsonfile import write_json
 from KidneyTumorSegLib.engine.networks import build_network
 
@@ -90,7 +90,9 @@ def train_stage(
     world = init_world(device)
     run_dir = Path(run_dir)
     configured = int(epochs or cfg.train.epochs)
-    dev = resolve_device(device if not world.distributed or device == "cpu" else f"cuda:{world.local_rank}")
+    # under torchrun each rank trains on the GPU of its LOCAL_RANK, as init_world chose it
+    on_cpu = parse_device(device)[0] == "cpu"
+    dev = resolve_device(device if not world.distributed or on_cpu else f"cuda:{world.local_rank}")
     splits_path = Path(splits_path) if splits_path else run_dir.parent / "splits.json"
     part, train_cache, val_cache, stage = _data(cfg, cases, world, splits_path, fold, cache_root, workers)
     r = _Run(cfg, stage, world, dev, run_dir, fold, part, val_cache, n_epochs=configured, configured_epochs=configured,

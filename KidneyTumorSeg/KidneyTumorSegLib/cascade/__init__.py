@@ -11,7 +11,7 @@
 One module per job: :mod:`.run` orchestrates; :mod:`.roi` is stage 1,
 :mod:`.predict` runs any stage's predictor on a grid (the predictor
 protocol is described there), :mod:`.anatomy` names the kidneys left and
-right, :mod:`.kidney_crop` cuts stage 3's input (training uses it too),
+right, :mod:`.crop` cuts stage 3's input (training uses it too),
 :mod:`.tumors` is stage 3 with its growth passes, :mod:`.candidates` is
 stage 4 and :mod:`.describe` words the result for the user.
 """
@@ -19,7 +19,7 @@ import importlib
 from typing import Any
 
 # loaded on first use, as in every subpackage: importing the package imports nothing heavy
-_NAMES = {"KidneyCrop": "kidney_crop", "kidney_crop": "kidney_crop", "Progress": "run", "run_cascade": "run",
+_NAMES = {"KidneyCrop": "crop", "kidney_crop": "crop", "Progress": "run", "run_cascade": "run",
           "RoiWorld": "run"}
 __all__ = sorted(_NAMES)
 

@@ -1,7 +1,7 @@
 """Stage 3, tumor probability on each kidney's crop, grown over tumor that stage 2 left out.
 
 Report 000's stage 3 sees one kidney's crop with everything outside that
-kidney set to -1024 HU (see :mod:`kidney_crop`); stage 4 scores the
+kidney set to -1024 HU (see :mod:`.crop`); stage 4 scores the
 candidates of each pass (see :mod:`candidates`).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..geometry.records import Crop
 from ..geometry.masks import dilate_mm
 from ..geometry.volume import Volume
 from .candidates import Scored, score_candidates
-from .kidney_crop import KidneyCrop, kidney_crop
+from .crop import KidneyCrop, kidney_crop
 from .predict import Fraction, predict_on_grid
 
 log = logging.getLogger(__name__)
