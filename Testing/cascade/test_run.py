@@ -228,3 +228,22 @@ def test_growth_passes_share_their_kidneys_part_of_the_bar():
     assert tumor == sorted(tumor) and tumor[0] == 0.0 and tumor[-1] == 1.0
     # the first pass of the first kidney is a quarter of its half, when three growth passes may follow
     assert tumor[1] == 0.062
+
+
+class _OldStyle:
+    """A predictor written before progress was passed: ``predict(volume)`` only."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def predict(self, vol):
+        return self.inner.predict(vol)
+
+
+def test_a_predictor_without_progress_still_runs_and_the_stage_reports_its_ends():
+    image, label = toy_case()
+    preds = {role: _OldStyle(p) for role, p in reference_predictors(label, tumor_probability=1.0).items()}
+    events = []
+    res = run_cascade(image, stages(), preds, progress=lambda s, f, m: events.append((s, round(f, 3))))
+    assert sorted(k.side for k in res.kidneys) == ["left", "right"]
+    assert [f for s, f in events if s == "kidney"] == [0.0, 1.0]
