@@ -1,23 +1,20 @@
 """What the test_train_* files share: tiny synthetic KiTS cases and their stage caches, tiny training
 configurations and the phantom runs made with them, and a tiny model for optimisers and checkpoints.
 
-The fixtures here are module-scoped: a test file that names them (``data_root = helpers_train.data_root``)
-gets its own copy, so no test file depends on another's having run.
+The fixtures built from them (data_root, caches, phantoms, runs) are in this folder's conftest.py, built
+once a session as when these files were one module.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 import torch
 
 from KidneyTumorSegLib.config import StageConfig
 from ktstrain.config import parse_config
-from ktstrain.data import discover_cases
-from ktstrain.preprocess import PreprocessOptions, preprocess_stage
-from ktstrain.train import train_stage
+from ktstrain.preprocess import PreprocessOptions
 
 # --------------------------------------------------------------------------
 # synthetic KiTS cases and their stage caches (data, preprocess, sampler)
@@ -72,15 +69,6 @@ def write_case(folder: Path, img: np.ndarray, lab: np.ndarray, kits19_axes: bool
         sitk.WriteImage(im, str(folder / name), True)
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("kits")
-    write_case(root / "case_00000", *make_case(0, cyst=False), kits19_axes=True)
-    write_case(root / "case_00001", *make_case(1, cyst=True))
-    write_case(root / "case_00002", *make_case(2, cyst=True))
-    return root
-
-
 def stages():
     return {
         "roi": StageConfig("coarse", "roi", spacing=(4.5, 4.5, 4.5), patch_size=(16, 16, 16),
@@ -92,13 +80,6 @@ def stages():
 
 
 OPTS = PreprocessOptions(kidney_extra_margin_mm=10.0, min_kidney_ml=1.0, locations_per_class=500, intensity_samples=2000)
-
-
-@pytest.fixture(scope="module")
-def caches(data_root, tmp_path_factory):
-    root = tmp_path_factory.mktemp("cache")
-    cases = discover_cases(data_root)
-    return root, {role: preprocess_stage(cases, st, root, OPTS) for role, st in stages().items()}
 
 
 # --------------------------------------------------------------------------
@@ -114,26 +95,6 @@ def tiny_config(role, **train):
     stage["spacing"] = {"roi": [8.0, 8.0, 8.0], "kidney": [6.0, 4.0, 4.0], "tumor": [5.0, 3.0, 3.0]}[role]
     return parse_config({"role": role, "stage": stage, "train": dict(TRAIN, **train),
                          "augment": {"p_rotation": 0.3, "p_scale": 0.3}})
-
-
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "phantoms"
-    from KidneyTumorSegLib.phantom import write_phantom_cases
-
-    write_phantom_cases(root, 4, seed0=300, shape=(32, 96, 96), spacing=(3.5, 3.5, 5.0), n_tumors=1)
-    return discover_cases(root)
-
-
-@pytest.fixture(scope="module")
-def runs(phantoms, tmp_path_factory):
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("runs")
-    done = {}
-    for role in ("roi", "kidney", "tumor"):
-        cfg = tiny_config(role)
-        done[role] = train_stage(cfg, phantoms, out / role, out / "cache", fold=0, device="cpu", show_progress=False)
-    return out, done
 
 
 def train_log(run):

@@ -10,11 +10,9 @@ from KidneyTumorSegLib.geometry.volume import InputError
 from KidneyTumorSegLib.io.volume_io import read_label
 from ktstrain.data import Case, LabelMap, discover_cases
 
-import helpers_train
 from helpers_train import make_case, write_case
 
 # module-scoped fixtures from helpers_train (this module gets its own copy): pytest finds them by these names
-data_root = helpers_train.data_root
 
 
 def test_discover_kits_layouts(tmp_path, data_root):

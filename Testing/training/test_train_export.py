@@ -15,11 +15,9 @@ from ktstrain.cli import main as train_main
 from ktstrain.export import export_bundle
 from ktstrain.train import train_stage
 
-import helpers_train
 from helpers_train import tiny_config
 
 # module-scoped fixtures from helpers_train (this module gets its own copy): pytest finds them by these names
-phantoms, runs = helpers_train.phantoms, helpers_train.runs
 
 
 def test_ensemble_members_keep_their_own_normalisation(phantoms, runs, tmp_path):

@@ -19,11 +19,9 @@ from ktstrain.data import Case, LabelMap, discover_cases
 from ktstrain.preprocess import StageCache, preprocess_stage, resample_label
 from ktstrain.sampler import PatchSampler
 
-import helpers_train
 from helpers_train import OPTS, make_case, stages, write_case
 
 # module-scoped fixtures from helpers_train (this module gets its own copy): pytest finds them by these names
-data_root, caches = helpers_train.data_root, helpers_train.caches
 
 
 def _canonical(case: Case):

@@ -16,11 +16,9 @@ from ktstrain.config import parse_config
 from ktstrain.export import export_bundle
 from ktstrain.train import train_stage
 
-import helpers_train
 from helpers_train import TINY_NET, TRAIN, tiny_config, train_log
 
 # module-scoped fixtures from helpers_train (this module gets its own copy): pytest finds them by these names
-phantoms, runs = helpers_train.phantoms, helpers_train.runs
 
 
 def test_training_lowers_the_loss_and_logs(runs):

@@ -9,11 +9,9 @@ import pytest
 from KidneyTumorSegLib.engine.intensity import normalise, normalised_value
 from ktstrain.sampler import PatchSampler, stage_target
 
-import helpers_train
 from helpers_train import stages
 
 # module-scoped fixtures from helpers_train (this module gets its own copy): pytest finds them by these names
-data_root, caches = helpers_train.data_root, helpers_train.caches
 
 
 def test_sampler_fractions_and_determinism(caches):
