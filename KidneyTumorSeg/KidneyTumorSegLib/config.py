@@ -36,7 +36,8 @@ class NetworkConfig:
 
     ``architecture``: ``resunet`` (report 004's residual block, the default),
     ``unet`` (plain), ``preact_resunet`` (pre-activation residual), ``vnet``
-    (report 000's coarse stage). ``heads`` names extra outputs besides the
+    (report 000's coarse stage), ``enet`` (report 001's 2D ENet;
+    ``spatial_dims=2``, the channel and stride settings do not apply). ``heads`` names extra outputs besides the
     segmentation (e.g. ``{"boundary": 1}`` for report 003's regression
     branch); the segmentation head always has ``out_channels`` channels.
     """

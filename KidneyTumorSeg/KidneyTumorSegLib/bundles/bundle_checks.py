@@ -28,7 +28,7 @@ MAX_CHANNELS = 1024
 MAX_LEVELS = 8
 SPACING_MM = (0.01, 100.0)
 # Mirrors of networks.ARCHITECTURES and tta.MAX_TTA (those modules import torch; a test keeps them equal).
-ARCHITECTURES = ("resunet", "unet", "preact_resunet", "vnet")
+ARCHITECTURES = ("resunet", "unet", "preact_resunet", "vnet", "enet")
 MAX_TTA = 12
 NORMS = ("instance", "batch", "group")
 ACTIVATIONS = ("leakyrelu", "relu", "elu", "prelu", "gelu")

@@ -22,7 +22,8 @@ class below assembles MONAI's own ``UnetResBlock`` / ``UnetBasicBlock`` /
 ``UnetOutBlock`` / ``get_conv_layer`` with one small pre-activation block, so
 the three U-Net variants of report 004 share one topology, one state-dict
 layout and one output contract, and differ only in the block. ``vnet`` is
-MONAI's ``VNet`` unchanged (report 000's coarse stage).
+MONAI's ``VNet`` unchanged (report 000's coarse stage); ``enet`` is report
+001's 2D ENet (:mod:`.enet`).
 """
 from __future__ import annotations
 
@@ -42,9 +43,10 @@ from ..config import NetworkConfig
 
 logger = logging.getLogger(__name__)
 
-ARCHITECTURES = ("resunet", "unet", "preact_resunet", "vnet")
+ARCHITECTURES = ("resunet", "unet", "preact_resunet", "vnet", "enet")
 _BLOCKS = {"resunet": "res", "unet": "basic", "preact_resunet": "preact"}
 _VNET_DIVISOR = 16  # four stride-2 down transitions
+_ENET_DIVISOR = 8  # the initial block and two down-sampling bottlenecks
 
 Output = Union[torch.Tensor, List[torch.Tensor], Dict[str, Any]]
 
@@ -271,6 +273,8 @@ def build_network(cfg: NetworkConfig) -> nn.Module:
         raise ValueError(f"unknown architecture {cfg.architecture!r} (expected one of {ARCHITECTURES})")
     if cfg.architecture == "vnet":
         return _build_vnet(cfg)
+    if cfg.architecture == "enet":
+        return _build_enet(cfg)
     strides = [_check_stride(s, cfg.spatial_dims) for s in cfg.strides]
     return UNet(
         spatial_dims=cfg.spatial_dims, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
@@ -294,6 +298,16 @@ def _build_vnet(cfg: NetworkConfig) -> nn.Module:
                 dropout_prob_down=p, dropout_prob_up=(p, p or 0.0), dropout_dim=cfg.spatial_dims)
 
 
+def _build_enet(cfg: NetworkConfig) -> nn.Module:
+    from .enet import ENet
+
+    if cfg.spatial_dims != 2:
+        raise ValueError(f"architecture 'enet' is 2D (report 001): spatial_dims must be 2, got {cfg.spatial_dims}")
+    if cfg.heads:
+        raise ValueError(f"architecture 'enet' has no extra heads; remove heads {sorted(cfg.heads)}")
+    return ENet(cfg.in_channels, cfg.out_channels)
+
+
 def _check_stride(stride: Any, spatial_dims: int) -> Any:
     s = tuple(int(v) for v in np.atleast_1d(stride))
     if len(s) not in (1, spatial_dims) or min(s) < 1:
@@ -305,6 +319,8 @@ def required_divisor(cfg: NetworkConfig) -> Tuple[int, ...]:
     """Per-axis factor (``(k, j, i)`` or ``(j, i)``) that input sizes must be multiples of."""
     if cfg.architecture == "vnet":
         return (_VNET_DIVISOR,) * cfg.spatial_dims
+    if cfg.architecture == "enet":
+        return (_ENET_DIVISOR,) * cfg.spatial_dims
     div = np.ones(cfg.spatial_dims, dtype=np.int64)
     for s in cfg.strides:
         div *= np.broadcast_to(np.atleast_1d(np.asarray(s, dtype=np.int64)), (cfg.spatial_dims,))
