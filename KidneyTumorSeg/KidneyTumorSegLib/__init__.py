@@ -19,8 +19,7 @@ stays cheap. Module paths inside the subpackages may change between
 versions; the flat module paths of version 0.1 (``KidneyTumorSegLib.volume_io``
 ...) still import, with a ``DeprecationWarning`` (see :mod:`._moved`).
 """
-import importlib
-from typing import Any
+from ._lazy import lazy_names
 
 from ._moved import install as _install_moved
 
@@ -65,13 +64,7 @@ _PUBLIC = {
 }
 __all__ = sorted(_PUBLIC) + ["__version__"]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
-        globals()[name] = value  # looked up once
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _PUBLIC)
 
 
 def __dir__():

@@ -131,6 +131,7 @@ def importModel(source: str, overwrite: bool = False) -> Path:
     ``FileExistsError`` when a model of that name exists and ``overwrite`` is False.
     """
     from KidneyTumorSegLib.bundles.bundle import MANIFEST, load_bundle
+    from KidneyTumorSegLib.io.atomic import staged_folder
 
     if isNnunetModel(source):
         return _importNnunet(source, overwrite)
@@ -140,19 +141,11 @@ def importModel(source: str, overwrite: bool = False) -> Path:
         if target.exists() and not overwrite:
             raise FileExistsError(_("A model named '{name}' is already imported: {path}").format(
                 name=target.name, path=target))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.import-", dir=target.parent))
-        try:
+        with staged_folder(target, overwrite=overwrite) as staging:
             for name in [MANIFEST] + sorted(bundle.files):
                 (staging / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(folder / name, staging / name)
             load_bundle(staging)  # the copy is checked too before it replaces anything
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     return target
 
 

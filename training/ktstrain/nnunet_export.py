@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from KidneyTumorSegLib.io.atomic import staged_folder
 from KidneyTumorSegLib.io.jsonfile import write_json
 
 from .data import Case, discover_cases
@@ -193,9 +192,7 @@ def export_nnunet_dataset(cases: Union[str, os.PathLike, Sequence[Case]], nnunet
     if not case_list:
         raise ValueError("no cases to export")
     _refuse_existing(raw, folder_name)
-    raw.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder_name}-", dir=str(raw)))
-    try:
+    with staged_folder(raw / folder_name) as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
         for case in case_list:
@@ -203,10 +200,6 @@ def export_nnunet_dataset(cases: Union[str, os.PathLike, Sequence[Case]], nnunet
         meta = dataset_json(table, len(case_list), folder_name)
         write_json(meta, tmp / "dataset.json")
         _refuse_existing(raw, folder_name)  # again: another writer may have finished meanwhile
-        os.rename(tmp, raw / folder_name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return raw / folder_name
 
 

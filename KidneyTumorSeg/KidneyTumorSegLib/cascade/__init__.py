@@ -15,16 +15,11 @@ right, :mod:`.crop` cuts stage 3's input (training uses it too),
 :mod:`.tumors` is stage 3 with its growth passes, :mod:`.candidates` is
 stage 4 and :mod:`.describe` words the result for the user.
 """
-import importlib
-from typing import Any
+from .._lazy import lazy_names
 
 # loaded on first use, as in every subpackage: importing the package imports nothing heavy
 _NAMES = {"KidneyCrop": "crop", "kidney_crop": "crop", "Progress": "run", "run_cascade": "run",
           "RoiWorld": "run"}
 __all__ = sorted(_NAMES)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _NAMES:
-        return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _NAMES)

@@ -9,15 +9,10 @@ rejecting a candidate), ``measure`` (volumes and diameters),
 The names of version 0.1's ``findings`` module (``CascadeResult``,
 ``apply_candidate_choice`` ...) are importable from here too, loaded on first use.
 """
-import importlib
-from typing import Any
+from .._lazy import lazy_names
 
 _NAMES = {name: "findings" for name in (
     "Kidney", "Candidate", "CascadeResult", "segment_map", "apply_candidate_choice", "choose_candidate",
     "assign_to_nearest")}
 
-
-def __getattr__(name: str) -> Any:
-    if name in _NAMES:
-        return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _NAMES)

@@ -9,8 +9,7 @@ The names of version 0.1's ``geometry`` module (``Crop``, ``canonical_reorient``
 ``box_from_mask`` ...) are importable from here too; they load their module on
 first use, so ``volume``, ``boxes`` and ``slicer_geometry`` stay free of torch.
 """
-import importlib
-from typing import Any
+from .._lazy import lazy_names
 
 _NAMES = {
     "Reorient": "records", "canonical_reorient": "records", "Crop": "records", "Resample": "records",
@@ -18,8 +17,4 @@ _NAMES = {
     "Box": "boxes", "box_from_mask": "boxes", "box_slices": "boxes", "expand_box": "boxes",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _NAMES:
-        return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _NAMES)

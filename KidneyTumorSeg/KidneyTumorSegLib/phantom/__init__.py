@@ -59,15 +59,10 @@ all phases, tissue means jittered, PSF 0.3-1 mm) for domain randomisation.
 Not modelled: beam hardening and streaks, excreted contrast, a realistic
 pelvis below the hips, fine vessel trees outside the liver.
 """
-import importlib
-from typing import Any
+from .._lazy import lazy_names
 
 # loaded on first use: ``sample`` (the Slicer process imports it) must not pull in torch
 _NAMES = {"Phantom": "phantom_make", "make_phantom": "phantom_make", "write_phantom_cases": "phantom_io"}
 __all__ = sorted(_NAMES)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _NAMES:
-        return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _NAMES)
