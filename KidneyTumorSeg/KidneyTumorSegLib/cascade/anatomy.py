@@ -154,6 +154,7 @@ def assign_sides(comps, roi_vol: Volume, midline: Midline, crossing_mm: float):
 
 
 def world_x_extent(vol: Volume, mask: np.ndarray) -> Tuple[float, float]:
+    """The LPS x range (mm) of ``mask``'s box on ``vol``'s grid, voxel edges included on the i axis."""
     b = box_from_mask(mask)
     corners = np.array([[i, j, k] for k in b[0] for j in b[1] for i in b[2]], float)
     corners[:, 0] -= 0.5
@@ -161,10 +162,11 @@ def world_x_extent(vol: Volume, mask: np.ndarray) -> Tuple[float, float]:
     return float(xs.min()), float(xs.max())
 
 
-def split_sides(vol: Volume, mask: np.ndarray, midline_x: float) -> np.ndarray:
+def split_sides(vol: Volume, mask: np.ndarray, x: float) -> np.ndarray:
+    """A horseshoe kidney's ``mask`` as a sides map: 1 (left) where LPS x > ``x`` (the midline), else 2."""
     i = np.arange(vol.shape[2], dtype=float)
     xs = vol.index_to_world(np.stack([i, np.zeros_like(i), np.zeros_like(i)], -1))[:, 0]
-    left_cols = xs > midline_x
+    left_cols = xs > x
     out = np.zeros(mask.shape, np.uint8)
     out[mask & left_cols[None, None, :]] = 1
     out[mask & ~left_cols[None, None, :]] = 2
@@ -172,5 +174,6 @@ def split_sides(vol: Volume, mask: np.ndarray, midline_x: float) -> np.ndarray:
 
 
 def centre_world(vol: Volume, mask: np.ndarray) -> Tuple[float, float, float]:
+    """The LPS centre (mm, rounded to 0.01) of ``mask``'s voxels on ``vol``'s grid."""
     k, j, i = (float(np.mean(a)) for a in np.nonzero(mask))
     return tuple(round(float(v), 2) for v in vol.index_to_world([i, j, k]))  # type: ignore[return-value]
