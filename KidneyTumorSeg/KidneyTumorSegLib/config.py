@@ -37,7 +37,9 @@ class NetworkConfig:
     ``architecture``: ``resunet`` (report 004's residual block, the default),
     ``unet`` (plain), ``preact_resunet`` (pre-activation residual), ``vnet``
     (report 000's coarse stage), ``enet`` (report 001's 2D ENet;
-    ``spatial_dims=2``, the channel and stride settings do not apply). ``heads`` names extra outputs besides the
+    ``spatial_dims=2``, the channel and stride settings do not apply),
+    ``vnet25d`` (report 002's 2.5D tumor V-Net; ``spatial_dims=2``,
+    ``channels`` per level, strides do not apply). ``heads`` names extra outputs besides the
     segmentation (e.g. ``{"boundary": 1}`` for report 003's regression
     branch); the segmentation head always has ``out_channels`` channels.
     """
@@ -97,7 +99,11 @@ class StageConfig:
     file, the statistics that member was trained with, where members differ
     (folds see different training cases; members can come from different
     runs); each member then sees its own normalisation. Empty: every member
-    uses ``norm_mean``/``norm_std``. ``nnunet``: the stage's model is an
+    uses ``norm_mean``/``norm_std``. ``member_networks``: one network per
+    weight file where members differ in architecture (report 000's kidney
+    ensemble of two encoders); they must agree with ``network`` in spatial
+    dims, input and output channels. Empty: every member is ``network``.
+    ``nnunet``: the stage's model is an
     nnU-Net folder (then ``weights``, ``network``, ``spacing``, ``window`` and
     the normalisation are unused: nnU-Net's plans hold them).
     """
@@ -126,6 +132,7 @@ class StageConfig:
     tta: int = 1
     weights: Tuple[str, ...] = ()
     member_norm: Tuple[Tuple[float, float], ...] = ()
+    member_networks: Tuple[NetworkConfig, ...] = ()
     provenance: Dict[str, Any] = field(default_factory=dict)
     nnunet: Optional[NnunetSource] = None
 
@@ -152,6 +159,7 @@ class StageConfig:
                 if len(mn) != 2 or not float(mn[1]) > 0:
                     raise ValueError(f"stage {short(self.name)}: member_norm entries are (norm_mean, norm_std > 0), "
                                      f"got {tuple(mn)!r}")
+        self._check_member_networks()
         n_out = self.network.out_channels
         for c in tuple(self.foreground_channels) or (self.foreground_channel,):
             if not 1 <= int(c) < n_out:
@@ -160,6 +168,24 @@ class StageConfig:
         if len(self.labels) != n_out:
             raise ValueError(f"stage {short(self.name)}: {len(self.labels)} labels {short(tuple(self.labels), 60)} for "
                              f"{n_out} output channels")
+
+    def _check_member_networks(self) -> None:
+        net = self.network
+        for n, m in enumerate(self.member_networks):
+            if not isinstance(m, NetworkConfig):
+                raise ValueError(f"stage {short(self.name)}: member_networks[{n}] is not a network configuration")
+            if (m.spatial_dims, m.in_channels, m.out_channels) != (net.spatial_dims, net.in_channels, net.out_channels):
+                raise ValueError(f"stage {short(self.name)}: member_networks[{n}] ({m.architecture}, {m.spatial_dims}D, "
+                                 f"{m.in_channels} -> {m.out_channels} channels) does not take and give what the "
+                                 f"stage's network does ({net.spatial_dims}D, {net.in_channels} -> "
+                                 f"{net.out_channels} channels)")
+
+    def member_network_configs(self, n: Optional[int] = None) -> List[NetworkConfig]:
+        """The network of each of the ``n`` members (default: one per weight file): ``member_networks``, or
+        the stage's ``network`` for every member."""
+        if self.member_networks:
+            return list(self.member_networks)
+        return [self.network] * (len(self.weights) if n is None else n)
 
     def member_statistics(self, n: Optional[int] = None) -> List[Tuple[float, float]]:
         """``(norm_mean, norm_std)`` of each of the ``n`` members (default: one per weight file):
@@ -217,6 +243,11 @@ class PostprocessConfig:
     this fraction of its area (0..1) is rejected as probably outside the
     kidney. None (the default, so bundles written before behave as they did)
     turns the rule off.
+
+    ``max_tumors_per_kidney``: of the candidates stage 4 keeps on one kidney,
+    only this many, the largest, stay kept; the others are listed as rejected
+    (report 002 keeps the largest connected component: 1). None (the
+    default) keeps them all.
     """
 
     fusion: str = "candidate_mean_probability"
@@ -229,8 +260,13 @@ class PostprocessConfig:
     tumor_growth_mm: float = 0.0
     min_kidney_contact: Optional[float] = None
     min_listed_ml: float = 0.0
+    max_tumors_per_kidney: Optional[int] = None
 
     def __post_init__(self) -> None:
+        if self.max_tumors_per_kidney is not None and (not isinstance(self.max_tumors_per_kidney, int)
+                                                       or self.max_tumors_per_kidney < 1):
+            raise ValueError(f"max_tumors_per_kidney must be a positive integer or None, "
+                             f"got {self.max_tumors_per_kidney!r}")
         if self.fusion not in FUSION_RULES:
             raise ValueError(f"unknown fusion rule {self.fusion!r} (expected one of {FUSION_RULES})")
         if not 0.0 <= self.min_candidate_ml <= 1000.0:
@@ -288,6 +324,8 @@ def from_dict(cls: Any, data: Dict[str, Any]) -> Any:
     for k, v in data.items():
         if k == "network" and isinstance(v, dict):
             v = from_dict(NetworkConfig, v)
+        elif k == "member_networks" and isinstance(v, list):
+            v = tuple(from_dict(NetworkConfig, e) if isinstance(e, dict) else e for e in v)
         elif k == "nnunet" and isinstance(v, dict):
             v = from_dict(NnunetSource, v)
         elif k == "labels" and isinstance(v, dict):

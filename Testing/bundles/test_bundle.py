@@ -123,3 +123,63 @@ def test_weights_are_not_unpickled(tmp_path):
     torch.save({"x": torch.zeros(1)}, w)
     with pytest.raises(BundleError, match="SHA-256 mismatch"):
         load_bundle(tmp_path / "m")
+
+
+def _two_encoder_bundle(path):
+    """A bundle whose kidney stage is an ensemble of two different networks (report 000's two encoders)."""
+    from dataclasses import replace
+
+    from KidneyTumorSegLib.bundles.bundle import save_bundle
+    from KidneyTumorSegLib.config import PostprocessConfig
+    from KidneyTumorSegLib.engine.networks import build_network
+    from helpers_bundle import TINY_NET, tiny_stages
+
+    plain = replace(TINY_NET, architecture="unet", channels=(4, 8, 16))
+    roi, kidney, tumor = tiny_stages()
+    kidney = replace(kidney, member_networks=(TINY_NET, plain))
+    torch.manual_seed(0)
+    sds = {"roi": [build_network(TINY_NET).state_dict()], "tumor": [build_network(TINY_NET).state_dict()],
+           "kidney": [build_network(TINY_NET).state_dict(), build_network(plain).state_dict()]}
+    return save_bundle(path, [roi, kidney, tumor], sds, PostprocessConfig(), name="two-encoders")
+
+
+def test_an_ensemble_of_different_networks_round_trips_and_runs(tmp_path):
+    from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetResBlock
+
+    _two_encoder_bundle(tmp_path / "m")
+    b = load_bundle(tmp_path / "m")
+    assert [n.architecture for n in b.stage("kidney").member_networks] == ["resunet", "unet"]
+    assert b.card()["stages"]["kidney"]["architecture"] == "resunet + unet"
+    res, plain = b.build_models("kidney")
+    assert isinstance(res.encoder[0], UnetResBlock) and isinstance(plain.encoder[0], UnetBasicBlock)
+    with torch.no_grad():
+        assert res(torch.zeros(1, 1, 8, 8, 8)).shape == plain(torch.zeros(1, 1, 8, 8, 8)).shape == (1, 2, 8, 8, 8)
+
+
+def test_member_networks_are_checked(tmp_path):
+    from dataclasses import replace
+
+    from helpers_bundle import TINY_NET, tiny_stages
+
+    kidney = tiny_stages()[1]
+    with pytest.raises(ValueError, match=r"member_networks\[1\] \(unet, 3D, 1 -> 3 channels\) does not take and give "
+                                         r"what the stage's network does \(3D, 1 -> 2 channels\)"):
+        replace(kidney, member_networks=(TINY_NET, replace(TINY_NET, architecture="unet", out_channels=3)))
+    _two_encoder_bundle(tmp_path / "m")
+    mp = tmp_path / "m" / MANIFEST
+    good = json.loads(mp.read_text())
+    data = json.loads(mp.read_text())
+    data["stages"][1]["member_networks"] = data["stages"][1]["member_networks"][:1]
+    mp.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="stage 'kidney' lists 1 member_networks for 2 weight files"):
+        load_bundle(tmp_path / "m")
+    data = json.loads(json.dumps(good))
+    data["stages"][1]["member_networks"][1]["architecture"] = "transformer"
+    mp.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=r"member_networks\[1\]\.architecture must be one of"):
+        load_bundle(tmp_path / "m")
+    data = json.loads(json.dumps(good))
+    data["stages"][1]["member_networks"][1]["channels"] = [8, 16, 32]  # not what its weight file holds
+    mp.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=r"kidney_1\.safetensors: weights do not match the 'unet' network"):
+        load_bundle(tmp_path / "m").build_models("kidney")

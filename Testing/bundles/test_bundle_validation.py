@@ -268,7 +268,7 @@ BAD = [
                                     "integer from 1 to 8 or a list of spatial_dims of them, got [1, 2]"),
     (NET + "kernel_size", 4, KID + "network.kernel_size must be an odd integer from 1 to 7, got 4"),
     (NET + "architecture", "transformer",
-     KID + "network.architecture must be one of 'resunet', 'unet', 'preact_resunet', 'vnet', 'enet', got \"transformer\""),
+     KID + "network.architecture must be one of 'resunet', 'unet', 'preact_resunet', 'vnet', 'enet', 'vnet25d', got \"transformer\""),
     (NET + "dropout", 1.0, KID + "network.dropout must be a number from 0 to less than 1, got 1.0"),
     (NET + "heads", {"boundary": "one"},
      KID + 'network.heads must be an object of head names to integers from 1 to 64, got {"boundary": "one"}'),

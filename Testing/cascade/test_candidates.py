@@ -184,3 +184,25 @@ def test_kidney_contact_setting_is_checked(value):
     with pytest.raises(ValueError) as e:
         PostprocessConfig(min_kidney_contact=value)
     assert str(e.value) == f"min_kidney_contact must be a fraction from 0 to 1, got {value!r}"
+
+
+def test_report_002_keeps_only_the_largest_candidate_per_kidney():
+    image, label = toy_case()
+    left_kidney = np.argwhere(label.array == 1)
+    k, j, i = left_kidney[len(left_kidney) // 3]
+    centre = tuple(image.index_to_world([i, j, k]))
+    # a confident false spot beside the left kidney's tumor: two kept candidates on that kidney
+    preds = reference_predictors(label, tumor_probability=1.0, extra=[FalseCandidate(centre, 4.0, 0.95)])
+    both = run_cascade(image, stages(), preds, PostprocessConfig(candidate_threshold=0.8))
+    assert sum(c.kept for c in both.tumors) == 3
+    one = run_cascade(image, stages(), preds, PostprocessConfig(candidate_threshold=0.8, max_tumors_per_kidney=1))
+    kept = [c for c in one.tumors if c.kept]
+    dropped = [c for c in one.tumors if not c.kept]
+    assert len(kept) == 2 and {c.side for c in kept} == {"left", "right"} and len(dropped) == 1
+    spot = dropped[0]
+    assert spot.rejected_because == "not among the largest 1 kept on this kidney (max_tumors_per_kidney)"
+    same_side = next(c for c in kept if c.side == spot.side)
+    assert same_side.volume_ml > spot.volume_ml
+    assert np.all(one.label.array[one.candidates.array == spot.id] != 2)
+    with pytest.raises(ValueError, match="max_tumors_per_kidney must be a positive integer or None, got 0"):
+        PostprocessConfig(max_tumors_per_kidney=0)

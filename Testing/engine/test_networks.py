@@ -34,8 +34,9 @@ def _seed():
     torch.manual_seed(0)
 
 
-# ENet is 2D only (test_enet.py checks that 3D is refused)
-@pytest.mark.parametrize("arch, dims", [(a, d) for a in ARCHITECTURES for d in (3, 2) if (a, d) != ("enet", 3)])
+# ENet and the 2.5D V-Net are 2D only (test_enet.py and test_vnet25d.py check that 3D is refused)
+@pytest.mark.parametrize("arch, dims", [(a, d) for a in ARCHITECTURES for d in (3, 2)
+                                        if d == 2 or a not in ("enet", "vnet25d")])
 def test_eval_returns_full_resolution_logits(arch, dims):
     cfg = _cfg(arch, dims, in_channels=1, out_channels=3)
     net = build_network(cfg).eval()

@@ -134,3 +134,21 @@ def test_export_sets_stage4_settings(runs, tmp_path, caplog):
     assert train_main(bad + ["min_candidate_ml=0.02"]) == 1  # under the default listing floor
     assert "min_listed_ml must be from 0 to min_candidate_ml (0.02 mL), got 0.05" in caplog.text
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_derived_stage_is_its_source_read_at_other_channels(tmp_path):
+    from helpers_bundle import make_tiny_bundle
+
+    src = make_tiny_bundle(tmp_path / "src").path
+    fields = {"foreground_channel": 1, "mask_outside": False, "margin_mm": 12.0}
+    b = export_bundle({"roi": [src], "kidney": [src]}, tmp_path / "b", derived={"tumor": ("kidney", fields)})
+    tumor, kidney = b.stages["tumor"], b.stages["kidney"]
+    assert (tumor.role, tumor.name, tumor.mask_outside, tumor.margin_mm) == ("tumor", "tumor", False, 12.0)
+    assert tumor.network == kidney.network and tumor.spacing == kidney.spacing
+    assert [b.sha256_of(w) for w in tumor.weights] == [b.sha256_of(w) for w in kidney.weights]
+    assert b.provenance["members"]["tumor"] == [{"derived_from": "kidney", "fields": fields}]
+    with pytest.raises(ValueError, match="the 'tumor' stage is derived from the 'kidney' stage; give it no runs"):
+        export_bundle({"kidney": [src], "tumor": [src]}, tmp_path / "c", derived={"tumor": ("kidney", {})})
+    with pytest.raises(ValueError, match="derived from a 'roi' stage the bundle does not have"):
+        export_bundle({"kidney": [src]}, tmp_path / "d", derived={"tumor": ("roi", {})})
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()

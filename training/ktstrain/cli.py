@@ -7,6 +7,7 @@
     kidneytumorseg-train train ... --resume                 # continue a killed run
     kidneytumorseg-train preprocess --config ... --data ... --cache runs/cache
     kidneytumorseg-train export --roi runs/coarse_fold0 --kidney runs/kidney_fold0 --tumor runs/tumor_fold* -o my_model
+    kidneytumorseg-train recipe 004-residual --data kits19/data --out runs/004 -o my_model   # training/recipes/
 """
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tensorboard", action="store_true")
     t.add_argument("--no-progress", action="store_true")
 
+    _add_recipe_parser(sub)
+
     pp = sub.add_parser("preprocess", help="only build the stage's preprocessing cache")
     pp.add_argument("--config", required=True)
     pp.add_argument("--data", required=True, nargs="+")
@@ -70,9 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--post", nargs="+", default=[], metavar="KEY=VALUE",
                    help="stage-4 settings that differ from the defaults (fields of PostprocessConfig), "
                         "e.g. tumor_growth_passes=3 tumor_growth_mm=13 min_kidney_contact=0.3; none turns "
-                        "cyst_max_hu or min_kidney_contact off")
+                        "cyst_max_hu, min_kidney_contact or max_tumors_per_kidney off")
     e.add_argument("--overwrite", action="store_true")
     return p
+
+
+def _add_recipe_parser(sub) -> None:
+    r = sub.add_parser("recipe", help="train a report's system (training/recipes/) and export its bundle")
+    r.add_argument("recipe", help="recipe name (e.g. 004-residual) or recipe file")
+    r.add_argument("--data", required=True, nargs="+", help="KiTS-layout folder(s), as for train")
+    r.add_argument("--out", required=True, help="runs folder (one run per configuration and fold)")
+    r.add_argument("-o", "--output", required=True, help="the bundle folder to write")
+    r.add_argument("--size", help="one of the recipe's sizes (cpu, tiny); default: the report's")
+    r.add_argument("--folds", nargs="+", help="train these folds instead of the recipe's")
+    r.add_argument("--time-budget", type=float, metavar="SECONDS", help="wall-clock time of the whole recipe")
+    r.add_argument("--synthetic", type=int, default=0, help="first generate this many phantoms into --data")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--workers", type=int, default=1, help="preprocessing processes")
+    r.add_argument("--overwrite", action="store_true")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -86,6 +104,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _train(args)
         if args.command == "preprocess":
             return _preprocess(args)
+        if args.command == "recipe":
+            return _recipe(args)
         return _export(args)
     except (InputError, BundleError, FileExistsError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
@@ -143,6 +163,18 @@ def _train(args) -> int:
     return 0
 
 
+def _recipe(args) -> int:
+    from .recipe import find_recipe, train_recipe
+
+    recipe = find_recipe(args.recipe)
+    res = train_recipe(recipe, _cases(args.data, args.synthetic), Path(args.out), Path(args.output), size=args.size,
+                       time_budget_s=args.time_budget, device=args.device, workers=args.workers,
+                       show_progress=sys.stderr.isatty(), overwrite=args.overwrite, folds=args.folds)
+    log.info("recipe %s: %d run(s) in %.0f s, bundle %s (%d parameters)", recipe.name,
+             sum(len(v) for v in res.runs.values()), res.train_seconds, res.bundle, res.parameters)
+    return 0
+
+
 def _preprocess(args) -> int:
     from .config import load_config
     from .preprocess import preprocess_stage
@@ -174,6 +206,9 @@ def _parse_tta(items) -> dict:
     return out
 
 
+_OPTIONAL_RULES = ("cyst_max_hu", "min_kidney_contact", "max_tumors_per_kidney")
+
+
 def _parse_post(items):
     """``--post KEY=VALUE ...`` over the default stage-4 settings; each value takes the type of the default."""
     from dataclasses import fields, replace
@@ -188,8 +223,10 @@ def _parse_post(items):
             raise ValueError(f"--post takes KEY=VALUE with KEY one of {', '.join(names)}; got {item!r}")
         default = getattr(DEFAULT_POSTPROCESS, key)
         try:
-            if text.lower() == "none" and key in ("cyst_max_hu", "min_kidney_contact"):  # rules that None turns off
+            if text.lower() == "none" and key in _OPTIONAL_RULES:  # rules that None turns off
                 changes[key] = None
+            elif key == "max_tumors_per_kidney":
+                changes[key] = int(text)
             elif isinstance(default, str):
                 changes[key] = text
             else:

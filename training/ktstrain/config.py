@@ -85,7 +85,8 @@ class StageTraining:
         }
 
 
-def _merge_stage(base: StageConfig, over: Dict[str, Any]) -> StageConfig:
+def merge_stage(base: StageConfig, over: Dict[str, Any]) -> StageConfig:
+    """``base`` with the fields of ``over`` (``network`` field by field)."""
     over = dict(over)
     net = over.pop("network", None)
     merged = to_dict(base)
@@ -105,7 +106,7 @@ def parse_config(data: Dict[str, Any]) -> StageTraining:
     presets = {s.role: s for s in default_stages()}
     if role not in presets:
         raise ValueError(f"configuration role must be one of {sorted(presets)}, got {role!r}")
-    stage = _merge_stage(presets[role], data.get("stage", {}))
+    stage = merge_stage(presets[role], data.get("stage", {}))
     train = from_dict(TrainSettings, data.get("train", {}))
     augment = AugmentConfig.from_dict(data.get("augment", {}))
     pre = data.get("preprocess", {})

@@ -17,10 +17,10 @@ import re
 import subprocess
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from KidneyTumorSegLib.bundles.bundle import Bundle, save_bundle, sha256_file
-from KidneyTumorSegLib.config import PostprocessConfig, StageConfig, from_dict
+from KidneyTumorSegLib.config import NetworkConfig, PostprocessConfig, StageConfig, from_dict
 from KidneyTumorSegLib.presets import DEFAULT_POSTPROCESS
 
 from .checkpoint import load_checkpoint
@@ -48,18 +48,27 @@ def export_bundle(
     overwrite: bool = False,
     limitations: str = "",
     tta: Optional[Mapping[str, int]] = None,
+    derived: Optional[Mapping[str, Tuple[str, Mapping[str, Any]]]] = None,
 ) -> Bundle:
     """Bundle the ``which`` checkpoint of each run (final, best, latest or epochNNNN); ``runs`` maps role ->
     run folders and bundle folders (one bundle folder alone: its stage as it is). ``tta`` maps role -> the
     most test-time augmentations that stage was validated with (the stage's ``tta``, which caps
-    ``--tta``/``--full`` at inference); other stages keep their configuration's."""
+    ``--tta``/``--full`` at inference); other stages keep their configuration's.
+
+    ``derived`` maps a role to ``(source role, stage fields)``: that stage is the source stage's networks
+    and weights with those fields changed (report 001 and 004 train one network for kidney and tumor;
+    the tumor stage is the kidney stage's network read at its tumor channel)."""
     checkpoint = _checkpoint_name(which)
     tta = _check_tta(tta or {})
+    derived = dict(derived or {})
     stages: List[StageConfig] = []
     weights: Dict[str, list] = {}
     members: Dict[str, list] = {}
     for role in ("roi", "kidney", "tumor"):
         folders = [Path(p) for p in runs.get(role, ())]
+        if role in derived:
+            stages.append(_derived_stage(role, *derived[role], stages, weights, members, folders))
+            continue
         if not folders:
             if role == "roi":
                 continue
@@ -86,26 +95,50 @@ def _ensemble_stage(role: str, folders: Sequence[Path], checkpoint: str, weights
     ``weights[role]`` and ``members[role]``. Members must agree in network, spacing, window and normalization."""
     stage = None
     norms: List[Tuple[float, float]] = []  # each member's z-score statistics
+    nets: List[NetworkConfig] = []  # each member's network
     for folder in folders:
         if (folder / "manifest.json").is_file():  # a bundle's stage (all its members) joins the ensemble
             part_w: Dict[str, list] = {}
             part_m: Dict[str, list] = {}
             st = _stage_from_bundle(folder, role, part_w, part_m)
             sds, member, label = part_w[role], part_m[role][0], str(folder)
-            member_norms = st.member_statistics(len(sds))
+            member_norms, member_nets = st.member_statistics(len(sds)), st.member_network_configs(len(sds))
         else:
             st, sds, member, label = _run_member(folder / checkpoint, role)
-            member_norms = st.member_statistics(1)
-        if stage is not None and (st.network != stage.network or st.spacing != stage.spacing
+            member_norms, member_nets = st.member_statistics(1), [st.network]
+        if stage is not None and (_io(st.network) != _io(stage.network) or st.spacing != stage.spacing
                                   or st.window != stage.window or st.normalization != stage.normalization):
-            raise ValueError(f"{label}: ensemble members of stage {role!r} differ in network, spacing, "
-                             "window or normalization")
+            raise ValueError(f"{label}: ensemble members of stage {role!r} differ in network input or output, "
+                             "spacing, window or normalization")
         stage = stage or st
         weights.setdefault(role, []).extend(sds)
         members.setdefault(role, []).append(member)
         norms.extend(member_norms)
-    stage = replace(stage, member_norm=_member_norm(stage, norms))
+        nets.extend(member_nets)
+    differ = any(n != stage.network for n in nets)
+    stage = replace(stage, member_norm=_member_norm(stage, norms), member_networks=tuple(nets) if differ else ())
     return _with_provenance(stage, members[role], data)
+
+
+def _derived_stage(role: str, source: str, fields: Mapping[str, Any], stages: Sequence[StageConfig],
+                   weights: Dict[str, list], members: Dict[str, list], folders: Sequence[Path]) -> StageConfig:
+    """Stage ``role`` as the already exported stage ``source`` with ``fields`` changed; adds its weights."""
+    from .config import merge_stage
+
+    if folders:
+        raise ValueError(f"the {role!r} stage is derived from the {source!r} stage; give it no runs of its own")
+    base = next((s for s in stages if s.role == source), None)
+    if base is None:
+        raise ValueError(f"the {role!r} stage is derived from a {source!r} stage the bundle does not have "
+                         "(stages are exported in the order roi, kidney, tumor)")
+    weights[role] = list(weights[source])
+    members[role] = [{"derived_from": source, "fields": dict(fields)}]
+    return merge_stage(replace(base, role=role, name=role), fields)
+
+
+def _io(net: NetworkConfig) -> Tuple[int, int, int]:
+    """What ensemble members must share (their architectures may differ: report 000's two kidney encoders)."""
+    return net.spatial_dims, net.in_channels, net.out_channels
 
 
 def _run_member(path: Path, role: str) -> Tuple[StageConfig, list, dict, str]:

@@ -39,6 +39,7 @@ from .losses import build_training_loss
 from .preprocess import preprocess_stage
 from .sampler import PatchSampler
 from .schedules import build_optimizer, build_scheduler
+from .slices import as_slices, training_patch_size
 from .splits import fold_cases, get_or_create_splits
 from .stage_cache import StageCache
 from .validation import validate
@@ -183,7 +184,7 @@ def _build(r: _Run, init: Optional[Path], resume: bool) -> None:
     if init is not None and not resume:
         r.init_from = load_init_weights(model, init)
         log.info("initialised %s from %s", stage.name, r.init_from)
-    if ts.channels_last:
+    if ts.channels_last and stage.network.spatial_dims == 3:
         model = model.to(memory_format=torch.channels_last_3d)
     r.model = r.net = model
     r.opt = build_optimizer(model, ts.optimizer, lr=ts.lr, weight_decay=ts.weight_decay, momentum=ts.momentum,
@@ -226,7 +227,8 @@ def _sampler(r: _Run, train_cache: StageCache) -> Tuple[PatchSampler, List[int]]
     """The patch sampler of all ranks' patches of an epoch, and the indices of this rank's."""
     ts, world = r.cfg.train, r.world
     per_rank = ts.iterations_per_epoch * ts.batch_size
-    sampler = PatchSampler(train_cache, r.stage, samples_per_epoch=per_rank * world.size, fg_fraction=ts.fg_fraction,
+    sampler = PatchSampler(train_cache, r.stage, samples_per_epoch=per_rank * world.size,
+                           patch_size=training_patch_size(r.stage), fg_fraction=ts.fg_fraction,
                            hard_negative_fraction=ts.hard_negative_fraction, tumor_fraction=ts.tumor_fraction,
                            seed=ts.seed)
     return sampler, list(range(world.rank, per_rank * world.size, world.size))
@@ -266,7 +268,8 @@ def _train_epoch(r: _Run, sampler: PatchSampler, indices: List[int], epoch: int,
         gen = torch.Generator(device=dev)
         gen.manual_seed(_step_seed(ts.seed, epoch, step, r.world.rank))
         img, lab = augment_batch(img, lab, r.cfg.augment, generator=gen, spacing=r.stage.spacing)
-        if ts.channels_last:
+        img, lab = as_slices(img, lab, r.stage)
+        if ts.channels_last and img.dim() == 5:
             img = img.contiguous(memory_format=torch.channels_last_3d)
         loss = training_step(r.net, r.model, img, lab, r.opt, r.scaler, r.loss_fn, r.amp, ts.grad_clip)
         losses.append(float(loss.detach()))

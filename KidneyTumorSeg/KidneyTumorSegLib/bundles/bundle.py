@@ -104,24 +104,24 @@ class Bundle:
         from ..engine.networks import Renormalised, build_network
 
         stage = self.stages[role]
-        expected, problem = network_tensors(stage.network)
-        if problem:
-            raise BundleError(f"{self.path / MANIFEST}: stage {short(stage.name)}: its network cannot be built: "
-                              f"{problem}")
         own = (float(stage.norm_mean), float(stage.norm_std))
         models = []
-        for name, mn in zip(stage.weights, stage.member_statistics()):
+        for name, mn, cfg in zip(stage.weights, stage.member_statistics(), stage.member_network_configs()):
+            expected, problem = network_tensors(cfg)
+            if problem:
+                raise BundleError(f"{self.path / MANIFEST}: stage {short(stage.name)}: its network cannot be built: "
+                                  f"{problem}")
             p = self.checked_weight(name)
             problem = tensors_problem(p, expected)
             if problem:
-                raise BundleError(f"{p}: weights do not match the {stage.network.architecture!r} network of stage "
+                raise BundleError(f"{p}: weights do not match the {cfg.architecture!r} network of stage "
                                   f"{short(stage.name)}: {problem}")
             sd = _load_file(p)
-            net = build_network(stage.network)
+            net = build_network(cfg)
             try:
                 net.load_state_dict(sd, strict=True)
             except RuntimeError as exc:
-                raise BundleError(f"{p}: weights do not match the {stage.network.architecture!r} network of stage "
+                raise BundleError(f"{p}: weights do not match the {cfg.architecture!r} network of stage "
                                   f"{short(stage.name)}: {str(exc).splitlines()[0]}") from exc
             if mn != own:
                 net = Renormalised(net, own, mn)
@@ -141,7 +141,8 @@ class Bundle:
             "stages": {
                 role: {
                     "name": s.name,
-                    "architecture": s.network.architecture,
+                    "architecture": " + ".join(dict.fromkeys(n.architecture for n in s.member_network_configs(1)
+                                                             + list(s.member_networks))),
                     "spacing_zyx_mm": list(s.spacing),
                     "window_hu": list(s.window),
                     "patch_size": list(s.patch_size),
@@ -264,6 +265,9 @@ def load_bundle(path: os.PathLike, verify: bool = True) -> Bundle:
             raise BundleError(f"{mpath}: stage {short(s.name)} lists no weight files")
         if s.member_norm and len(s.member_norm) != len(s.weights):
             raise BundleError(f"{mpath}: stage {short(s.name)} lists {len(s.member_norm)} member_norm entries for "
+                              f"{len(s.weights)} weight files")
+        if s.member_networks and len(s.member_networks) != len(s.weights):
+            raise BundleError(f"{mpath}: stage {short(s.name)} lists {len(s.member_networks)} member_networks for "
                               f"{len(s.weights)} weight files")
         by_role[s.role] = s
     kidney_nnunet = "kidney" in by_role and by_role["kidney"].nnunet is not None

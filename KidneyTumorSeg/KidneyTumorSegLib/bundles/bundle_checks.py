@@ -26,9 +26,11 @@ MAX_PATCH_SIDE = 1024
 MAX_PATCH_VOXELS = 256 ** 3
 MAX_CHANNELS = 1024
 MAX_LEVELS = 8
+MAX_MEMBERS = 64  # networks of one stage's ensemble
 SPACING_MM = (0.01, 100.0)
 # Mirrors of networks.ARCHITECTURES and tta.MAX_TTA (those modules import torch; a test keeps them equal).
-ARCHITECTURES = ("resunet", "unet", "preact_resunet", "vnet", "enet")
+ARCHITECTURES = ("resunet", "unet", "preact_resunet", "vnet", "enet", "vnet25d")
+UNETS = ("resunet", "unet", "preact_resunet")
 MAX_TTA = 12
 NORMS = ("instance", "batch", "group")
 ACTIVATIONS = ("leakyrelu", "relu", "elu", "prelu", "gelu")
@@ -156,6 +158,8 @@ class Nested:
 
 def _strides(net: dict) -> Optional[str]:
     """Cross-field rule of a network: one stride (an int, or one per spatial axis) per level of ``channels``."""
+    if net.get("architecture", NetworkConfig.architecture) not in UNETS:
+        return None  # strides are the U-Nets' (vnet, enet and vnet25d down-sample by their own design)
     channels = net.get("channels", list(NetworkConfig.channels))
     strides = net.get("strides", list(NetworkConfig.strides))
     dims = net.get("spatial_dims", NetworkConfig.spatial_dims)
@@ -166,7 +170,7 @@ def _strides(net: dict) -> Optional[str]:
     if not (isinstance(strides, list) and len(strides) == len(channels) and all(ok(s) for s in strides)):
         return f"network.strides must be one stride per level of network.channels ({len(channels)}), each an " \
                f"integer from 1 to 8 or a list of spatial_dims of them, got {show(strides)}"
-    if net.get("architecture", NetworkConfig.architecture) != "vnet" and strides[0] not in (1, [1] * dims):
+    if strides[0] not in (1, [1] * dims):
         return f"network.strides must start with 1 (the output has the resolution of the first level), " \
                f"got {show(strides)}"
     return None
@@ -233,6 +237,7 @@ STAGE_CHECKS: Dict[str, Any] = {
     "weights": _weights,
     "member_norm": _list_of("a list of [norm_mean, norm_std > 0] pairs of finite numbers",
                             lambda e: isinstance(e, list) and len(e) == 2 and all(map(_finite, e)) and e[1] > 0),
+    "member_networks": _rule("a list of network objects (as network)", lambda v: isinstance(v, list)),  # _members
     "provenance": _OBJECT,
     "nnunet": Nested(NNUNET_CHECKS, required=("path",), null=True),
 }
@@ -248,6 +253,8 @@ POSTPROCESS_CHECKS: Dict[str, Any] = {
     "tumor_growth_mm": _number(0, 50),
     "min_kidney_contact": _number(0, 1, null=True),
     "min_listed_ml": _number(0, 1000),
+    "max_tumors_per_kidney": _rule("an integer from 1 to 64, or null",
+                                   lambda v: v is None or _int(v, 1, 64)),
 }
 
 TOP_CHECKS: Dict[str, Any] = {
@@ -302,6 +309,20 @@ def _stage_label(i: int, stage: Any) -> str:
     return f"stage #{i + 1}"
 
 
+def _check_member_networks(members: list, label: str) -> None:
+    """Each entry of a stage's ``member_networks`` by the table of ``network``."""
+    for n, net in enumerate(members[:MAX_MEMBERS]):
+        where = f"member_networks[{n}]"
+        if not isinstance(net, dict):
+            raise ManifestError(f"{label}: {where} must be an object, got {show(net)}")
+        check_fields(net, NETWORK_CHECKS, f"{label}: ", f"{where}.")
+        problem = _strides(net)
+        if problem:
+            raise ManifestError(f"{label}: {where}: {problem}")
+    if len(members) > MAX_MEMBERS:
+        raise ManifestError(f"{label}: member_networks lists {len(members)} networks, at most {MAX_MEMBERS}")
+
+
 def validate_manifest(data: Any) -> None:
     """Check a parsed manifest completely (see the module docstring); :class:`ManifestError` for the first problem."""
     if not isinstance(data, dict):
@@ -315,6 +336,7 @@ def validate_manifest(data: Any) -> None:
         if not isinstance(stage, dict):
             raise ManifestError(f"{label} must be an object, got {show(stage)}")
         check_fields(stage, STAGE_CHECKS, f"{label}: ", required=("name", "role"))
+        _check_member_networks(stage.get("member_networks", []), label)
     problem = FILES_CHECK(data["files"])
     if problem:
         raise ManifestError(f"files {problem}")

@@ -9,7 +9,7 @@ words the report and the findings table show.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Sequence, Tuple
 
 import cc3d
@@ -87,7 +87,20 @@ def score_candidates(tprob: np.ndarray, kvol: Volume, post: PostprocessConfig, k
             wide = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
             contact = kidney_contact((cc[wide] == c) & first[wide], kidney[wide], kvol.spacing_zyx)
             out.append(Scored(sl, sub, vol_ml, score, hu, contact, rejection(score, vol_ml, hu, contact, post)))
-    return cc, out, specks
+    return cc, keep_largest(out, post.max_tumors_per_kidney), specks
+
+
+NOT_LARGEST = "not among the largest"
+
+
+def keep_largest(scored: List[Scored], n) -> List[Scored]:
+    """Of the kept candidates, only the ``n`` largest stay kept (report 002's largest component); None: all."""
+    kept = sorted((sc for sc in scored if not sc.why), key=lambda sc: -sc.vol_ml)
+    if n is None or len(kept) <= n:
+        return scored
+    drop = {id(sc) for sc in kept[n:]}
+    why = f"{NOT_LARGEST} {n} kept on this kidney (max_tumors_per_kidney)"
+    return [replace(sc, why=why) if id(sc) in drop else sc for sc in scored]
 
 
 def core_hu(hu: np.ndarray, mask: np.ndarray, spacing_zyx, depth_mm: float = 2.0) -> float:

@@ -228,7 +228,7 @@ def choose_transforms(stage: StageConfig, runtime: RuntimeConfig) -> List[TTATra
     two_d = stage.input_mode != "3d"
     _, sj, si = (float(s) for s in stage.spacing)
     pj, pi = stage.patch_size[1], stage.patch_size[2]
-    div = required_divisor(stage.network)
+    div = stage_divisor(stage)
     dj, di = div[-2], div[-1]
     rotations = math.isclose(sj, si, rel_tol=1e-3) and (pj == pi or (pj % di == 0 and pi % dj == 0))
     chosen = tta_transforms(n, rotations=rotations, flip_k=not two_d)
@@ -254,11 +254,20 @@ def _check_stage(stage: StageConfig) -> Tuple[int, ...]:
     if net.in_channels != want_in:
         raise ValueError(f"stage {stage.name!r}: input_mode {stage.input_mode!r} with context_slices="
                          f"{stage.context_slices} feeds {want_in} channel(s), network has in_channels={net.in_channels}")
-    div = required_divisor(net)
+    div = stage_divisor(stage)
     if any(p % d for p, d in zip(window, div)):
+        names = sorted({m.architecture for m in stage.member_network_configs(1)})
         raise ValueError(f"stage {stage.name!r}: patch {window} is not a multiple of {div}, "
-                         f"which {net.architecture!r} needs")
+                         f"which {' and '.join(repr(n) for n in names)} need(s)")
     return window
+
+
+def stage_divisor(stage: StageConfig) -> Tuple[int, ...]:
+    """Per-axis factor the window must be a multiple of: the least common multiple over the stage's networks."""
+    div = np.ones(stage.network.spatial_dims, dtype=np.int64)
+    for net in [stage.network, *stage.member_networks]:
+        div = np.lcm(div, np.asarray(required_divisor(net), dtype=np.int64))
+    return tuple(int(d) for d in div)
 
 
 class NetworkPredictor:

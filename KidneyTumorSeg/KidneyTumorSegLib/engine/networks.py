@@ -23,7 +23,8 @@ class below assembles MONAI's own ``UnetResBlock`` / ``UnetBasicBlock`` /
 the three U-Net variants of report 004 share one topology, one state-dict
 layout and one output contract, and differ only in the block. ``vnet`` is
 MONAI's ``VNet`` unchanged (report 000's coarse stage); ``enet`` is report
-001's 2D ENet (:mod:`.enet`).
+001's 2D ENet (:mod:`.enet`); ``vnet25d`` report 002's 2.5D tumor V-Net with
+multi-scale inputs, SE blocks, attention gates and HDC (:mod:`.vnet25d`).
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ from ..config import NetworkConfig
 
 logger = logging.getLogger(__name__)
 
-ARCHITECTURES = ("resunet", "unet", "preact_resunet", "vnet", "enet")
+ARCHITECTURES = ("resunet", "unet", "preact_resunet", "vnet", "enet", "vnet25d")
 _BLOCKS = {"resunet": "res", "unet": "basic", "preact_resunet": "preact"}
 _VNET_DIVISOR = 16  # four stride-2 down transitions
 _ENET_DIVISOR = 8  # the initial block and two down-sampling bottlenecks
@@ -275,6 +276,8 @@ def build_network(cfg: NetworkConfig) -> nn.Module:
         return _build_vnet(cfg)
     if cfg.architecture == "enet":
         return _build_enet(cfg)
+    if cfg.architecture == "vnet25d":
+        return _build_vnet25d(cfg)
     strides = [_check_stride(s, cfg.spatial_dims) for s in cfg.strides]
     return UNet(
         spatial_dims=cfg.spatial_dims, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
@@ -308,6 +311,17 @@ def _build_enet(cfg: NetworkConfig) -> nn.Module:
     return ENet(cfg.in_channels, cfg.out_channels)
 
 
+def _build_vnet25d(cfg: NetworkConfig) -> nn.Module:
+    from .vnet25d import VNet25D
+
+    if cfg.spatial_dims != 2:
+        raise ValueError(f"architecture 'vnet25d' is 2D (report 002's 2.5D: neighbouring slices as channels): "
+                         f"spatial_dims must be 2, got {cfg.spatial_dims}")
+    if cfg.heads:
+        raise ValueError(f"architecture 'vnet25d' has no extra heads; remove heads {sorted(cfg.heads)}")
+    return VNet25D(cfg.in_channels, cfg.out_channels, channels=tuple(int(c) for c in cfg.channels))
+
+
 def _check_stride(stride: Any, spatial_dims: int) -> Any:
     s = tuple(int(v) for v in np.atleast_1d(stride))
     if len(s) not in (1, spatial_dims) or min(s) < 1:
@@ -321,6 +335,8 @@ def required_divisor(cfg: NetworkConfig) -> Tuple[int, ...]:
         return (_VNET_DIVISOR,) * cfg.spatial_dims
     if cfg.architecture == "enet":
         return (_ENET_DIVISOR,) * cfg.spatial_dims
+    if cfg.architecture == "vnet25d":
+        return (2 ** (len(cfg.channels) - 1),) * cfg.spatial_dims
     div = np.ones(cfg.spatial_dims, dtype=np.int64)
     for s in cfg.strides:
         div *= np.broadcast_to(np.atleast_1d(np.asarray(s, dtype=np.int64)), (cfg.spatial_dims,))
