@@ -154,6 +154,10 @@ def train_recipe(recipe: Recipe, cases: Sequence[Any], out: Path, bundle: Path, 
         raise FileExistsError(f"output exists: {bundle} (use --overwrite to replace it)")
     configs = recipe_configs(recipe, size, overrides)
     jobs = [(role, cfg, str(fold)) for role, cfgs in configs.items() for cfg in cfgs for fold in folds or recipe.folds]
+    for role, cfg, fold in jobs:
+        if fold != "all" and not 0 <= int(fold) < cfg.train.n_folds:
+            raise ValueError(f"recipe {recipe.name}: fold {fold} of stage {cfg.stage.name!r}, whose configuration "
+                             f"splits the cases into {cfg.train.n_folds} folds")
     t0 = time.perf_counter()
     runs: Dict[str, List[Path]] = {}
     out = Path(out)
