@@ -206,3 +206,17 @@ def test_report_002_keeps_only_the_largest_candidate_per_kidney():
     assert np.all(one.label.array[one.candidates.array == spot.id] != 2)
     with pytest.raises(ValueError, match="max_tumors_per_kidney must be a positive integer or None, got 0"):
         PostprocessConfig(max_tumors_per_kidney=0)
+
+
+def test_report_003_drops_small_components_slice_by_slice():
+    from KidneyTumorSegLib.cascade.candidates import drop_small_slice_components
+
+    mask = np.zeros((3, 20, 20), bool)
+    mask[0, 2:10, 2:10] = True  # 64 voxels of 0.5 x 0.5 mm: 16 mm2
+    mask[0, 15:17, 15:17] = True  # 4 voxels: 1 mm2
+    mask[1, 2:4, 2:4] = True  # 1 mm2 in the next slice, part of the same 3D object
+    out = drop_small_slice_components(mask, (3.0, 0.5, 0.5), min_mm2=2.0)
+    assert out[0, 2:10, 2:10].all() and out.sum() == 64
+    assert drop_small_slice_components(mask, (3.0, 0.5, 0.5), 0.0) is mask
+    with pytest.raises(ValueError, match="min_slice_component_mm2 must be from 0 to 10000 mm2"):
+        PostprocessConfig(min_slice_component_mm2=-1.0)

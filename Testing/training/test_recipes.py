@@ -16,7 +16,7 @@ from KidneyTumorSegLib.cli import main as segment_main
 from KidneyTumorSegLib.engine.networks import build_network, count_parameters, required_divisor
 from ktstrain.recipe import RECIPES, deep_merge, find_recipe, list_recipes, load_recipe, recipe_configs, train_recipe
 
-NAMES = ["000-cascade", "001-enet", "002-resunet-vnet25d", "004-plain", "004-preact", "004-residual"]
+NAMES = ["000-cascade", "001-enet", "002-resunet-vnet25d", "003-fusion", "004-plain", "004-preact", "004-residual"]
 
 
 def test_every_reported_system_has_a_recipe_with_a_readme_paragraph():
@@ -100,6 +100,11 @@ def _check_bundle(name: str, bundle) -> None:
         assert "roi" not in st and st["tumor"].network.architecture == "vnet25d"
         assert st["tumor"].input_mode == "2.5d" and st["tumor"].network.in_channels == 5
         assert bundle.postprocess.max_tumors_per_kidney == 1
+    elif name == "003-fusion":
+        assert st["roi"].network.heads == {"landmarks": 5} and st["kidney"].network.heads == {"boundary": 1}
+        assert [n.architecture for n in st["tumor"].member_networks] == ["resunet", "unet"]
+        assert {s.window for s in st.values()} == {(-200.0, 300.0)} and st["kidney"].normalization == "minmax"
+        assert bundle.postprocess.min_slice_component_mm2 == 39.0
     else:
         assert "roi" not in st and len(st["kidney"].weights) == 2  # the folds trained (2 here, 5 in the recipe)
         assert st["kidney"].network.out_channels == 3 and st["tumor"].foreground_channel == 2

@@ -33,6 +33,7 @@ from .checkpoint import CheckpointManager, capture_rng, restore_rng
 from .config import StageTraining
 from .data import Case
 from .distributed import World, all_mean, barrier, init_world
+from .heads import head_targets
 from .init_weights import load_init_weights
 from .logs import TrainingLog
 from .losses import build_training_loss
@@ -271,7 +272,9 @@ def _train_epoch(r: _Run, sampler: PatchSampler, indices: List[int], epoch: int,
         img, lab = as_slices(img, lab, r.stage)
         if ts.channels_last and img.dim() == 5:
             img = img.contiguous(memory_format=torch.channels_last_3d)
-        loss = training_step(r.net, r.model, img, lab, r.opt, r.scaler, r.loss_fn, r.amp, ts.grad_clip)
+        heads = r.stage.network.heads
+        targets = head_targets(lab, heads, r.stage.role) if heads else None
+        loss = training_step(r.net, r.model, img, lab, r.opt, r.scaler, r.loss_fn, r.amp, ts.grad_clip, targets)
         losses.append(float(loss.detach()))
         if bar is not None:
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
@@ -358,16 +361,18 @@ def fit_epochs(epoch: int, pace_s: float, left_s: float, ceiling: int, warmup_ep
     return max(epoch + 1, warmup_epochs + 1, min(int(ceiling), epoch + 1 + more))
 
 
-def training_step(net, model, img, lab, opt, scaler, loss_fn, amp, grad_clip: float) -> torch.Tensor:
+def training_step(net, model, img, lab, opt, scaler, loss_fn, amp, grad_clip: float,
+                  head_targets=None) -> torch.Tensor:
     """One optimiser step (autocast forward, float32 loss, scaled backward, clipping); returns the loss.
 
     ``net`` is what runs the forward pass (the DDP wrapper when distributed),
-    ``model`` the bare module whose gradients are clipped.
+    ``model`` the bare module whose gradients are clipped; ``head_targets``:
+    the targets of a network's extra heads (:mod:`.heads`).
     """
     opt.zero_grad(set_to_none=True)
     with torch.autocast(img.device.type, dtype=amp, enabled=amp is not None):
         out = net(img)
-    loss = loss_fn(_float(out), lab)
+    loss = loss_fn(_float(out), lab, head_targets)
     scaler.scale(loss).backward()
     if grad_clip:
         scaler.unscale_(opt)

@@ -253,6 +253,7 @@ POSTPROCESS_CHECKS: Dict[str, Any] = {
     "tumor_growth_mm": _number(0, 50),
     "min_kidney_contact": _number(0, 1, null=True),
     "min_listed_ml": _number(0, 1000),
+    "min_slice_component_mm2": _number(0, 10000),
     "max_tumors_per_kidney": _rule("an integer from 1 to 64, or null",
                                    lambda v: v is None or _int(v, 1, 64)),
 }

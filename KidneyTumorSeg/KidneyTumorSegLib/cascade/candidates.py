@@ -62,7 +62,8 @@ def score_candidates(tprob: np.ndarray, kvol: Volume, post: PostprocessConfig, k
     Components under ``post.min_listed_ml`` are specks: removed from the component map, only counted.
     Returns the component map, the scored candidates (map value = position + 1) and the number of specks.
     """
-    cc, ncomp = cc3d.connected_components(tprob >= post.tumor_threshold, connectivity=26, return_N=True)
+    mask = drop_small_slice_components(tprob >= post.tumor_threshold, kvol.spacing_zyx, post.min_slice_component_mm2)
+    cc, ncomp = cc3d.connected_components(mask, connectivity=26, return_N=True)
     out: List[Scored] = []
     specks = 0
     vox_ml = kvol.voxel_volume_ml()
@@ -101,6 +102,20 @@ def keep_largest(scored: List[Scored], n) -> List[Scored]:
     drop = {id(sc) for sc in kept[n:]}
     why = f"{NOT_LARGEST} {n} kept on this kidney (max_tumors_per_kidney)"
     return [replace(sc, why=why) if id(sc) in drop else sc for sc in scored]
+
+
+def drop_small_slice_components(mask: np.ndarray, spacing_zyx, min_mm2: float) -> np.ndarray:
+    """``mask`` without the 2D (8-connected) components of each axial slice smaller than ``min_mm2`` (report 003)."""
+    if min_mm2 <= 0 or not mask.any():
+        return mask
+    min_voxels = float(min_mm2) / (float(spacing_zyx[1]) * float(spacing_zyx[2]))
+    out = mask.copy()
+    for k in np.flatnonzero(mask.any(axis=(1, 2))):
+        comps, n = ndimage.label(mask[k], structure=np.ones((3, 3), bool))
+        small = np.bincount(comps.ravel(), minlength=n + 1) < min_voxels
+        small[0] = False
+        out[k][small[comps]] = False
+    return out
 
 
 def core_hu(hu: np.ndarray, mask: np.ndarray, spacing_zyx, depth_mm: float = 2.0) -> float:
