@@ -47,6 +47,7 @@ from .validation import validate
 
 log = logging.getLogger(__name__)
 
+
 def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 10_007 + int(step) * 101 + int(rank)) % (2**63 - 1)
 
@@ -272,8 +273,7 @@ def _train_epoch(r: _Run, sampler: PatchSampler, indices: List[int], epoch: int,
         img, lab = as_slices(img, lab, r.stage)
         if ts.channels_last and img.dim() == 5:
             img = img.contiguous(memory_format=torch.channels_last_3d)
-        heads = r.stage.network.heads
-        targets = head_targets(lab, heads, r.stage.role) if heads else None
+        targets = head_targets(lab, r.stage.network.heads, r.stage.role) if r.stage.network.heads else None
         loss = training_step(r.net, r.model, img, lab, r.opt, r.scaler, r.loss_fn, r.amp, ts.grad_clip, targets)
         losses.append(float(loss.detach()))
         if bar is not None:
@@ -394,8 +394,6 @@ def _float(out):
 
 
 def _bar(enabled: bool, total: int, desc: str):
-    if not enabled:
-        return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True) if enabled else None
