@@ -12,14 +12,17 @@ from typing import Any, Dict, List, Optional, Tuple
 from .io.jsonfile import jsonable
 
 # Stage roles the cascade knows. A stage's role says where in the cascade it
-# runs and what its output means.
-ROLES = ("roi", "kidney", "tumor")
+# runs and what its output means: ``kidney_alone`` (report 003's K networks)
+# segments the kidney without its tumor in the kidney stage's region, for the
+# label-assignment fusion.
+ROLES = ("roi", "kidney", "tumor", "kidney_alone")
 # Input layouts: 3D patches, 2D slices, or 2.5D (a stack of neighbouring
 # slices as channels, ``context_slices`` on each side).
 INPUT_MODES = ("3d", "2d", "2.5d")
 NORMALISATIONS = ("zscore", "minmax", "none")
-# How the tumor stage's candidates are chosen (report 000's rule is the default).
-FUSION_RULES = ("candidate_mean_probability",)
+# How the stages' outputs make the labels: report 000's candidate rule (the default), or with report
+# 003's label assignment also the kidney_alone stage: kidney = kidney stage and kidney_alone, tumor on top.
+FUSION_RULES = ("candidate_mean_probability", "label_assignment")
 
 
 def short(value: Any, limit: int = 40) -> str:
@@ -39,7 +42,9 @@ class NetworkConfig:
     (report 000's coarse stage), ``enet`` (report 001's 2D ENet;
     ``spatial_dims=2``, the channel and stride settings do not apply),
     ``vnet25d`` (report 002's 2.5D tumor V-Net; ``spatial_dims=2``,
-    ``channels`` per level, strides do not apply). ``heads`` names extra outputs besides the
+    ``channels`` per level, strides do not apply), ``triplanar`` (report
+    003's 2.5D U-Net: three 2D U-Nets of ``channels`` along the three axes of
+    a 3D patch, 5 slices each). ``heads`` names extra outputs besides the
     segmentation (e.g. ``{"boundary": 1}`` for report 003's regression
     branch); the segmentation head always has ``out_channels`` channels.
     """
@@ -204,6 +209,13 @@ class StageConfig:
 @dataclass(frozen=True)
 class PostprocessConfig:
     """Stage 4 and the final merge.
+
+    ``fusion``: ``candidate_mean_probability`` (report 000) or
+    ``label_assignment`` (report 003; the bundle then has a ``kidney_alone``
+    stage): a voxel is kidney where the kidney stage (kidney + tumor) and the
+    kidney_alone stage both say so, tumor where a kept candidate is; the rest
+    of the kidney stage's region is background. Candidates are chosen by
+    report 000's rule in both.
 
     ``candidate_threshold``: a tumor candidate (connected component of the
     tumor mask) is kept when its mean tumor probability is at least this

@@ -183,3 +183,25 @@ def test_member_networks_are_checked(tmp_path):
     mp.write_text(json.dumps(data))
     with pytest.raises(BundleError, match=r"kidney_1\.safetensors: weights do not match the 'unet' network"):
         load_bundle(tmp_path / "m").build_models("kidney")
+
+
+def test_label_assignment_fusion_and_a_kidney_alone_stage_go_together(tmp_path):
+    from helpers_bundle import make_tiny_bundle
+
+    make_tiny_bundle(tmp_path / "m")
+    mp = tmp_path / "m" / MANIFEST
+    data = json.loads(mp.read_text())
+    data["postprocess"]["fusion"] = "label_assignment"
+    mp.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="the label_assignment fusion and a 'kidney_alone' stage go together; fusion "
+                                          "is 'label_assignment', stages are roi, kidney, tumor"):
+        load_bundle(tmp_path / "m")
+    data["postprocess"]["fusion"] = "candidate_mean_probability"
+    data["stages"].append(dict(data["stages"][1], name="k", role="kidney_alone"))
+    mp.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="fusion is 'candidate_mean_probability', stages are roi, kidney, tumor, "
+                                          "kidney_alone"):
+        load_bundle(tmp_path / "m")
+    data["postprocess"]["fusion"] = "label_assignment"
+    mp.write_text(json.dumps(data))
+    assert load_bundle(tmp_path / "m").stage("kidney_alone").weights == ("kidney_0.safetensors",)

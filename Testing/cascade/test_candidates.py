@@ -220,3 +220,30 @@ def test_report_003_drops_small_components_slice_by_slice():
     assert drop_small_slice_components(mask, (3.0, 0.5, 0.5), 0.0) is mask
     with pytest.raises(ValueError, match="min_slice_component_mm2 must be from 0 to 10000 mm2"):
         PostprocessConfig(min_slice_component_mm2=-1.0)
+
+
+def test_report_003_label_assignment_keeps_kidney_only_where_kidney_alone_agrees():
+    from KidneyTumorSegLib.config import StageConfig
+    from KidneyTumorSegLib.geometry.volume import Volume
+
+    image, label = toy_case()
+    st = dict(stages(), kidney_alone=StageConfig("k", "kidney_alone", spacing=(2.5, 1.6, 1.6)))
+    preds = reference_predictors(label, tumor_probability=1.0)
+    fused = PostprocessConfig(candidate_threshold=0.8, fusion="label_assignment")
+    plain = run_cascade(image, stages(), preds, PostprocessConfig(candidate_threshold=0.8))
+    # K agrees with the reference kidney: the labels change only at the kidney's edge (resampling)
+    same = run_cascade(image, st, dict(preds, kidney_alone=ReferencePredictor(label, labels=(1,))), fused)
+    changed = same.label.array != plain.label.array
+    assert changed.sum() < 0.005 * (plain.label.array == 1).sum(), (changed.sum(), (plain.label.array == 1).sum())
+    assert not (same.label.array[changed]).any()  # only kidney voxels became background
+    # K misses the kidney's upper half (k < middle): that part of the kidney becomes background
+    lab = label.array.copy()
+    middle = lab.shape[0] // 2
+    lab[:middle][lab[:middle] == 1] = 0
+    half = run_cascade(image, st, dict(preds, kidney_alone=ReferencePredictor(Volume(lab, spacing=label.spacing,
+                                                                                       origin=label.origin), labels=(1,))), fused)
+    kidney_before, kidney_after = plain.label.array == 1, half.label.array == 1
+    assert kidney_after.sum() < 0.75 * kidney_before.sum()
+    assert not kidney_after[: middle - 2].any() and kidney_after[middle + 2:].sum() > 0
+    np.testing.assert_array_equal(half.label.array == 2, plain.label.array == 2)  # tumors unchanged
+    assert sum(k.volume_ml for k in half.kidneys) < 0.75 * sum(k.volume_ml for k in plain.kidneys)

@@ -34,9 +34,9 @@ def _seed():
     torch.manual_seed(0)
 
 
-# ENet and the 2.5D V-Net are 2D only (test_enet.py and test_vnet25d.py check that 3D is refused)
+# ENet and the 2.5D V-Net are 2D only, the tri-planar U-Net 3D only (their own tests check the refusals)
 @pytest.mark.parametrize("arch, dims", [(a, d) for a in ARCHITECTURES for d in (3, 2)
-                                        if d == 2 or a not in ("enet", "vnet25d")])
+                                        if (d == 2 and a != "triplanar") or (d == 3 and a not in ("enet", "vnet25d"))])
 def test_eval_returns_full_resolution_logits(arch, dims):
     cfg = _cfg(arch, dims, in_channels=1, out_channels=3)
     net = build_network(cfg).eval()

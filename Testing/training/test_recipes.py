@@ -102,9 +102,10 @@ def _check_bundle(name: str, bundle) -> None:
         assert bundle.postprocess.max_tumors_per_kidney == 1
     elif name == "003-fusion":
         assert st["roi"].network.heads == {"landmarks": 5} and st["kidney"].network.heads == {"boundary": 1}
-        assert [n.architecture for n in st["tumor"].member_networks] == ["resunet", "unet"]
+        assert [n.architecture for n in st["tumor"].member_networks] == ["resunet", "unet", "triplanar"]
         assert {s.window for s in st.values()} == {(-200.0, 300.0)} and st["kidney"].normalization == "minmax"
-        assert bundle.postprocess.min_slice_component_mm2 == 39.0
+        assert bundle.postprocess.min_slice_component_mm2 == 39.0 and bundle.postprocess.fusion == "label_assignment"
+        assert [n.architecture for n in st["kidney_alone"].member_networks] == ["resunet", "unet"]  # the two K
     else:
         assert "roi" not in st and len(st["kidney"].weights) == 2  # the folds trained (2 here, 5 in the recipe)
         assert st["kidney"].network.out_channels == 3 and st["tumor"].foreground_channel == 2

@@ -79,7 +79,7 @@ def key_fields(stage: StageConfig, options: PreprocessOptions) -> Dict[str, Any]
     """Everything that shapes a stage's cache (window and normalisation do not: HU is stored)."""
     fields: Dict[str, Any] = {"version": PREPROCESS_VERSION, "role": stage.role,
                               "spacing": [float(s) for s in stage.spacing], "options": options.to_dict()}
-    if stage.role in ("kidney", "tumor"):
+    if stage.role in ("kidney", "kidney_alone", "tumor"):
         fields["margin_mm"] = float(stage.margin_mm)
     if stage.role == "tumor":
         fields.update(mask_outside=bool(stage.mask_outside), mask_value=float(stage.mask_value),

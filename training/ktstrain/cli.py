@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--workers", type=int, default=1)
 
     e = sub.add_parser("export", help="write the model bundle the core loads")
-    for role in ("roi", "kidney", "tumor"):
-        e.add_argument(f"--{role}", nargs="+", default=[], help=f"run folder(s) of the {role} stage (several = ensemble), "
+    for role in ("roi", "kidney", "tumor", "kidney_alone"):
+        e.add_argument(f"--{role.replace('_', '-')}", nargs="+", default=[],
+                       help=f"run folder(s) of the {role} stage (several = ensemble), "
                        "or a bundle folder: alone, its stage is taken over unchanged; beside others, its "
                        "weights join the ensemble")
     e.add_argument("-o", "--output", required=True)
@@ -188,7 +189,8 @@ def _preprocess(args) -> int:
 def _export(args) -> int:
     from .export import export_bundle
 
-    b = export_bundle({"roi": args.roi, "kidney": args.kidney, "tumor": args.tumor}, Path(args.output), which=args.which,
+    runs = {"roi": args.roi, "kidney": args.kidney, "tumor": args.tumor, "kidney_alone": args.kidney_alone}
+    b = export_bundle(runs, Path(args.output), which=args.which,
                       name=args.name, version=args.version, description=args.description, data=args.data_description,
                       overwrite=args.overwrite, limitations=args.limitations, tta=_parse_tta(args.tta),
                       postprocess=_parse_post(args.post))

@@ -3,7 +3,7 @@
 ::
 
     {
-      "role": "kidney",                     # roi | kidney | tumor
+      "role": "kidney",                     # roi | kidney | tumor | kidney_alone
       "stage": {"spacing": [3.22, 1.62, 1.62], "network": {"channels": [16, 32, 64, 128, 256]}},
       "train": {"epochs": 300, "batch_size": 2, "loss": "dice_ce", ...},
       "augment": {"p_rotation": 0.2, ...},
@@ -18,7 +18,7 @@ configuration states only what differs; the result is the core's own
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -104,6 +104,9 @@ def parse_config(data: Dict[str, Any]) -> StageTraining:
         raise ValueError(f"unknown configuration key(s): {', '.join(unknown)}")
     role = data.get("role")
     presets = {s.role: s for s in default_stages()}
+    # report 003's K networks: the kidney stage's setting, the kidney alone as foreground
+    presets["kidney_alone"] = replace(presets["kidney"], name="kidney_alone", role="kidney_alone",
+                                      labels=("background", "kidney"))
     if role not in presets:
         raise ValueError(f"configuration role must be one of {sorted(presets)}, got {role!r}")
     stage = merge_stage(presets[role], data.get("stage", {}))

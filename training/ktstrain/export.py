@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from KidneyTumorSegLib.bundles.bundle import Bundle, save_bundle, sha256_file
-from KidneyTumorSegLib.config import NetworkConfig, PostprocessConfig, StageConfig, from_dict
+from KidneyTumorSegLib.config import ROLES, NetworkConfig, PostprocessConfig, StageConfig, from_dict
 from KidneyTumorSegLib.presets import DEFAULT_POSTPROCESS
 
 from .checkpoint import load_checkpoint
@@ -64,13 +64,13 @@ def export_bundle(
     stages: List[StageConfig] = []
     weights: Dict[str, list] = {}
     members: Dict[str, list] = {}
-    for role in ("roi", "kidney", "tumor"):
+    for role in ROLES:
         folders = [Path(p) for p in runs.get(role, ())]
         if role in derived:
             stages.append(_derived_stage(role, *derived[role], stages, weights, members, folders))
             continue
         if not folders:
-            if role == "roi":
+            if role in ("roi", "kidney_alone"):  # optional stages
                 continue
             raise ValueError(f"no training run given for the {role!r} stage")
         if len(folders) == 1 and (folders[0] / "manifest.json").is_file():
@@ -172,7 +172,7 @@ def _check_tta(tta: Mapping[str, int]) -> Dict[str, int]:
 
     out = {}
     for role, n in tta.items():
-        if role not in ("roi", "kidney", "tumor"):
+        if role not in ROLES:
             raise ValueError(f"tta: unknown stage {role!r} (roi, kidney or tumor)")
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_TTA:
             raise ValueError(f"tta of the {role} stage must be an integer from 1 to {MAX_TTA}, got {n!r}")

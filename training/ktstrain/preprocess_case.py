@@ -86,7 +86,7 @@ def _items(can: Volume, lab: np.ndarray, cyst: Optional[np.ndarray], stage: Stag
         fg |= cyst
     if not fg.any():
         return [], "no kidney in the label map"
-    if stage.role == "kidney":
+    if stage.role in ("kidney", "kidney_alone"):  # kidney_alone (report 003's K) sees the kidney stage's region
         margin = [(stage.margin_mm + opts.kidney_extra_margin_mm) / s for s in can.spacing_zyx]
         box = expand_box(box_from_mask(fg), margin, shape=can.shape)
         crop = Crop(box, can.shape)

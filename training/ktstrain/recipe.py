@@ -31,13 +31,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from KidneyTumorSegLib.io.jsonfile import read_json
 
+from KidneyTumorSegLib.config import ROLES
+
 from .config import StageTraining, parse_config
 
 log = logging.getLogger(__name__)
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 _KEYS = {"name", "report", "summary", "comment", "stages", "folds", "derive", "export", "sizes"}
-_ROLES = ("roi", "kidney", "tumor")
+_ROLES = ROLES
 
 
 @dataclass(frozen=True)

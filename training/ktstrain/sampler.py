@@ -44,11 +44,13 @@ KINDS = ("fg", "tumor", "cyst", "random")
 
 
 def stage_target(label: np.ndarray, stage: StageConfig) -> np.ndarray:
-    """The stage's training target from mapped labels, uint8: label == 2 (tumor stage); for the roi and
+    """The stage's training target from mapped labels, uint8: label == 2 (tumor stage), label == 1 (kidney_alone); for the roi and
     kidney stages label > 0, or the labels themselves (0 background, 1 kidney, 2 tumor) when the network
     has three output channels (kidney and tumor as separate classes, the foreground their sum)."""
     if stage.role == "tumor":
         return (label == 2).astype(np.uint8)
+    if stage.role == "kidney_alone":  # report 003's K: the kidney without its tumor
+        return (label == 1).astype(np.uint8)
     if stage.network.out_channels == 3:
         return np.minimum(label, 2).astype(np.uint8)
     return (label > 0).astype(np.uint8)
@@ -99,7 +101,7 @@ class PatchSampler(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.epoch = int(epoch)
         self.pad_hu = float(stage.window[0] if pad_hu is None else pad_hu)
-        if margin_mm_range is None and stage.role == "kidney":
+        if margin_mm_range is None and stage.role in ("kidney", "kidney_alone"):
             extra = float(cache.info.get("key_fields", {}).get("options", {}).get("kidney_extra_margin_mm", 0.0))
             margin_mm_range = (stage.margin_mm, stage.margin_mm + extra)
         self.margin_mm_range = None if margin_mm_range is None else tuple(float(m) for m in margin_mm_range)

@@ -274,6 +274,9 @@ def load_bundle(path: os.PathLike, verify: bool = True) -> Bundle:
     for role in ("kidney",) if kidney_nnunet else ("kidney", "tumor"):
         if role not in by_role:
             raise BundleError(f"{mpath}: the bundle has no {role!r} stage")
+    if (post.fusion == "label_assignment") != ("kidney_alone" in by_role):
+        raise BundleError(f"{mpath}: the label_assignment fusion and a 'kidney_alone' stage go together; "
+                          f"fusion is {post.fusion!r}, stages are {', '.join(by_role)}")
     bundle = Bundle(
         path=path,
         name=str(data.get("name", path.name)),

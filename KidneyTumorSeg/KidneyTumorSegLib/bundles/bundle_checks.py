@@ -29,7 +29,7 @@ MAX_LEVELS = 8
 MAX_MEMBERS = 64  # networks of one stage's ensemble
 SPACING_MM = (0.01, 100.0)
 # Mirrors of networks.ARCHITECTURES and tta.MAX_TTA (those modules import torch; a test keeps them equal).
-ARCHITECTURES = ("resunet", "unet", "preact_resunet", "vnet", "enet", "vnet25d")
+ARCHITECTURES = ("resunet", "unet", "preact_resunet", "vnet", "enet", "vnet25d", "triplanar")
 UNETS = ("resunet", "unet", "preact_resunet")
 MAX_TTA = 12
 NORMS = ("instance", "batch", "group")
@@ -159,7 +159,7 @@ class Nested:
 def _strides(net: dict) -> Optional[str]:
     """Cross-field rule of a network: one stride (an int, or one per spatial axis) per level of ``channels``."""
     if net.get("architecture", NetworkConfig.architecture) not in UNETS:
-        return None  # strides are the U-Nets' (vnet, enet and vnet25d down-sample by their own design)
+        return None  # strides are the U-Nets' (the others down-sample by their own design)
     channels = net.get("channels", list(NetworkConfig.channels))
     strides = net.get("strides", list(NetworkConfig.strides))
     dims = net.get("spatial_dims", NetworkConfig.spatial_dims)

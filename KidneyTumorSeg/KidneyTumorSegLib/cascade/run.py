@@ -81,12 +81,13 @@ def run_cascade(
                              lambda f: progress("kidney", f, "segmenting kidneys")) >= kstage.threshold
         comps = largest_components(fg, kstage.keep_components, kstage.min_component_ml, roi_vol.voxel_volume_ml())
         del fg
+        alone = _kidney_alone(can, region, roi_vol, stages, predictors, post)
     if not comps:
         return _empty(image, can, ["no kidney found: the kidney stage found no kidney in the region of interest"],
                       timings, keep_canonical)
     midline, spine_notes = patient_midline(can, roi_box[0])
     named, side_notes = assign_sides(comps, roi_vol, midline, post.horseshoe_crossing_mm)
-    maps = _Maps.empty(can.shape)
+    maps = _Maps.empty(can.shape, alone)
     with _stage("tumor", None, progress, timings):
         for n, (side, mask_roi) in enumerate(named):
             def part(f: float, n: int = n, side: str = side) -> None:
@@ -100,6 +101,18 @@ def run_cascade(
                              tumors="tumor" in stages))
     plausible = plausibility.check(can, maps.label, maps.sides, maps.ids, maps.kidneys, maps.candidates, midline.x)
     return _result(image, can, reo, maps, plausible, messages, timings, index_box_to_world(can, roi_box), keep_canonical)
+
+
+def _kidney_alone(can: Volume, region: Crop, roi_vol: Volume, stages: Mapping[str, StageConfig],
+                  predictors: Mapping[str, object], post: PostprocessConfig) -> Optional[np.ndarray]:
+    """Report 003's label assignment: the kidney_alone stage's kidney on the canonical grid (None without it)."""
+    if post.fusion != "label_assignment" or "kidney_alone" not in stages:
+        return None
+    stage = stages["kidney_alone"]
+    inside = predict_on_grid(roi_vol, stage, predictors["kidney_alone"]) >= stage.threshold
+    alone = np.zeros(can.shape, bool)
+    region.paste(alone, inside)
+    return alone
 
 
 def _kidney_stages(can: Volume, region: Crop, mask_roi: np.ndarray, stages: Mapping[str, StageConfig],
@@ -121,10 +134,11 @@ class _Maps:
     kidneys: List[Kidney] = field(default_factory=list)
     candidates: List[Candidate] = field(default_factory=list)
     specks: int = 0  # components of the tumor mask under post.min_listed_ml: counted, not listed
+    alone: Optional[np.ndarray] = None  # label assignment: where the kidney_alone stage sees kidney
 
     @classmethod
-    def empty(cls, shape) -> "_Maps":
-        return cls(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), np.zeros(shape, np.uint16))
+    def empty(cls, shape, alone: Optional[np.ndarray] = None) -> "_Maps":
+        return cls(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), np.zeros(shape, np.uint16), alone=alone)
 
     def add(self, n: int, side: str, found: KidneyTumors, region: Crop, mask_roi: np.ndarray, midline_x: float) -> None:
         """Kidney ``n`` named ``side``: its candidates listed, then the kidney and its kept tumors painted on."""
@@ -142,6 +156,8 @@ class _Maps:
             # a candidate judged outside the kidney is not kidney either (other rejected ones stay kidney)
             kmask = kmask & ~outside_flags[cc]
         self.specks += found.specks
+        if self.alone is not None:  # report 003: kidney where both the kidney and kidney_alone stages say so
+            kmask = kmask & crop.apply(self.alone, fill=False)
         # merge: the kidney component, then kept tumors on top
         kidney_full = kmask | kept_mask
         crop.paste(self.label, np.where(kmask, KITS_KIDNEY, 0).astype(np.uint8))

@@ -24,7 +24,9 @@ the three U-Net variants of report 004 share one topology, one state-dict
 layout and one output contract, and differ only in the block. ``vnet`` is
 MONAI's ``VNet`` unchanged (report 000's coarse stage); ``enet`` is report
 001's 2D ENet (:mod:`.enet`); ``vnet25d`` report 002's 2.5D tumor V-Net with
-multi-scale inputs, SE blocks, attention gates and HDC (:mod:`.vnet25d`).
+multi-scale inputs, SE blocks, attention gates and HDC (:mod:`.vnet25d`);
+``triplanar`` report 003's 2.5D U-Net, three 2D U-Nets along the three axes
+as one 3D-input network (:mod:`.triplanar`).
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ from ..config import NetworkConfig
 
 logger = logging.getLogger(__name__)
 
-ARCHITECTURES = ("resunet", "unet", "preact_resunet", "vnet", "enet", "vnet25d")
+ARCHITECTURES = ("resunet", "unet", "preact_resunet", "vnet", "enet", "vnet25d", "triplanar")
 _BLOCKS = {"resunet": "res", "unet": "basic", "preact_resunet": "preact"}
 _VNET_DIVISOR = 16  # four stride-2 down transitions
 _ENET_DIVISOR = 8  # the initial block and two down-sampling bottlenecks
@@ -278,6 +280,8 @@ def build_network(cfg: NetworkConfig) -> nn.Module:
         return _build_enet(cfg)
     if cfg.architecture == "vnet25d":
         return _build_vnet25d(cfg)
+    if cfg.architecture == "triplanar":
+        return _build_triplanar(cfg)
     strides = [_check_stride(s, cfg.spatial_dims) for s in cfg.strides]
     return UNet(
         spatial_dims=cfg.spatial_dims, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
@@ -322,6 +326,18 @@ def _build_vnet25d(cfg: NetworkConfig) -> nn.Module:
     return VNet25D(cfg.in_channels, cfg.out_channels, channels=tuple(int(c) for c in cfg.channels))
 
 
+def _build_triplanar(cfg: NetworkConfig) -> nn.Module:
+    from .triplanar import TriPlanarUNet
+
+    if cfg.spatial_dims != 3:
+        raise ValueError(f"architecture 'triplanar' takes 3D patches (its 2D U-Nets slice them): spatial_dims must "
+                         f"be 3, got {cfg.spatial_dims}")
+    if cfg.heads:
+        raise ValueError(f"architecture 'triplanar' has no extra heads; remove heads {sorted(cfg.heads)}")
+    return TriPlanarUNet(cfg.in_channels, cfg.out_channels, channels=tuple(int(c) for c in cfg.channels),
+                         norm=cfg.norm, act=cfg.act)
+
+
 def _check_stride(stride: Any, spatial_dims: int) -> Any:
     s = tuple(int(v) for v in np.atleast_1d(stride))
     if len(s) not in (1, spatial_dims) or min(s) < 1:
@@ -335,7 +351,7 @@ def required_divisor(cfg: NetworkConfig) -> Tuple[int, ...]:
         return (_VNET_DIVISOR,) * cfg.spatial_dims
     if cfg.architecture == "enet":
         return (_ENET_DIVISOR,) * cfg.spatial_dims
-    if cfg.architecture == "vnet25d":
+    if cfg.architecture in ("vnet25d", "triplanar"):
         return (2 ** (len(cfg.channels) - 1),) * cfg.spatial_dims
     div = np.ones(cfg.spatial_dims, dtype=np.int64)
     for s in cfg.strides:
