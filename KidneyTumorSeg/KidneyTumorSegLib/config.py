@@ -23,6 +23,8 @@ NORMALISATIONS = ("zscore", "minmax", "none")
 # How the stages' outputs make the labels: report 000's candidate rule (the default), or with report
 # 003's label assignment also the kidney_alone stage: kidney = kidney stage and kidney_alone, tumor on top.
 FUSION_RULES = ("candidate_mean_probability", "label_assignment")
+# How stage 1 makes its box: around its segmentation, or report 003's mixed rule with its landmark head.
+BOX_RULES = ("segmentation", "mixed_landmarks")
 
 
 def short(value: Any, limit: int = 40) -> str:
@@ -108,6 +110,10 @@ class StageConfig:
     weight file where members differ in architecture (report 000's kidney
     ensemble of two encoders); they must agree with ``network`` in spatial
     dims, input and output channels. Empty: every member is ``network``.
+    ``box_rule`` (roi stage): ``segmentation`` (the box around its largest
+    components) or ``mixed_landmarks`` (report 003: the landmark head's box
+    where the segmentation's is not about as wide; the network needs a
+    ``landmarks`` head of 5 channels; :mod:`engine.landmarks`).
     ``nnunet``: the stage's model is an
     nnU-Net folder (then ``weights``, ``network``, ``spacing``, ``window`` and
     the normalisation are unused: nnU-Net's plans hold them).
@@ -138,6 +144,7 @@ class StageConfig:
     weights: Tuple[str, ...] = ()
     member_norm: Tuple[Tuple[float, float], ...] = ()
     member_networks: Tuple[NetworkConfig, ...] = ()
+    box_rule: str = "segmentation"
     provenance: Dict[str, Any] = field(default_factory=dict)
     nnunet: Optional[NnunetSource] = None
 
@@ -165,6 +172,11 @@ class StageConfig:
                     raise ValueError(f"stage {short(self.name)}: member_norm entries are (norm_mean, norm_std > 0), "
                                      f"got {tuple(mn)!r}")
         self._check_member_networks()
+        if self.box_rule not in BOX_RULES:
+            raise ValueError(f"stage {short(self.name)}: unknown box_rule {self.box_rule!r} (expected one of {BOX_RULES})")
+        if self.box_rule == "mixed_landmarks" and self.network.heads.get("landmarks") != 5:
+            raise ValueError(f"stage {short(self.name)}: box_rule 'mixed_landmarks' needs a network with a 'landmarks' "
+                             f"head of 5 channels, got heads {dict(self.network.heads)}")
         n_out = self.network.out_channels
         for c in tuple(self.foreground_channels) or (self.foreground_channel,):
             if not 1 <= int(c) < n_out:

@@ -27,6 +27,13 @@ class StageNetwork:
     def predict(self, vol: Volume, progress=None):
         return self.predictor.predict(vol.array, progress)
 
+    def head(self, vol: Volume, name: str):
+        """The networks' extra head ``name`` on ``vol`` (report 003's landmarks; :mod:`engine.landmarks`)."""
+        from .engine.landmarks import head_maps
+
+        p = self.predictor
+        return head_maps(p.models, p.stage, vol.array, name, p.device)
+
 
 class Segmenter:
     """Runs the cascade of a bundle.

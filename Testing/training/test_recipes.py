@@ -102,6 +102,7 @@ def _check_bundle(name: str, bundle) -> None:
         assert bundle.postprocess.max_tumors_per_kidney == 1
     elif name == "003-fusion":
         assert st["roi"].network.heads == {"landmarks": 5} and st["kidney"].network.heads == {"boundary": 1}
+        assert st["roi"].box_rule == "mixed_landmarks"
         assert [n.architecture for n in st["tumor"].member_networks] == ["resunet", "unet", "triplanar"]
         assert {s.window for s in st.values()} == {(-200.0, 300.0)} and st["kidney"].normalization == "minmax"
         assert bundle.postprocess.min_slice_component_mm2 == 39.0 and bundle.postprocess.fusion == "label_assignment"

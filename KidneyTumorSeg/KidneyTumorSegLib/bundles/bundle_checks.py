@@ -19,7 +19,7 @@ import math
 import re
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
-from ..config import FUSION_RULES, INPUT_MODES, NORMALISATIONS, ROLES, NetworkConfig
+from ..config import BOX_RULES, FUSION_RULES, INPUT_MODES, NORMALISATIONS, ROLES, NetworkConfig
 
 # Bounds that keep a hostile manifest away from the allocator; every real model is far inside them.
 MAX_PATCH_SIDE = 1024
@@ -237,6 +237,7 @@ STAGE_CHECKS: Dict[str, Any] = {
     "weights": _weights,
     "member_norm": _list_of("a list of [norm_mean, norm_std > 0] pairs of finite numbers",
                             lambda e: isinstance(e, list) and len(e) == 2 and all(map(_finite, e)) and e[1] > 0),
+    "box_rule": _choice(BOX_RULES),
     "member_networks": _rule("a list of network objects (as network)", lambda v: isinstance(v, list)),  # _members
     "provenance": _OBJECT,
     "nnunet": Nested(NNUNET_CHECKS, required=("path",), null=True),

@@ -26,26 +26,41 @@ def locate(can: Volume, stages: Mapping[str, StageConfig], predictors: Mapping[s
     if roi is not None:
         return world_box_to_index(can, roi), ["region of interest given by the user; stage 1 skipped"]
     if "roi" in stages:
-        return stage_roi(can, stages["roi"], predictors["roi"], progress), []
+        return stage_roi(can, stages["roi"], predictors["roi"], progress)
     return tuple((0, n) for n in can.shape), []  # type: ignore[return-value]
 
 
-def stage_roi(can: Volume, stage: StageConfig, predictor, progress: Optional[Fraction] = None) -> Optional[Box]:
-    """Stage 1 on the canonical volume: the box around the stage's largest components plus its margin."""
+def stage_roi(can: Volume, stage: StageConfig, predictor,
+              progress: Optional[Fraction] = None) -> Tuple[Optional[Box], List[str]]:
+    """Stage 1 on the canonical volume: the box around the stage's largest components plus its margin (or,
+    with ``box_rule`` ``mixed_landmarks``, report 003's choice between it and the landmarks' box), and a message
+    when the landmarks' box was taken."""
     rec = stage_record(can, stage)
     coarse = rec.volume(can, array=rec.apply(can.array.astype(np.float32), order=1))
     # only the body can hold a kidney: skipping the air around it saves windows (the padding is air too)
     body = Crop(body_box(coarse.array, stage.mask_value), coarse.shape)
-    probs = predict_volume(predictor, body.volume(coarse, fill=stage.mask_value), stage, progress)
+    body_vol = body.volume(coarse, fill=stage.mask_value)
+    probs = predict_volume(predictor, body_vol, stage, progress)
     fg = stage.foreground(probs) >= stage.threshold
     comps = largest_components(fg, stage.keep_components, stage.min_component_ml, coarse.voxel_volume_ml())
-    if not comps:
-        return None
-    boxes = [rec.box_to_input(body.inner(box_from_mask(m)).box) for m in comps]
-    lo = [min(b[n][0] for b in boxes) for n in range(3)]
-    hi = [max(b[n][1] for b in boxes) for n in range(3)]
+    boxes = [box_from_mask(m) for m in comps]
+    seg = tuple((min(b[n][0] for b in boxes), max(b[n][1] for b in boxes)) for n in range(3)) if boxes else None
+    box, messages = seg, []
+    if stage.box_rule == "mixed_landmarks":
+        from ..engine.landmarks import landmark_box, mixed_box
+
+        box = mixed_box(seg, landmark_box(predictor.head(body_vol, "landmarks")))
+        if box is not None and box != seg:
+            messages.append(f"stage 1: the landmarks' box ({_width_mm(box, coarse)} mm wide) replaced the "
+                            f"segmentation's ({_width_mm(seg, coarse)}) (report 003's mixed box rule)")
+    if box is None:
+        return None, messages
     margin = [stage.margin_mm / s for s in can.spacing_zyx]
-    return expand_box(tuple(zip(lo, hi)), margin, shape=can.shape)  # type: ignore[arg-type]
+    return expand_box(rec.box_to_input(body.inner(box).box), margin, shape=can.shape), messages  # type: ignore[arg-type]
+
+
+def _width_mm(box: Optional[Box], vol: Volume) -> str:
+    return "none" if box is None else f"{(box[2][1] - box[2][0]) * vol.spacing_zyx[2]:.0f}"
 
 
 def body_box(coarse: np.ndarray, air_hu: float) -> Box:

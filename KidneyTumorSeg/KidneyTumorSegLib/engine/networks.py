@@ -185,6 +185,7 @@ class UNet(nn.Module):
                                  get_act_layer(name=act_name), conv)
 
         self.spatial_dims = spatial_dims
+        self.eval_heads = False  # eval mode returns the extra heads too ({"seg": ..., head: ...}) while True
         self.deep_supervision_levels = int(deep_supervision_levels)
         self.head_names = tuple(heads)
         first_in = in_channels
@@ -224,7 +225,7 @@ class UNet(nn.Module):
                 coarse.append(self.seg_heads[d](x))
         seg = self.seg_heads[0](x)
         if not self.training:
-            return seg
+            return dict({"seg": seg}, **{n: self.extra_heads[n](x) for n in self.head_names}) if self.eval_heads else seg
         seg_out: Union[torch.Tensor, List[torch.Tensor]] = [seg] + coarse[::-1] if want_coarse else seg
         if not self.head_names:
             return seg_out
