@@ -5,8 +5,10 @@ five folds), or an existing bundle whose stage is taken over unchanged (a
 new kidney stage beside the ROI stage of an earlier model). Beside other
 members, a bundle's stage joins the ensemble with all its weight files. Members
 trained with different z-score statistics (folds, other runs) each keep their
-own (``StageConfig.member_norm``); the stage's other settings are the first
-member's. The bundle
+own (``StageConfig.member_norm``); members may be different networks taking and giving the same
+channels (``StageConfig.member_networks``: report 000's two kidney encoders); the stage's other
+settings are the first member's. A stage may also be derived from another stage's networks with
+some fields changed (``derived``: reports 001 and 004 read one network's tumor channel). The bundle
 records SHA-256s (written by the core's ``save_bundle``) and provenance:
 data, split, configuration, commit, epochs and validation scores of every
 member.

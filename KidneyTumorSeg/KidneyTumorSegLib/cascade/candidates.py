@@ -10,7 +10,7 @@ words the report and the findings table show.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cc3d
 import numpy as np
@@ -94,7 +94,7 @@ def score_candidates(tprob: np.ndarray, kvol: Volume, post: PostprocessConfig, k
 NOT_LARGEST = "not among the largest"
 
 
-def keep_largest(scored: List[Scored], n) -> List[Scored]:
+def keep_largest(scored: List[Scored], n: Optional[int]) -> List[Scored]:
     """Of the kept candidates, only the ``n`` largest stay kept (report 002's largest component); None: all."""
     kept = sorted((sc for sc in scored if not sc.why), key=lambda sc: -sc.vol_ml)
     if n is None or len(kept) <= n:

@@ -81,7 +81,7 @@ def run_cascade(
                              lambda f: progress("kidney", f, "segmenting kidneys")) >= kstage.threshold
         comps = largest_components(fg, kstage.keep_components, kstage.min_component_ml, roi_vol.voxel_volume_ml())
         del fg
-        alone = _kidney_alone(can, region, roi_vol, stages, predictors, post)
+        alone = _kidney_alone(can, region, roi_vol, stages, predictors, post) if comps else None
     if not comps:
         return _empty(image, can, ["no kidney found: the kidney stage found no kidney in the region of interest"],
                       timings, keep_canonical)
