@@ -18,7 +18,8 @@ the baseline (it was trained over many rounds, not within the budget).
 
 writes the table (markdown) to ``--out`` and the per-case rows to
 ``WORK/results.json``. Phantoms and finished recipes are kept in ``WORK``
-between runs (``--retrain`` trains again). The ranking at equal budget is
+between runs, and so are the scores in ``WORK/results.json`` of recipes
+trained before (``--retrain`` trains and scores again). The ranking at equal budget is
 the result; absolute Dice after minutes of CPU training is not.
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ SHARED = ROOT.parent / "shared" / "data"
 sys.path[:0] = [str(ROOT / "training"), str(ROOT / "KidneyTumorSeg")]
 KITS_EVAL = ["00152", "00153", "00161", "00162"]
 PHANTOM_SHAPE = (80, 288, 288)  # the CPU training rounds' small low-resolution phantoms
+DEFAULT = "shipped default model 0.5.1"
 
 
 def make_phantoms(work: Path, n_train: int, n_random: int, n_kits: int) -> None:
@@ -154,14 +156,19 @@ def main() -> None:
     work = Path(args.work)
     make_phantoms(work, args.train, args.random, args.kits)
     recipes = [find_recipe(n) for n in args.recipes] if args.recipes else list_recipes()
+    done = json.loads((work / "results.json").read_text()) if (work / "results.json").exists() else {}
     results: Dict[str, Dict[str, Any]] = {}
     for recipe in recipes:
         print(f"== {recipe.name}: training ({args.time_budget:.0f} s budget)", flush=True)
         info = train(recipe, work, args)
-        results[recipe.name] = dict(info, **score(recipe.name, info["bundle"], work, args.threads))
+        old = done.get(recipe.name, {})
+        if old.get("bundle") == info["bundle"] and old.get("train_s") == info["train_s"] and not args.retrain:
+            results[recipe.name] = old  # trained and scored by an earlier run of this script
+        else:
+            results[recipe.name] = dict(info, **score(recipe.name, info["bundle"], work, args.threads))
         print(json.dumps({k: v for k, v in results[recipe.name].items() if k != "rows"}), flush=True)
     if not args.no_default:
-        results["shipped default model 0.5.1"] = score("default", None, work, args.threads)
+        results[DEFAULT] = done.get(DEFAULT) or score("default", None, work, args.threads)
     (work / "results.json").write_text(json.dumps(results, indent=1))
     text = table(results, args)
     print(text)
