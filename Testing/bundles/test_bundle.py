@@ -205,3 +205,26 @@ def test_label_assignment_fusion_and_a_kidney_alone_stage_go_together(tmp_path):
     data["postprocess"]["fusion"] = "label_assignment"
     mp.write_text(json.dumps(data))
     assert load_bundle(tmp_path / "m").stage("kidney_alone").weights == ("kidney_0.safetensors",)
+
+
+def test_a_safetensors_file_whose_header_length_starts_like_a_pickle_loads(tmp_path):
+    # safetensors begins with the header's length, little-endian: a length of 0x..80 puts 0x80 (a pickle's
+    # first byte) first. Such a file (an exported bundle's kidney stage had one) is safetensors all the same.
+    from safetensors.torch import save_file
+
+    from KidneyTumorSegLib.bundles.bundle_weights import read_header
+
+    for pad in range(0, 300):
+        path = tmp_path / "w.safetensors"
+        save_file({"x" * (1 + pad): torch.zeros(2)}, str(path))
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no header length with 0x80 as its low byte")
+    header, problem = read_header(path)
+    assert problem is None and list(header) == ["x" * (1 + pad)]
+    pickled = tmp_path / "p.safetensors"
+    import pickle
+
+    pickled.write_bytes(pickle.dumps({"x": 1}, protocol=4))
+    assert read_header(pickled) == (None, "a Python pickle, which is never loaded")

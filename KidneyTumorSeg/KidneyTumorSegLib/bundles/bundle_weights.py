@@ -29,28 +29,36 @@ Tensors = Dict[str, Tuple[Tuple[int, ...], bool]]
 
 
 def read_header(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
-    """The safetensors header of the file at ``path`` and None, or None and why the file is not safetensors."""
+    """The safetensors header of the file at ``path`` and None, or None and why the file is not safetensors.
+
+    A safetensors file starts with its header's length (8 bytes, little-endian) and the header, a JSON
+    object. That is tried first: a length whose low byte is 0x80 makes the file start like a pickle.
+    """
     try:
         with open(path, "rb") as f:
             head = f.read(8)
-            if head[:1] == b"\x80":
-                return None, "a Python pickle, which is never loaded"
-            if head[:4] == b"PK\x03\x04":
-                return None, "a zip archive such as a torch.save checkpoint, which is never loaded"
-            if len(head) < 8:
-                return None, "shorter than a safetensors header"
             size = os.fstat(f.fileno()).st_size
-            n = int.from_bytes(head, "little")
-            if not 2 <= n <= min(size - 8, SAFETENSORS_MAX_HEADER):
-                return None, f"its header length {n} does not fit the file's {size} bytes"
-            raw = f.read(n)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            raw = f.read(n) if 2 <= n <= min(size - 8, SAFETENSORS_MAX_HEADER) else b""
     except OSError as exc:
         return None, f"it cannot be read: {exc.strerror or exc}"
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        header = None
-    return (header, None) if isinstance(header, dict) else (None, "its header is not a JSON object")
+    header = None
+    if raw[:1] == b"{":
+        try:
+            header = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            header = None
+    if isinstance(header, dict):
+        return header, None
+    if head[:1] == b"\x80":
+        return None, "a Python pickle, which is never loaded"
+    if head[:4] == b"PK\x03\x04":
+        return None, "a zip archive such as a torch.save checkpoint, which is never loaded"
+    if len(head) < 8:
+        return None, "shorter than a safetensors header"
+    if not raw:
+        return None, f"its header length {n} does not fit the file's {size} bytes"
+    return None, "its header is not a JSON object"
 
 
 def safetensors_problem(path: Path) -> Optional[str]:
