@@ -93,39 +93,40 @@ def _epochs(runs) -> List[int]:
     return out
 
 
-def segment(model: Optional[str], inputs: Path, out: Path, threads: int) -> float:
-    """Segment ``inputs`` with the command line; returns the wall time."""
+def segment(model: Optional[str], inputs: Path, out: Path, threads: int, reuse: bool = False) -> None:
+    """Segment ``inputs`` with the command line (``reuse``: not when ``out`` already holds the results)."""
+    if reuse and out.is_dir():
+        return
     cmd = [sys.executable, "-m", "KidneyTumorSegLib", "segment", str(inputs), "-o", str(out), "--device", "cpu",
            "--tta", "1", "--overwrite", "--no-progress", "--threads", str(threads)]
     cmd += ["--model", model] if model else []
-    t0 = time.perf_counter()
     subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
 
 
-def score(name: str, model: Optional[str], work: Path, threads: int) -> Dict[str, Any]:
-    """Held-out Dice (per case and means), CPU time per case, and the real CT's kidneys and tumors."""
+def score(name: str, model: Optional[str], work: Path, threads: int, reuse: bool = False) -> Dict[str, Any]:
+    """Held-out Dice (per case and means), the stages' time per case (the reports' timings: reading and writing
+    not counted), and the real CT's kidneys and tumors."""
     from evaluate_default import evaluate_folder
 
     ev = work / "phantoms" / "eval"
     pred = work / "pred" / name
-    seconds = segment(model, ev, pred, threads)
+    segment(model, ev, pred, threads, reuse)
     rows = evaluate_folder(pred, ev, work / "pred" / f"{name}.csv")
-    n = len(rows) or 1
+    times = [sum(json.loads(p.read_text())["timings_s"].values()) for p in pred.glob("*/*.report.json")]
     out = {"rows": [{k: r[k] for k in ("case_id", "kidney_dice", "tumor_dice", "composite")} for r in rows],
-           "seconds_per_case": round(seconds / n, 1)}
+           "seconds_per_case": round(statistics.mean(times), 1) if times else float("nan")}
     for key in ("kidney_dice", "tumor_dice", "composite"):
         out[key] = statistics.mean(r[key] for r in rows) if rows else 0.0
-    out["real_ct"] = real_ct(model, work / "pred_real" / name, threads)
+    out["real_ct"] = real_ct(model, work / "pred_real" / name, threads, reuse)
     return out
 
 
-def real_ct(model: Optional[str], out: Path, threads: int) -> str:
+def real_ct(model: Optional[str], out: Path, threads: int, reuse: bool = False) -> str:
     """The real CT's result in words: kidneys' volumes and kept tumors (expected: two kidneys, no tumor)."""
     real = SHARED / "real-abdominal-ct-dicom"
     if not real.is_dir():
         return "n/a (no ../shared)"
-    segment(model, real, out, threads)
+    segment(model, real, out, threads, reuse)
     reports = list(out.glob("*/*.report.json"))
     if not reports:
         return "no kidney found"
@@ -136,7 +137,7 @@ def real_ct(model: Optional[str], out: Path, threads: int) -> str:
 
 def table(results: Dict[str, Dict[str, Any]], args) -> str:
     """The comparison as markdown: one row per model, best composite first."""
-    lines = ["| recipe | kidney Dice | tumor Dice | composite | parameters | CPU s / case | training s (runs, epochs) | "
+    lines = ["| recipe | kidney Dice | tumor Dice | composite | parameters | stages' CPU s / case | training s (runs, epochs) | "
              "real CT (kidneys; tumors) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     order = sorted(results, key=lambda k: -results[k]["composite"])
     for name in order:
@@ -165,10 +166,10 @@ def main() -> None:
         if old.get("bundle") == info["bundle"] and old.get("train_s") == info["train_s"] and not args.retrain:
             results[recipe.name] = old  # trained and scored by an earlier run of this script
         else:
-            results[recipe.name] = dict(info, **score(recipe.name, info["bundle"], work, args.threads))
+            results[recipe.name] = dict(info, **score(recipe.name, info["bundle"], work, args.threads, args.reuse))
         print(json.dumps({k: v for k, v in results[recipe.name].items() if k != "rows"}), flush=True)
     if not args.no_default:
-        results[DEFAULT] = done.get(DEFAULT) or score("default", None, work, args.threads)
+        results[DEFAULT] = done.get(DEFAULT) or score("default", None, work, args.threads, args.reuse)
     (work / "results.json").write_text(json.dumps(results, indent=1))
     text = table(results, args)
     print(text)
@@ -199,6 +200,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--iterations", type=int, default=20, help="optimiser steps per epoch")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--retrain", action="store_true", help="train again recipes this work folder has trained")
+    ap.add_argument("--reuse-predictions", dest="reuse", action="store_true",
+                    help="score the predictions WORK/pred* already holds instead of segmenting again")
     ap.add_argument("--no-default", action="store_true", help="do not score the shipped default model")
     ap.add_argument("--out", help="markdown file for the table (docs/recipes-comparison.md)")
     ap.add_argument("--overwrite", action="store_true", help="replace --out")
