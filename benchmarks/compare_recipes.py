@@ -94,8 +94,8 @@ def _epochs(runs) -> List[int]:
 
 
 def segment(model: Optional[str], inputs: Path, out: Path, threads: int, reuse: bool = False) -> None:
-    """Segment ``inputs`` with the command line (``reuse``: not when ``out`` already holds the results)."""
-    if reuse and out.is_dir():
+    """Segment ``inputs`` with the command line (``reuse``: never; score what ``out`` holds)."""
+    if reuse:
         return
     cmd = [sys.executable, "-m", "KidneyTumorSegLib", "segment", str(inputs), "-o", str(out), "--device", "cpu",
            "--tta", "1", "--overwrite", "--no-progress", "--threads", str(threads)]
@@ -126,6 +126,8 @@ def real_ct(model: Optional[str], out: Path, threads: int, reuse: bool = False) 
     real = SHARED / "real-abdominal-ct-dicom"
     if not real.is_dir():
         return "n/a (no ../shared)"
+    if reuse and not out.is_dir():
+        return "not run"
     segment(model, real, out, threads, reuse)
     reports = list(out.glob("*/*.report.json"))
     if not reports:
@@ -201,7 +203,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--retrain", action="store_true", help="train again recipes this work folder has trained")
     ap.add_argument("--reuse-predictions", dest="reuse", action="store_true",
-                    help="score the predictions WORK/pred* already holds instead of segmenting again")
+                    help="segment nothing: score the predictions WORK/pred* holds (a case without one scores 0)")
     ap.add_argument("--no-default", action="store_true", help="do not score the shipped default model")
     ap.add_argument("--out", help="markdown file for the table (docs/recipes-comparison.md)")
     ap.add_argument("--overwrite", action="store_true", help="replace --out")
