@@ -85,12 +85,11 @@ def train(recipe, work: Path, args) -> Dict[str, Any]:
 
 
 def _epochs(runs) -> List[int]:
-    """Epochs each run trained (from its training log)."""
-    out = []
-    for folder in (r for rs in runs.values() for r in rs):
-        log = Path(folder) / "training_log.csv"
-        out.append(max(0, len(log.read_text().splitlines()) - 1) if log.exists() else 0)
-    return out
+    """Epochs each run trained (rows of its training log)."""
+    from ktstrain.logs import read_log
+
+    logs = [Path(r) / "training_log.csv" for rs in runs.values() for r in rs]
+    return [len(read_log(log)) if log.exists() else 0 for log in logs]
 
 
 def segment(model: Optional[str], inputs: Path, out: Path, threads: int, reuse: bool = False) -> None:

@@ -13,12 +13,17 @@ from KidneyTumorSegLib.cascade.candidates import kidney_contact
 from helpers_cascade import dice, ellipsoid, stages, toy_case
 
 
+def _in_left_kidney(image, label):
+    """A kidney voxel a third of the way through the toy case's kidney voxels (left kidney): LPS mm and (k, j, i)."""
+    kidney = np.argwhere(label.array == 1)
+    k, j, i = kidney[len(kidney) // 3]
+    return tuple(image.index_to_world([i, j, k])), (k, j, i)
+
+
 def test_stage4_keeps_confident_and_rejects_weak_candidates():
     image, label = toy_case()
-    left_kidney = np.argwhere(label.array == 1)
     # a false candidate inside the left kidney, reported with probability 0.6
-    k, j, i = left_kidney[len(left_kidney) // 3]
-    centre = tuple(image.index_to_world([i, j, k]))
+    centre, _ = _in_left_kidney(image, label)
     preds = reference_predictors(label, tumor_probability=1.0, extra=[FalseCandidate(centre, 5.0, 0.6)])
     res = run_cascade(image, stages(), preds, PostprocessConfig(candidate_threshold=0.8))
     kept = [c for c in res.tumors if c.kept]
@@ -37,9 +42,7 @@ def test_stage4_keeps_confident_and_rejects_weak_candidates():
 
 def test_stage4_rejects_a_water_density_candidate_as_a_probable_cyst():
     image, label = toy_case()  # body, kidneys and tumors at 40 HU
-    left_kidney = np.argwhere(label.array == 1)
-    k, j, i = left_kidney[len(left_kidney) // 3]
-    centre = tuple(image.index_to_world([i, j, k]))
+    centre, (k, j, i) = _in_left_kidney(image, label)
     # a confident false candidate (0.95) at water density: a simple cyst in a kidney
     preds = reference_predictors(label, tumor_probability=1.0, extra=[FalseCandidate(centre, 5.0, 0.95)])
     arr = image.array.copy()
@@ -188,9 +191,7 @@ def test_kidney_contact_setting_is_checked(value):
 
 def test_report_002_keeps_only_the_largest_candidate_per_kidney():
     image, label = toy_case()
-    left_kidney = np.argwhere(label.array == 1)
-    k, j, i = left_kidney[len(left_kidney) // 3]
-    centre = tuple(image.index_to_world([i, j, k]))
+    centre, _ = _in_left_kidney(image, label)
     # a confident false spot beside the left kidney's tumor: two kept candidates on that kidney
     preds = reference_predictors(label, tumor_probability=1.0, extra=[FalseCandidate(centre, 4.0, 0.95)])
     both = run_cascade(image, stages(), preds, PostprocessConfig(candidate_threshold=0.8))

@@ -7,6 +7,8 @@ from torch import nn
 
 from KidneyTumorSegLib.engine.triplanar import TriPlanarUNet, triplanar_divisor
 
+from helpers_nets import fit_losses
+
 SMALL = (4, 8, 16)  # divisor 4
 
 
@@ -162,14 +164,7 @@ def test_it_learns_a_bright_cube():
         x[n, 0, k:k + 6, j:j + 6, i:i + 6] += 2.0
         y[n, k:k + 6, j:j + 6, i:i + 6] = 1
     net = TriPlanarUNet(channels=(4, 8))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        loss = nn.functional.cross_entropy(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_losses(net, x, y, steps=30)
     assert losses[-1] < 0.5 * losses[0], losses
 
 

@@ -7,6 +7,8 @@ from torch import nn
 
 from KidneyTumorSegLib.engine.vnet25d import AttentionGate, SEBlock, VNet25D
 
+from helpers_nets import fit_losses
+
 
 @pytest.fixture(scope="module")
 def net() -> VNet25D:
@@ -92,14 +94,7 @@ def test_it_learns_a_bright_square():
         x[i, :, r:r + 8, c:c + 8] += 2.0
         y[i, r:r + 8, c:c + 8] = 1
     net = VNet25D(5, 2, channels=(8, 16, 32, 64))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        loss = nn.functional.cross_entropy(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_losses(net, x, y, steps=30)
     assert losses[-1] < 0.5 * losses[0], losses
 
 

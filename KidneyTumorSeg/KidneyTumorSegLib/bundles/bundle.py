@@ -303,10 +303,12 @@ def load_bundle(path: os.PathLike, verify: bool = True) -> Bundle:
 
 def _write_weights(folder: Path, stages: Sequence[StageConfig], state_dicts: Mapping[str, Sequence[Mapping[str, Any]]]):
     """Each stage's ensemble members as ``<role>_<n>.safetensors`` in ``folder``: the stages naming their
-    files, and ``{file: sha256}``. An nnU-Net stage's weights are referenced, not copied."""
+    files, and ``{file: sha256}``. An nnU-Net stage's weights are referenced, not copied; a state dict given
+    for two stages (a stage derived from another's networks) is written once and named by both."""
     from safetensors.torch import save_file
 
     files: Dict[str, str] = {}
+    written: Dict[int, str] = {}  # id of a state dict already written -> its file
     out_stages = []
     for stage in stages:
         sds = list(state_dicts.get(stage.role, ()))
@@ -320,9 +322,11 @@ def _write_weights(folder: Path, stages: Sequence[StageConfig], state_dicts: Map
                              f"{len(sds)} ensemble members")
         names = []
         for n, sd in enumerate(sds):
-            fname = f"{stage.role}_{n}.safetensors"
-            save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(folder / fname))
-            files[fname] = sha256_file(folder / fname)
+            fname = written.get(id(sd)) or f"{stage.role}_{n}.safetensors"
+            if fname not in files:
+                save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(folder / fname))
+                files[fname] = sha256_file(folder / fname)
+                written[id(sd)] = fname
             names.append(fname)
         out_stages.append(replace(stage, weights=tuple(names)))
     return out_stages, files

@@ -306,35 +306,32 @@ def _build_vnet(cfg: NetworkConfig) -> nn.Module:
                 dropout_prob_down=p, dropout_prob_up=(p, p or 0.0), dropout_dim=cfg.spatial_dims)
 
 
+def _fixed_design(cfg: NetworkConfig, dims: int, what: str) -> None:
+    """Refuse what an architecture of fixed design cannot be: other spatial dims (``what`` says why), extra heads."""
+    if cfg.spatial_dims != dims:
+        raise ValueError(f"architecture {cfg.architecture!r} {what}: spatial_dims must be {dims}, got {cfg.spatial_dims}")
+    if cfg.heads:
+        raise ValueError(f"architecture {cfg.architecture!r} has no extra heads; remove heads {sorted(cfg.heads)}")
+
+
 def _build_enet(cfg: NetworkConfig) -> nn.Module:
     from .enet import ENet
 
-    if cfg.spatial_dims != 2:
-        raise ValueError(f"architecture 'enet' is 2D (report 001): spatial_dims must be 2, got {cfg.spatial_dims}")
-    if cfg.heads:
-        raise ValueError(f"architecture 'enet' has no extra heads; remove heads {sorted(cfg.heads)}")
+    _fixed_design(cfg, 2, "is 2D (report 001)")
     return ENet(cfg.in_channels, cfg.out_channels)
 
 
 def _build_vnet25d(cfg: NetworkConfig) -> nn.Module:
     from .vnet25d import VNet25D
 
-    if cfg.spatial_dims != 2:
-        raise ValueError(f"architecture 'vnet25d' is 2D (report 002's 2.5D: neighbouring slices as channels): "
-                         f"spatial_dims must be 2, got {cfg.spatial_dims}")
-    if cfg.heads:
-        raise ValueError(f"architecture 'vnet25d' has no extra heads; remove heads {sorted(cfg.heads)}")
+    _fixed_design(cfg, 2, "is 2D (report 002's 2.5D: neighbouring slices as channels)")
     return VNet25D(cfg.in_channels, cfg.out_channels, channels=tuple(int(c) for c in cfg.channels))
 
 
 def _build_triplanar(cfg: NetworkConfig) -> nn.Module:
     from .triplanar import TriPlanarUNet
 
-    if cfg.spatial_dims != 3:
-        raise ValueError(f"architecture 'triplanar' takes 3D patches (its 2D U-Nets slice them): spatial_dims must "
-                         f"be 3, got {cfg.spatial_dims}")
-    if cfg.heads:
-        raise ValueError(f"architecture 'triplanar' has no extra heads; remove heads {sorted(cfg.heads)}")
+    _fixed_design(cfg, 3, "takes 3D patches (its 2D U-Nets slice them)")
     return TriPlanarUNet(cfg.in_channels, cfg.out_channels, channels=tuple(int(c) for c in cfg.channels),
                          norm=cfg.norm, act=cfg.act)
 
