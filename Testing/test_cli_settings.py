@@ -26,6 +26,7 @@ EVERY_FIELD = {
     "device": "cuda:1", "tta": 7, "overlap": 0.1 + 0.2, "sw_batch_size": 3, "precision": "bf16", "threads": 4,
     "candidate_threshold": 2 / 3, "keep_components": 1, "tumor_growth_passes": 3, "tumor_growth_mm": 8.125,
     "roi": RoiWorld((-60.25, -50.0, -210.1), (60.0, 1 / 3, -130.0)), "save_candidates": True, "preview": False,
+    "dicom_seg": True,
 }
 
 

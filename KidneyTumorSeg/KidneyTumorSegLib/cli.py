@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
-from .cli_checks import duplicate_case_problem, events_problem, output_problem
+from .cli_checks import dicom_seg_problem, duplicate_case_problem, events_problem, output_problem
 from .cli_models import add_import_parser, add_model_options, cmd_import_model
 from .run_settings import add_run_options
 
@@ -82,6 +82,8 @@ def _add_phantom_parser(sub) -> None:
     ph.add_argument("--hypervascular", type=float, default=0.0,
                     help="probability per tumor that it enhances almost as much as the cortex, as clear-cell RCC "
                          "in the arterial phase (default 0)")
+    ph.add_argument("--dicom", action="store_true", help="also write each CT as a DICOM series in <case>/dicom/ "
+                                                         "(needs kidneytumorseg[dicom])")
     ph.add_argument("--overwrite", action="store_true")
 
 
@@ -105,6 +107,10 @@ def cmd_segment(args) -> int:
     from .run_settings import RunSettings
 
     settings = RunSettings.from_args(args)
+    problem = dicom_seg_problem(settings, args.no_postprocess)
+    if problem:
+        log.error("%s", problem)
+        return 2
     cases = _checked_cases(args)
     if cases is None:
         return 2
@@ -159,7 +165,8 @@ def _segment_cases(args, seg, cases, events) -> int:
     from .geometry.volume import InputError
 
     settings = seg.runtime
-    kinds = RAW_KINDS if args.no_postprocess else case_kinds(settings.preview, settings.save_candidates)
+    kinds = RAW_KINDS if args.no_postprocess else case_kinds(settings.preview, settings.save_candidates,
+                                                             settings.dicom_seg)
     input_paths = [p for _, p in cases]
     ok = failed = 0
     for index, (case_id, path) in enumerate(cases):
@@ -196,8 +203,11 @@ def _segment_case(args, seg, plan, path, progress, t0):
     image = read_volume(path)
     for w in validate_ct(image):
         log.warning("%s: %s", plan.case_id, w)
-    extra = {"model": seg.bundle.name, "model_version": seg.bundle.version, "device": str(seg.device),
-             "tta": seg.runtime.tta}
+    if "dicom_seg" in plan.paths:
+        from .io.dicom_seg import series_files
+        series_files(image)  # a DICOM series input, or refused before any inference
+    extra = {"model": seg.bundle.name, "model_version": seg.bundle.version, "model_sha256": seg.bundle.manifest_sha256(),
+             "device": str(seg.device), "tta": seg.runtime.tta}
     if args.no_postprocess:
         progress("kidney", 0.0, "running the model on the whole scan")
         label, names = seg.segment_raw(image)
@@ -223,6 +233,13 @@ def cmd_phantom(args) -> int:
     from .phantom import write_phantom_cases
     from .geometry.volume import InputError
 
+    if args.dicom:
+        from .io.dicom_seg import INSTALL_HINT
+        try:
+            import pydicom  # noqa: F401
+        except ImportError:
+            log.error("--dicom needs pydicom: %s", INSTALL_HINT)
+            return 2
     kits = None
     if args.kits_label:
         from .io.volume_io import read_label
@@ -237,7 +254,8 @@ def cmd_phantom(args) -> int:
                                     n_cysts=args.cysts, kits_label=kits, overwrite=args.overwrite,
                                     organ_contact=args.organ_contact, bowel_contact=args.bowel_contact,
                                     hypervascular=args.hypervascular,
-                                    cyst_label=args.cyst_label, randomize_intensity=args.randomize_intensity)
+                                    cyst_label=args.cyst_label, randomize_intensity=args.randomize_intensity,
+                                    dicom=args.dicom)
     except (FileExistsError, ValueError) as exc:
         log.error("%s", exc)
         return 1

@@ -142,3 +142,19 @@ def output_problem(outdir: os.PathLike) -> Optional[str]:
     except OutputError as exc:
         return str(exc)
     return None
+
+
+def dicom_seg_problem(settings, no_postprocess: bool) -> Optional[str]:
+    """Why ``--dicom-seg`` cannot be honoured before any case is read (None when it can, or was not asked)."""
+    if not settings.dicom_seg:
+        return None
+    if no_postprocess:
+        return "--dicom-seg: not with --no-postprocess (the SEG holds the kidneys and kept tumors of the cascade)"
+    from .geometry.volume import InputError
+    from .io.dicom_seg import require_highdicom
+
+    try:
+        require_highdicom()
+    except InputError as exc:
+        return f"--dicom-seg: {exc}"
+    return None

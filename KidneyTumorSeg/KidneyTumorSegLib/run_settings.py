@@ -28,11 +28,13 @@ from .geometry.volume import RoiWorld
 class RunSettings(RuntimeConfig):
     """A :class:`config.RuntimeConfig` (device, TTA, sliding window, precision, threads and the
     model values a run may replace) plus ``roi`` (a :class:`volume.RoiWorld` that replaces stage 1),
-    ``save_candidates`` (also write the candidate map) and ``preview`` (write the PNG preview)."""
+    ``save_candidates`` (also write the candidate map), ``preview`` (write the PNG preview) and ``dicom_seg``
+    (also write a DICOM SEG, for a DICOM series input)."""
 
     roi: Optional[RoiWorld] = None
     save_candidates: bool = False
     preview: bool = True
+    dicom_seg: bool = False
 
     def to_argv(self) -> List[str]:
         """The ``segment`` options that give these settings (none for a value left at its default)."""
@@ -49,6 +51,8 @@ class RunSettings(RuntimeConfig):
             argv.append("--save-candidates")
         if not self.preview:
             argv.append("--no-preview")
+        if self.dicom_seg:
+            argv.append("--dicom-seg")
         return argv
 
     @classmethod
@@ -59,11 +63,11 @@ class RunSettings(RuntimeConfig):
                    candidate_threshold=ns.candidate_threshold, keep_components=ns.keep_components,
                    tumor_growth_passes=ns.tumor_growth, tumor_growth_mm=ns.tumor_growth_mm,
                    roi=None if ns.roi is None else RoiWorld(tuple(ns.roi[:3]), tuple(ns.roi[3:])),  # lo < hi: roi_arg
-                   save_candidates=ns.save_candidates, preview=not ns.no_preview)
+                   save_candidates=ns.save_candidates, preview=not ns.no_preview, dicom_seg=ns.dicom_seg)
 
 
 _DEFAULTS = RunSettings()
-# (field, option) of the settings given as an option with a value (the rest: --roi= and two switches)
+# (field, option) of the settings given as an option with a value (the rest: --roi= and three switches)
 _VALUE_OPTIONS = (("device", "--device"), ("tta", "--tta"), ("overlap", "--overlap"), ("sw_batch_size", "--batch"),
                   ("precision", "--precision"), ("threads", "--threads"),
                   ("candidate_threshold", "--candidate-threshold"), ("keep_components", "--keep-components"),
@@ -96,3 +100,6 @@ def add_run_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--roi", type=roi_arg, metavar="X0,Y0,Z0,X1,Y1,Z1", help="region of interest in LPS mm; replaces stage 1")
     s.add_argument("--no-preview", action="store_true", help="do not write the PNG preview")
     s.add_argument("--save-candidates", action="store_true", help="also write <case>.candidates.nii.gz (tumor candidate ids)")
+    s.add_argument("--dicom-seg", action="store_true",
+                   help="also write <case>.seg.dcm, a DICOM SEG referencing the input DICOM series (needs "
+                        "kidneytumorseg[dicom])")

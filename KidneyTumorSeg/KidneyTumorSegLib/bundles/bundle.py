@@ -77,6 +77,11 @@ class Bundle:
             raise BundleError(f"{weight_path(self.path, name)}: the manifest lists no SHA-256 for this weight file")
         return digest
 
+    def manifest_sha256(self) -> str:
+        """The SHA-256 of the bundle's ``manifest.json``, which records every weight file's SHA-256: the one
+        figure that names these exact weights (DICOM SEG's algorithm identification, the reports)."""
+        return sha256_file(self.path / MANIFEST)
+
     def checked_weight(self, name: str) -> Path:
         """The path of weight file ``name`` once its name, SHA-256 and safetensors header are checked."""
         path = weight_path(self.path, name)

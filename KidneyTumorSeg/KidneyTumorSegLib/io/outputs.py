@@ -9,6 +9,8 @@
 * ``<case>.candidates.nii.gz`` (optional): every tumor candidate's id (kept
   or rejected, as in the report), uint16, so an annotator can add a rejected
   candidate or remove a kept one
+* ``<case>.seg.dcm`` (optional, for a DICOM series input): the segments of the ``.seg.nrrd`` as a
+  DICOM SEG referencing the source series (``dicom_seg``)
 
 A case's files are written together (``case_folder``): into a staging folder, then moved into the
 case folder only once all of them are written, so the case folder is complete or absent. Where they
@@ -36,6 +38,7 @@ SUFFIXES = {
     "report": ".report.json",
     "preview": ".preview.png",
     "candidates": ".candidates.nii.gz",
+    "dicom_seg": ".seg.dcm",
 }
 # what --no-postprocess writes: the model's own label map, as a segmentation too, and the report
 RAW_KINDS = ("label", "segmentation", "report")
@@ -46,10 +49,11 @@ def case_folder(outdir: os.PathLike, case_id: str) -> Path:
     return Path(outdir) / case_id
 
 
-def case_kinds(preview: bool = True, candidates: bool = False) -> Tuple[str, ...]:
+def case_kinds(preview: bool = True, candidates: bool = False, dicom_seg: bool = False) -> Tuple[str, ...]:
     """The kinds of file a segmented case gets (module docstring): the preview unless left out, the
-    candidate map when asked for."""
-    return tuple(k for k in SUFFIXES if (k != "preview" or preview) and (k != "candidates" or candidates))
+    candidate map and the DICOM SEG when asked for."""
+    wanted = {"preview": preview, "candidates": candidates, "dicom_seg": dicom_seg}
+    return tuple(k for k in SUFFIXES if wanted.get(k, True))
 
 
 @dataclass
@@ -104,6 +108,7 @@ def write_planned_case(result: CascadeResult, image: Volume, plan: CasePlan,
     """Write the files of ``plan`` (checked by the caller), all or none; returns their paths by kind."""
     from .preview import write_preview
     from .jsonfile import write_json
+    from .dicom_seg import algorithm, series_files, write_dicom_seg
     from .writers import write_labelmap, write_seg_nrrd
 
     seg = result.label.with_array(segment_map(result.label.array, result.sides.array))
@@ -118,6 +123,7 @@ def write_planned_case(result: CascadeResult, image: Volume, plan: CasePlan,
         "candidates": lambda path: write_candidates(result.candidates, path),
         "preview": lambda path: write_preview(result.canonical_image, result.canonical_label, path,
                                               focus=_largest_kept_tumor_centre(result, result.canonical_image)),
+        "dicom_seg": lambda path: write_dicom_seg(seg, series_files(image), path, algorithm(report)),
     }
     _write_staged(plan, writers)
     return dict(plan.paths)

@@ -258,7 +258,8 @@ def _read_dicom(
         uneven = check_slice_positions(f"'{source}'", slice_positions(reader, len(files), img.GetDirection()))
         if uneven:
             logger.warning("%s", uneven)
-    meta: Dict[str, Any] = {"source": str(source), "format": "dicom", "dicom_files": len(files), "dicom_series": len(series)}
+    meta: Dict[str, Any] = {"source": str(source), "format": "dicom", "dicom_files": len(files), "dicom_series": len(series),
+                            "dicom_paths": tuple(str(f) for f in files)}  # in slice order (DICOM SEG references)
     for key, tag in DICOM_TAGS.items():
         if reader.HasMetaDataKey(0, tag):
             value = reader.GetMetaData(0, tag).strip()

@@ -16,13 +16,15 @@ log = logging.getLogger(__name__)
 
 
 def write_phantom_cases(outdir, n: int, seed0: int = 0, *, layout: str = "kits", overwrite: bool = False,
-                        start_index: int = 0, write_info: bool = True, **phantom_kwargs) -> List[Path]:
+                        start_index: int = 0, write_info: bool = True, dicom: bool = False,
+                        **phantom_kwargs) -> List[Path]:
     """Write ``n`` phantoms as KiTS case folders ``outdir/case_XXXXX/{imaging,segmentation}.nii.gz``.
 
     Case ``start_index + i`` uses seed ``seed0 + i``; ``phantom_kwargs`` go to
     :func:`make_phantom`. Files are written atomically
     (``atomic.atomic_write``: temporary name, then a rename); an existing case folder raises ``FileExistsError``
-    unless ``overwrite=True``. ``write_info`` adds ``phantom_info.json``.
+    unless ``overwrite=True``. ``write_info`` adds ``phantom_info.json``; ``dicom`` the CT as a DICOM series
+    in ``case_XXXXX/dicom/`` too (``io.dicom_write``, needs pydicom), for trying DICOM in, DICOM SEG out.
     Returns the case folders.
     """
     if layout != "kits":
@@ -40,6 +42,9 @@ def write_phantom_cases(outdir, n: int, seed0: int = 0, *, layout: str = "kits",
         case.mkdir(parents=True, exist_ok=True)
         _write_nifti(ph.image, case / "imaging.nii.gz", overwrite)
         _write_nifti(ph.label, case / "segmentation.nii.gz", overwrite)
+        if dicom:
+            from ..io.dicom_write import write_dicom_series
+            write_dicom_series(ph.image, case / "dicom", patient_id=case.name, overwrite=overwrite)
         if write_info:
             atomic_write_text(case / "phantom_info.json", json.dumps(ph.info, indent=1), overwrite=overwrite)
         log.info("wrote %s (seed %d)", case, int(seed0) + i)
