@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
-from typing import Dict
+from typing import Dict, Optional
+
+import numpy as np
+import vtk
 
 import slicer
 from slicer.i18n import tr as _
@@ -46,7 +49,28 @@ def setCandidateKept(segmentation, candidateId: int, keep: bool) -> None:
     # shrink segments before growing others, so no voxel is in two segments at any step
     for sid in sorted(updates, key=lambda s: int(updates[s].sum()) - int(arrays[s].sum())):
         setSegmentArray(updates[sid], segmentation, sid, candidates)
-    writeFindings(table, reportWithKept(report, kept, candidateId, keep))
+    renal = _nephrometry(candidates, report, candidateId, mask, updates, ids) if keep else None
+    writeFindings(table, reportWithKept(report, kept, candidateId, keep, renal))
+
+
+def _nephrometry(candidates, report: Dict, candidateId: int, mask, updates: Dict, ids: Dict[str, str]):
+    """R.E.N.A.L. of a candidate kept by hand, against its side's kidney segment (the core's measurement)."""
+    from KidneyTumorSegLib.findings.nephrometry import nephrometry_on_grid
+    from KidneyTumorSegLib.geometry.slicer_geometry import volume_from_slicer
+
+    side = next((c.get("side") for c in report.get("tumor_candidates", []) if int(c["id"]) == int(candidateId)), "")
+    own = {"left": [SEGMENT_KIDNEY_LEFT], "right": [SEGMENT_KIDNEY_RIGHT]}.get(side,
+                                                                            [SEGMENT_KIDNEY_LEFT, SEGMENT_KIDNEY_RIGHT])
+    kidneys = [updates[ids[k]] for k in own if k in ids and ids[k] in updates]
+    if not kidneys:
+        return None
+    ijkToRas = vtk.vtkMatrix4x4()
+    candidates.GetIJKToRASMatrix(ijkToRas)
+    grid = volume_from_slicer(mask, slicer.util.arrayFromVTKMatrix(ijkToRas))
+    try:
+        return nephrometry_on_grid(grid, np.logical_or.reduce(kidneys), mask, updates[ids[SEGMENT_TUMOR]]).to_dict()
+    except ValueError:  # a kidney too small to measure against: no score rather than a wrong one
+        return None
 
 
 def _withTumorSegment(segmentation) -> Dict[str, str]:
@@ -62,11 +86,14 @@ def _withTumorSegment(segmentation) -> Dict[str, str]:
     return ids
 
 
-def reportWithKept(report: Dict, kept, candidateId: int, keep: bool) -> Dict:
-    """``report`` with candidates ``kept`` kept (and the rest rejected), totals updated, the edit recorded."""
+def reportWithKept(report: Dict, kept, candidateId: int, keep: bool, nephrometry: Optional[Dict] = None) -> Dict:
+    """``report`` with candidates ``kept`` kept (and the rest rejected), totals updated, the edit recorded;
+    ``nephrometry``: the R.E.N.A.L. of candidate ``candidateId`` when it was kept by this edit."""
     report = json.loads(json.dumps(report))
     for candidate in report.get("tumor_candidates", []):
         candidate["kept"] = int(candidate["id"]) in kept
+        if keep and int(candidate["id"]) == int(candidateId) and nephrometry is not None:
+            candidate["nephrometry"] = nephrometry
     keptCandidates = [c for c in report.get("tumor_candidates", []) if c["kept"]]
     report["kept_tumors"] = len(keptCandidates)
     report["total_tumor_volume_ml"] = round(sum(c["volume_ml"] for c in keptCandidates), 3)

@@ -70,3 +70,24 @@ def test_a_rejected_candidate_outside_the_kidney_stays_background(harness, slice
     report = json.loads(run.tableNode.GetAttribute("KidneyTumorSeg.Report"))
     assert [c["kept"] for c in report["tumor_candidates"]] == [False, True, False]
     assert harness.nodes() == before, "a candidate edit adds or removes no node"
+
+
+def test_a_candidate_kept_by_hand_gets_the_cores_nephrometry_in_report_and_table(harness, slicer, by_hand, tmp_path):
+    from KidneyTumorSegLib.findings.findings_table import TABLE_COLUMNS, findings_rows
+    from KidneyTumorSegLib.findings.nephrometry import nephrometry_on_grid
+
+    ct, outputs, result = by_hand
+    volume, run = load_results(harness, slicer, (ct, outputs, None), tmp_path)
+    segmentation = run.segmentationNode
+    harness.module.KidneyTumorSegLogic().setCandidateKept(segmentation, 3, True)
+    now = segment_arrays(harness, segmentation, volume)
+    report = json.loads(run.tableNode.GetAttribute("KidneyTumorSeg.Report"))
+    third = next(c for c in report["tumor_candidates"] if c["id"] == 3)
+    expected = nephrometry_on_grid(result.label, now["kidney_right"], result.candidates.array == 3,
+                                   now["kidney_tumor"]).to_dict()
+    assert third["kept"] and third["nephrometry"] == expected
+    rows = findings_rows(report)
+    row = next(n for n, r in enumerate(rows) if r["candidate_id"] == 3)
+    column = [n for n, _ in TABLE_COLUMNS].index("R.E.N.A.L.")
+    assert run.tableNode.GetTable().GetValue(row, column).ToString() == expected["score"]
+    assert rows[row]["R.E.N.A.L."] == expected["score"] and expected["R"] == 1

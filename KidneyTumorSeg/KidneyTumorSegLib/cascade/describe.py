@@ -26,7 +26,7 @@ def describe(kidneys: Sequence[Kidney], cands: Sequence[Candidate], post: Postpr
     rejected = [c for c in cands if not c.kept]
     if kept:
         msgs.append(f"{len(kept)} tumor(s) kept (mean probability >= {post.candidate_threshold:g}): " +
-                    ", ".join(f"{c.side} {c.diameter_3d_mm:.0f} mm" for c in kept))
+                    ", ".join(f"{c.side} {c.diameter_3d_mm:.0f} mm{_renal(c)}" for c in kept))
     elif tumors:
         msgs.append("no tumor found")
     else:
@@ -50,3 +50,8 @@ def describe(kidneys: Sequence[Kidney], cands: Sequence[Candidate], post: Postpr
     if specks:
         msgs.append(f"{specks} speck(s) of tumor probability under {post.min_listed_ml:g} mL not listed as candidates")
     return msgs
+
+
+def _renal(c: Candidate) -> str:
+    """A kept tumor's R.E.N.A.L. score for the messages (decision support), or nothing."""
+    return f" (R.E.N.A.L. {c.nephrometry['score']})" if c.nephrometry else ""

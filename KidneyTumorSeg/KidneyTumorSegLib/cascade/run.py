@@ -16,6 +16,7 @@ import numpy as np
 from ..findings import plausibility
 from ..config import PostprocessConfig, StageConfig
 from ..findings.findings import CascadeResult, Candidate, Kidney
+from ..findings.nephrometry import kidney_frame, renal_score
 from ..findings.terminology import KITS_KIDNEY, KITS_TUMOR
 from ..geometry.boxes import Box, box_from_mask
 from ..geometry.records import Crop, Reorient, canonical_reorient
@@ -158,6 +159,8 @@ class _Maps:
         self.specks += found.specks
         if self.alone is not None:  # report 003: kidney where both the kidney and kidney_alone stages say so
             kmask = kmask & crop.apply(self.alone, fill=False)
+        if found.scored:
+            self._nephrometry(first_id, found.components, kmask & ~kept_mask, kept_mask, kvol.spacing_zyx)
         # merge: the kidney component, then kept tumors on top
         kidney_full = kmask | kept_mask
         crop.paste(self.label, np.where(kmask, KITS_KIDNEY, 0).astype(np.uint8))
@@ -174,6 +177,17 @@ class _Maps:
             centre_lps_mm=centre_world(kvol, kmask),
             touches_fov_edge=_touches_edge(region.inner(box_from_mask(mask_roi)).box, self.label.shape),
         ))
+
+
+    def _nephrometry(self, first_id: int, cc: np.ndarray, parenchyma: np.ndarray, kept_mask: np.ndarray,
+                     spacing_zyx) -> None:
+        """R.E.N.A.L. of this kidney's kept tumors (candidates from ``first_id``; ``cc``: their map on the crop)."""
+        kept = [c for c in self.candidates[first_id - 1:] if c.kept]
+        if not kept or np.count_nonzero(parenchyma) < 4:
+            return
+        frame = kidney_frame(parenchyma, kept_mask, spacing_zyx)
+        for c in kept:
+            c.nephrometry = renal_score(frame, cc == c.id - first_id + 1).to_dict()
 
 
 def _touches_edge(box: Box, shape: Sequence[int]) -> bool:

@@ -45,6 +45,8 @@ class Candidate:
     core_hu: Optional[float] = None  # median HU of its core (2 mm inside its edge; all of it when thinner)
     rejected_because: str = ""  # "" when kept; else why stage 4 rejected it
     kidney_contact: Optional[float] = None  # fraction of its surface (by area) that borders the kidney
+    # R.E.N.A.L. nephrometry (nephrometry.Nephrometry.to_dict) of a kept tumor; None for a rejected candidate
+    nephrometry: Optional[Dict[str, Any]] = None
 
 
 @dataclass

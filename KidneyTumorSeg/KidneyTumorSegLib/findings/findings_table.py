@@ -20,6 +20,7 @@ TABLE_COLUMNS: List[Tuple[str, str]] = [
     ("Mean probability", "float"),
     ("Core HU", "float"),
     ("Kidney contact (%)", "float"),
+    ("R.E.N.A.L.", "string"),
     ("Status", "string"),
     ("Reason", "string"),
 ]
@@ -50,7 +51,8 @@ def findings_rows(report: Mapping[str, Any]) -> List[Dict[str, Any]]:
     Volumes in mL (2 decimals), diameters in mm (1 decimal), mean probability
     0..1 (3 decimals), "Core HU" the median attenuation of the candidate's core
     (1 decimal; absent in reports written before it), "Kidney contact (%)" the share of its surface
-    that borders the kidney (1 decimal; absent before it); "Status" is "kept" or
+    that borders the kidney (1 decimal; absent before it), "R.E.N.A.L." a kept tumor's nephrometry score
+    (``nephrometry``: e.g. "8ph"; absent for rejected candidates and older reports); "Status" is "kept" or
     "rejected" and "Reason" why stage 4 rejected it. Each row also has
     ``candidate_id`` (int, None for kidneys) and ``kidney_index`` (int) for
     callers that act on a selected row. Rows stay in the same order when a
@@ -62,7 +64,7 @@ def findings_rows(report: Mapping[str, Any]) -> List[Dict[str, Any]]:
         rows.append({
             "Type": KIDNEY, "Id": None, "Side": _side(k.get("side")), "Volume (mL)": _num(k.get("volume_ml"), 2),
             "Axial diameter (mm)": None, "3D diameter (mm)": None, "Mean probability": None, "Core HU": None,
-            "Kidney contact (%)": None,
+            "Kidney contact (%)": None, "R.E.N.A.L.": None,
             "Status": None, "Reason": None,
             "candidate_id": None, "kidney_index": k.get("index"),
         })
@@ -75,6 +77,7 @@ def findings_rows(report: Mapping[str, Any]) -> List[Dict[str, Any]]:
             "Mean probability": _num(c.get("mean_probability"), 3),
             "Core HU": _num(c.get("core_hu"), 1),
             "Kidney contact (%)": None if c.get("kidney_contact") is None else _num(100 * c["kidney_contact"], 1),
+            "R.E.N.A.L.": (c.get("nephrometry") or {}).get("score") if c.get("kept") else None,
             "Status": KEPT if c.get("kept") else REJECTED,
             "Reason": c.get("rejected_because") or None,
             "candidate_id": int(c["id"]), "kidney_index": c.get("kidney_index"),

@@ -54,9 +54,11 @@ class Algorithm:
 
 def require_highdicom() -> None:
     """Raise ``InputError`` naming the install command when highdicom or pydicom is missing."""
+    import importlib
+
     try:
-        import highdicom  # noqa: F401
-        import pydicom  # noqa: F401
+        for name in ("highdicom", "pydicom"):
+            importlib.import_module(name)
     except ImportError as exc:
         raise InputError(f"DICOM SEG output needs highdicom and pydicom ({exc}): {INSTALL_HINT}") from None
 
