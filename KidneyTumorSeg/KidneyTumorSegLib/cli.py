@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_segment_parser(sub) -> None:
     s = sub.add_parser("segment", help="segment kidneys and tumors in CT scans")
-    s.add_argument("inputs", nargs="+", help="CT file (NIfTI, NRRD, MHA), DICOM folder, KiTS case folder, folder of cases, or glob")
+    s.add_argument("inputs", nargs="+", help="CT file (NIfTI, NRRD, MHA), DICOM folder, KiTS case folder, folder of "
+                                             "cases, glob, or a .csv list of cases (columns path and optional case_id)")
     s.add_argument("-o", "--output", required=True, help="output folder (one subfolder per case)")
     s.add_argument("--model", help="model bundle folder, or an nnU-Net v2 trained-model folder, its dataset folder "
                                    "or exported zip (default: the shipped model)")
@@ -56,6 +57,9 @@ def _add_segment_parser(sub) -> None:
                         "decoding, its label values), as nnUNetv2_predict does; no cascade, no candidate choice")
     add_run_options(s)  # device, quality, sliding window, model values, ROI, optional outputs (RunSettings)
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    s.add_argument("--resume", action="store_true",
+                   help="skip cases whose output files are all there and segment the rest (a killed or failed run "
+                        "goes on; failed cases are tried again); <output>/summary.csv lists every case")
     s.add_argument("--events", help="write machine-readable progress events to this file ('-' = stderr)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -100,40 +104,60 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 # --------------------------------------------------------------------------
 def cmd_segment(args) -> int:
+    import dataclasses
+
+    from .batch import Ranks, end_group, rank_device, start_group, summary_problem, wants_summary
+    from .run_settings import RunSettings
+
+    ranks = Ranks.from_env()
+    settings = RunSettings.from_args(args)
+    settings = dataclasses.replace(settings, device=rank_device(settings.device, ranks))
+    problem = dicom_seg_problem(settings, args.no_postprocess)
+    cases = None if problem else _checked_cases(args)
+    if cases is not None and wants_summary(args, len(cases), ranks):
+        problem = summary_problem(args.output, args)
+    if problem or cases is None:
+        if problem:
+            log.error("%s", problem)
+        return 2
+    start_group(ranks, settings.device)
+    try:
+        return _segment_run(args, settings, cases, ranks)
+    finally:
+        end_group(ranks)
+
+
+def _segment_run(args, settings, cases, ranks) -> int:
+    """Load the model (once per rank) and segment the cases; the exit status."""
+    from .batch import all_ok
     from .bundles.bundle import BundleError
     from .cli_models import model_options
     from .events import EventWriter
     from .pipeline import Segmenter
-    from .run_settings import RunSettings
 
-    settings = RunSettings.from_args(args)
-    problem = dicom_seg_problem(settings, args.no_postprocess)
-    if problem:
-        log.error("%s", problem)
-        return 2
-    cases = _checked_cases(args)
-    if cases is None:
-        return 2
-    with _event_stream(args.events) as stream:
+    with _event_stream(args.events if ranks.main else None) as stream:
         events = EventWriter(stream)
+        seg, why = None, ""
         try:
             seg = Segmenter(args.model, settings, nnunet=model_options(args))
         except (BundleError, RuntimeError, ValueError, OSError) as exc:
-            log.error("%s", exc)
-            events.emit("case_failed", case=None, error=str(exc))
-            events.emit("done", ok=0, failed=len(cases))
-            return 2
-        if args.no_postprocess and (seg.nnunet_model() is None or settings.roi):
-            why = ("--roi does not apply: the model runs on the whole scan" if settings.roi else
-                   f"{seg.bundle.name}: --no-postprocess needs an nnU-Net model given as --model (every stage one model)")
-            log.error("--no-postprocess: %s", why)
+            why = str(exc)
+        if seg is not None and args.no_postprocess and (seg.nnunet_model() is None or settings.roi):
+            why = "--no-postprocess: " + ("--roi does not apply: the model runs on the whole scan" if settings.roi else
+                                          f"{seg.bundle.name}: --no-postprocess needs an nnU-Net model given as "
+                                          "--model (every stage one model)")
+        if not all_ok(not why, ranks):
+            log.error("%s", why or "another rank could not load the model")
+            if seg is None:
+                events.emit("case_failed", case=None, error=why)
             events.emit("done", ok=0, failed=len(cases))
             return 2
         events.emit("start", cases=len(cases), model=seg.bundle.name, device=str(seg.device))
-        log.info("%d case(s); model %s; device %s; TTA %d", len(cases), seg.bundle.name, seg.device, settings.tta)
-        if seg.bundle.limitations:
+        log.info("%d case(s); model %s; device %s; TTA %d%s", len(cases), seg.bundle.name, seg.device, settings.tta,
+                 f"; rank {ranks.rank} of {ranks.world}" if ranks.world > 1 else "")
+        if seg.bundle.limitations and ranks.main:
             log.warning("%s", f"Model {seg.bundle.name}: {seg.bundle.limitations}")
-        failed = _segment_cases(args, seg, cases, events)
+        failed = _segment_cases(args, seg, cases, events, ranks)
     return 0 if failed == 0 else 1
 
 
@@ -158,38 +182,64 @@ def _checked_cases(args):
     return cases
 
 
-def _segment_cases(args, seg, cases, events) -> int:
-    """Segment every case (one plan of its files each, checked before it is read); returns how many failed."""
+def _segment_cases(args, seg, cases, events, ranks) -> int:
+    """Segment this rank's share of the pending cases (one plan of files each, checked before it is read) and,
+    on rank 0, write the summary (``batch``); returns how many cases failed (on rank 0: on every rank)."""
+    from .batch import COMPLETE, RankLog, pending, run_cases, share, wait_for_ranks, wants_summary, write_summary
     from .cli_progress import CaseProgress
     from .io.outputs import RAW_KINDS, case_kinds, plan_case
-    from .geometry.volume import InputError
 
     settings = seg.runtime
     kinds = RAW_KINDS if args.no_postprocess else case_kinds(settings.preview, settings.save_candidates,
                                                              settings.dicom_seg)
     input_paths = [p for _, p in cases]
-    ok = failed = 0
-    for index, (case_id, path) in enumerate(cases):
-        plan = plan_case(args.output, case_id, kinds, args.overwrite, input_paths)
-        progress = CaseProgress(events, case_id, index, len(cases), bar=not args.no_progress)
-        t0 = time.perf_counter()
-        try:
-            outs, messages = _segment_case(args, seg, plan, path, progress, t0)
-        except (InputError, FileExistsError, ValueError, RuntimeError, OSError) as exc:
-            failed += 1
-            progress.close()
-            log.error("%s: %s", case_id, exc)
-            events.emit("case_failed", case=case_id, error=str(exc))
-            continue
+    plans = {case_id: plan_case(args.output, case_id, kinds, args.overwrite, input_paths) for case_id, _ in cases}
+    logs = Path(args.output) / ".batch"
+    if ranks.main:
+        for old in logs.glob("rank*.jsonl"):  # an earlier run's; before any rank opens its own
+            old.unlink()
+    todo, skipped = share(pending(cases, plans, args.resume) if ranks.main else None, ranks)
+    if skipped and ranks.main:
+        log.info("%d case(s) skipped: %s (--resume)", len(skipped), COMPLETE)
+    mine = todo[ranks.rank::ranks.world]
+    summary = wants_summary(args, len(cases), ranks)
+    rank_log = RankLog(args.output, ranks, to_file=summary)
+    t0 = time.perf_counter()
+    failed = run_cases(mine, len(todo), ranks, lambda n, case_id, path: _segment_one(
+        args, seg, plans[case_id], path, events,
+        CaseProgress(events, case_id, n, len(mine), bar=not args.no_progress and ranks.main)), rank_log, t0)
+    rank_log.finish()
+    events.emit("done", ok=len(rank_log.rows) - failed, failed=failed)
+    if not ranks.main:
+        return failed
+    rows = wait_for_ranks(logs, ranks, len(todo), t0) if ranks.world > 1 else rank_log.rows
+    if summary:
+        log.info("summary: %s", write_summary(list(skipped) + rows, args.output))
+    return sum(r["status"] == "failed" for r in rows)
+
+
+def _segment_one(args, seg, plan, path, events, progress) -> Optional[str]:
+    """Segment one case (:func:`_segment_case`), log and emit the outcome; None, or why it failed. Any error
+    fails this case only: a batch of thousands goes on (an unexpected one is logged with its traceback)."""
+    from .geometry.volume import InputError
+
+    t0 = time.perf_counter()
+    try:
+        outs, messages = _segment_case(args, seg, plan, path, progress, t0)
+    except Exception as exc:  # noqa: BLE001 - recorded in the summary, the run goes on
         progress.close()
-        ok += 1
-        for m in messages:
-            log.info("%s: %s", case_id, m)
-        log.info("%s: written to %s (%.1f s)", case_id, plan.folder, time.perf_counter() - t0)
-        events.emit("case_done", case=case_id, status="ok", outputs={k: str(v) for k, v in outs.items()},
-                    messages=messages)
-    events.emit("done", ok=ok, failed=failed)
-    return failed
+        expected = isinstance(exc, (InputError, FileExistsError, ValueError, RuntimeError, OSError))
+        why = str(exc) if expected else f"unexpected {type(exc).__name__}: {exc}"
+        (log.error if expected else log.exception)("%s: %s", plan.case_id, why)
+        events.emit("case_failed", case=plan.case_id, error=why)
+        return why
+    progress.close()
+    for m in messages:
+        log.info("%s: %s", plan.case_id, m)
+    log.info("%s: written to %s (%.1f s)", plan.case_id, plan.folder, time.perf_counter() - t0)
+    events.emit("case_done", case=plan.case_id, status="ok", outputs={k: str(v) for k, v in outs.items()},
+                messages=messages)
+    return None
 
 
 def _segment_case(args, seg, plan, path, progress, t0):
@@ -235,9 +285,9 @@ def cmd_phantom(args) -> int:
 
     if args.dicom:
         from .io.dicom_seg import INSTALL_HINT
-        try:
-            import pydicom  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("pydicom") is None:
             log.error("--dicom needs pydicom: %s", INSTALL_HINT)
             return 2
     kits = None

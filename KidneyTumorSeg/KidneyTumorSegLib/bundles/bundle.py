@@ -79,8 +79,14 @@ class Bundle:
 
     def manifest_sha256(self) -> str:
         """The SHA-256 of the bundle's ``manifest.json``, which records every weight file's SHA-256: the one
-        figure that names these exact weights (DICOM SEG's algorithm identification, the reports)."""
-        return sha256_file(self.path / MANIFEST)
+        figure that names these exact weights (DICOM SEG's algorithm identification, the reports). A bundle
+        made in memory (an nnU-Net model folder given as ``--model``) has no manifest file: the SHA-256 of
+        its name, version and file hashes, as JSON with sorted keys."""
+        manifest = self.path / MANIFEST
+        if manifest.is_file():
+            return sha256_file(manifest)
+        text = json.dumps({"name": self.name, "version": self.version, "files": self.files}, sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def checked_weight(self, name: str) -> Path:
         """The path of weight file ``name`` once its name, SHA-256 and safetensors header are checked."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import re
 from pathlib import Path
 from typing import List, Tuple
 
@@ -55,13 +56,15 @@ def find_cases(spec: PathLike) -> List[Tuple[str, Path]]:
     ``spec`` is an image file, a DICOM file or series folder, a KiTS case
     folder, a folder of cases (image files, KiTS case folders and DICOM
     series subfolders; hidden files and ``.seg.nrrd`` outputs are skipped) or
-    a glob pattern. Case ids come from the names (``.nii.gz`` etc. removed);
+    a glob pattern, or a ``.csv`` list of cases (:func:`cases_from_csv`). Case ids come from the names (``.nii.gz`` etc. removed);
     clashing ids get ``_2``, ``_3``... in path order. Raises ``InputError``
     naming ``spec`` when nothing is found.
     """
     text = str(spec)
     p = Path(text)
     found: List[Path] = []
+    if p.is_file() and p.suffix.lower() == ".csv":
+        return cases_from_csv(p)
     if p.is_file():
         found = [p]
     elif p.is_dir():
@@ -85,6 +88,41 @@ def find_cases(spec: PathLike) -> List[Tuple[str, Path]]:
     if not found:
         raise InputError(f"no CT images found in '{text}' (looked for {SUPPORTED})")
     return _unique_ids(found)
+
+
+_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def cases_from_csv(path: Path) -> List[Tuple[str, Path]]:
+    """The cases of a CSV list: column ``path`` (a file or folder as on the command line; relative to the
+    CSV's folder) and optional ``case_id`` (letters, digits, ``._-``; default: from the name). A path that
+    does not exist is not refused here: its case fails alone when it is read, and the run goes on."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read the case list '{path}': {exc}") from None
+    if not rows or "path" not in rows[0]:
+        raise InputError(f"the case list '{path}' needs a header with a 'path' column (and optionally 'case_id')")
+    out = []
+    for line, row in enumerate(rows, start=2):
+        raw = (row.get("path") or "").strip()
+        if not raw:
+            raise InputError(f"'{path}', line {line}: the path is empty")
+        q = Path(raw) if Path(raw).is_absolute() else path.parent / raw
+        cid = (row.get("case_id") or "").strip() or case_id_for(q)
+        if not _CASE_ID.match(cid):
+            raise InputError(f"'{path}', line {line}: case id '{cid}' must be letters, digits, '.', '_' or '-' "
+                             "(it names the case's output folder)")
+        out.append((cid, q))
+    seen: set = set()
+    for cid, _ in out:
+        if cid in seen:
+            raise InputError(f"the case list '{path}' names case '{cid}' twice")
+        seen.add(cid)
+    return sorted(out, key=lambda t: t[0])
 
 
 def _unique_ids(paths: List[Path]) -> List[Tuple[str, Path]]:
