@@ -33,8 +33,8 @@ from slicer.parameterNodeWrapper import parameterNodeWrapper, WithinRange
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 from KidneyTumorSegLib.presets import Quality, TumorGrowth  # the panel's quality and tumor growth choices
-from KidneyTumorSegSlicer import candidates, dependencies, gpu, labelmaps, models, panel, results, runs, \
-    runsettings, sampledata
+from KidneyTumorSegSlicer import candidates, dependencies, dicomexport, gpu, labelmaps, models, panel, results, \
+    runs, runsettings, sampledata
 from KidneyTumorSegSlicer.nodes import REF_FINDINGS, REF_INPUT, SEGMENT_KIDNEY_LEFT, SEGMENT_KIDNEY_RIGHT, \
     SEGMENT_TUMOR, segmentIds
 from KidneyTumorSegSlicer.runs import SegmentationRun
@@ -42,11 +42,6 @@ from KidneyTumorSegSlicer.runs import SegmentationRun
 # module-level API of earlier versions, for scripts
 ensurePhantomSample, loadPhantomSample, phantomSamplePaths = (
     sampledata.ensurePhantomSample, sampledata.loadPhantomSample, sampledata.phantomSamplePaths)
-
-
-#
-# KidneyTumorSeg
-#
 
 
 class KidneyTumorSeg(ScriptedLoadableModule):
@@ -188,6 +183,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addCandidateButton.connect("clicked(bool)", lambda: self.onChangeCandidate(keep=True))
         self.ui.removeCandidateButton.connect("clicked(bool)", lambda: self.onChangeCandidate(keep=False))
         self.ui.editInSegmentEditorButton.connect("clicked(bool)", self.onEditInSegmentEditor)
+        self.ui.exportDicomSegButton.connect("clicked(bool)", lambda: panel.exportDicomSegDialog(self._parameterNode))
         self.ui.show3DCheckBox.connect("toggled(bool)", self.onShow3DToggled)
         self.ui.findingsTableView.connect("selectionChanged()", self._updateCandidateButtons)
 
@@ -257,7 +253,8 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.gpuWarningLabel.text = warning
         self.ui.gpuWarningLabel.visible = bool(warning)
         panel.showFindingsTable(self.ui.findingsTableView, p.outputSegmentation)
-        self.ui.editInSegmentEditorButton.enabled = p.outputSegmentation is not None and self._run is None
+        done = p.outputSegmentation is not None and self._run is None
+        self.ui.editInSegmentEditorButton.enabled = self.ui.exportDicomSegButton.enabled = done
         self._updateCandidateButtons()
 
     def _showModelValues(self, p) -> None:
@@ -411,6 +408,7 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
     showSegmentation3D = staticmethod(results.showSegmentation3D)
     candidateOfRow = staticmethod(results.candidateOfRow)
     setCandidateKept = staticmethod(candidates.setCandidateKept)
+    exportDicomSeg = staticmethod(dicomexport.exportDicomSeg)
 
     # -- device (KidneyTumorSegSlicer.gpu): a GPU that is missing or too small, asked once per choice --
 

@@ -30,6 +30,8 @@ CORE_REQUIREMENTS = (
 PIP_OPTIONS = ("--timeout", "20", "--retries", "1")
 # optional: running nnU-Net v2 models (TotalSegmentator's weights, KiTS models); pyproject's [nnunet] extra
 NNUNET_REQUIREMENT = "nnunetv2>=2.5,<2.9"
+# optional: DICOM SEG export; pyproject's [dicom] extra (on Python 3.9 pip picks highdicom 0.22 and pydicom 2.4)
+DICOM_REQUIREMENTS = ("highdicom>=0.22,<0.29", "pydicom>=2.4,<4")
 
 
 class MissingExtensionError(RuntimeError):
@@ -104,6 +106,27 @@ def ensureNnunet(askConfirmation: bool = True) -> bool:
         return False
     importlib.invalidate_caches()
     return requirementSatisfied(NNUNET_REQUIREMENT)
+
+
+def ensureDicomSeg(askConfirmation: bool = True) -> bool:
+    """Install highdicom and pydicom (pyproject's [dicom] extra) for DICOM SEG export, after asking."""
+    missing = [r for r in DICOM_REQUIREMENTS if not requirementSatisfied(r)]
+    if not missing:
+        return True
+    ask = askConfirmation and not slicer.app.testingEnabled()
+    if ask and not slicer.util.confirmOkCancelDisplay(
+            _("Exporting DICOM SEG needs these Python packages. Download and install them now?\n\n{packages}").format(
+                packages="\n".join(missing)), windowTitle=_("KidneyTumorSeg: install highdicom")):
+        return False
+    try:
+        with slicer.util.WaitCursor():
+            slicer.util.pip_install(list(PIP_OPTIONS) + missing)
+    except Exception as exc:
+        logging.exception("KidneyTumorSeg: installing highdicom failed")
+        slicer.util.errorDisplay(_installHelp(missing, exc), windowTitle=_("KidneyTumorSeg: install highdicom"))
+        return False
+    importlib.invalidate_caches()
+    return all(requirementSatisfied(r) for r in DICOM_REQUIREMENTS)
 
 
 def requirementSatisfied(requirement: str) -> bool:

@@ -131,3 +131,29 @@ def openInSegmentEditor(segmentation, volume) -> None:
         editor.setSourceVolumeNode(volume)
     else:  # Slicer before 5.2
         editor.setMasterVolumeNode(volume)
+
+
+def exportDicomSegDialog(p) -> None:
+    """Ask where to write the result of parameter node ``p`` as a DICOM SEG (installing highdicom if needed),
+    then write it (``dicomexport``); a problem is shown in a dialog, the scene is not changed."""
+    from KidneyTumorSegLib.geometry.volume import InputError
+
+    from . import dependencies, dicomexport
+    from .nodes import REF_INPUT
+
+    segmentation = p.outputSegmentation if p is not None else None
+    volume = (segmentation.GetNodeReference(REF_INPUT) or p.inputVolume) if segmentation is not None else None
+    if volume is None or not dependencies.ensureDicomSeg():
+        return
+    path = qt.QFileDialog.getSaveFileName(None, _("Export DICOM SEG"), f"{segmentation.GetName()}.seg.dcm",
+                                          _("DICOM files (*.dcm)"))
+    if not path:
+        return
+    try:
+        with slicer.util.WaitCursor():
+            # the file dialog has asked before replacing a file
+            written = dicomexport.exportDicomSeg(segmentation, volume, path, overwrite=True)
+    except (ValueError, OSError, InputError) as exc:
+        slicer.util.errorDisplay(str(exc), windowTitle=_("KidneyTumorSeg: export DICOM SEG"))
+        return
+    slicer.util.showStatusMessage(_("DICOM SEG written to {path}").format(path=written), 5000)

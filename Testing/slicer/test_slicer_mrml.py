@@ -230,5 +230,8 @@ def test_an_implausible_result_says_so_in_the_status_line_and_the_table(harness,
     assert run.messages[0] == ("Implausible result, check it: two kidneys on the patient's left: one of them is "
                                "probably not kidney")
     table = run.tableNode
-    assert (table.GetCellText(0, 0), table.GetCellText(0, 9)) == ("Warning", "implausible")
+    from KidneyTumorSegLib.findings.findings_table import TABLE_COLUMNS
+
+    status = [n for n, _ in TABLE_COLUMNS].index("Status")
+    assert (table.GetCellText(0, 0), table.GetCellText(0, status)) == ("Warning", "implausible")
     assert harness.module.KidneyTumorSegLogic.candidateOfRow(table, 0) is None

@@ -50,6 +50,7 @@ class Algorithm:
     version: str
     sha256: str
     software_version: str
+    edited: bool = False  # a person could correct it (Slicer): SEMIAUTOMATIC segments, else AUTOMATIC
 
 
 def require_highdicom() -> None:
@@ -163,9 +164,11 @@ def segment_description(number: int, definition: SegmentDefinition, algorithm: A
         name=f"KidneyTumorSeg {algorithm.name}"[:64], family=codes.cid7162.ArtificialIntelligence,
         version=algorithm.version[:64], source=MANUFACTURER, parameters={"bundle_sha256": algorithm.sha256})
     region = [coded(definition.anatomic_region)] if definition.anatomic_region else None
+    kind = hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC if algorithm.edited else \
+        hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
     desc = hd.seg.SegmentDescription(
         segment_number=number, segment_label=definition.name, segmented_property_category=coded(definition.category),
-        segmented_property_type=coded(definition.type), algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        segmented_property_type=coded(definition.type), algorithm_type=kind,
         algorithm_identification=ident, anatomic_regions=region, tracking_id=definition.segment_id,
         tracking_uid=hd.UID())
     if definition.type_modifier:
@@ -194,8 +197,30 @@ def series_files(image: Volume) -> Tuple[str, ...]:
 
 
 def algorithm(report: Mapping[str, object]) -> Algorithm:
-    """The :class:`Algorithm` of a case's report (its ``model``, ``model_version`` and ``model_sha256``)."""
+    """The :class:`Algorithm` of a case's report (its ``model``, ``model_version`` and ``model_sha256``; "unknown"
+    where a report has none, e.g. one written before they were recorded)."""
     from .. import __version__
 
-    return Algorithm(str(report.get("model", "unknown")), str(report.get("model_version", "")),
-                     str(report.get("model_sha256", "")), __version__)
+    return Algorithm(str(report.get("model") or "unknown"), str(report.get("model_version") or "unknown"),
+                     str(report.get("model_sha256") or "unknown"), __version__)
+
+
+def files_in_slice_order(grid: Volume, files: Sequence[os.PathLike]) -> List[str]:
+    """The files of a series in ``grid``'s slice order (file ``n`` at slice ``n``), from each file's Image Position
+    (Patient); ``ValueError`` when a file lies off the grid's slices or two lie on one (e.g. a volume loaded in
+    Slicer from a DICOM series, with its instance UIDs)."""
+    import pydicom
+
+    by_slice = {}
+    for f in files:
+        ds = pydicom.dcmread(str(f), stop_before_pixels=True, specific_tags=["ImagePositionPatient"])
+        position = np.array([float(v) for v in ds.ImagePositionPatient])
+        k = int(round(float(grid.world_to_index(position)[2])))
+        expected = grid.index_to_world(np.array([0.0, 0.0, float(k)]))
+        if not 0 <= k < grid.shape[0] or np.abs(position - expected).max() > POSITION_TOLERANCE_MM or k in by_slice:
+            raise ValueError(f"'{f}' lies at {np.round(position, 2).tolist()} mm, not on a free slice of the volume's "
+                             "grid: the volume is not that series")
+        by_slice[k] = str(f)
+    if len(by_slice) != grid.shape[0]:
+        raise ValueError(f"the volume has {grid.shape[0]} slices, its DICOM series {len(by_slice)} files")
+    return [by_slice[k] for k in range(grid.shape[0])]
