@@ -39,7 +39,10 @@ from scipy.spatial import ConvexHull, Delaunay, QhullError
 from . import measure
 from ..geometry.volume import Volume
 
-R_DIAMETER = "axial, edge to edge"  # see benchmarks/renal_diameter.py
+# R's diameter: the largest axial one between voxel centres, the convention closest to the radiologists' sizes
+# of the KiTS19 cases in ../shared/data (benchmarks/renal_diameter.py; figures in the README)
+R_AXIAL, R_EDGE_TO_EDGE = True, False
+R_DIAMETER = f"{'axial' if R_AXIAL else '3D'}, {'edge to edge' if R_EDGE_TO_EDGE else 'centre to centre'}"
 ENDOPHYTIC_MAX = 0.01  # a tumor with at most this fraction outside the hull counts as entirely endophytic
 MIN_SINUS_ML = 0.5
 AP_FRACTION = 0.15
@@ -124,7 +127,8 @@ def renal_score(frame: KidneyFrame, tumor: np.ndarray) -> Nephrometry:
     if not len(idx):
         raise ValueError("empty tumor mask")
     pts = idx * frame.spacing
-    diameter = measure.max_axial_diameter_mm(tumor, frame.spacing)
+    diameter = (measure.max_axial_diameter_mm if R_AXIAL else measure.max_diameter_3d_mm)(
+        tumor, frame.spacing, edge_to_edge=R_EDGE_TO_EDGE)
     r = 1 if diameter <= 40.0 else 2 if diameter < 70.0 else 3
     outside = 1.0 if frame.hull is None else float(np.mean(frame.hull.find_simplex(pts) < 0))
     e = 1 if outside >= 0.5 else 2 if outside > ENDOPHYTIC_MAX else 3
