@@ -6,12 +6,12 @@ import hashlib
 import json
 
 import numpy as np
-import pydicom
 import pytest
 import slicerio
 
 from KidneyTumorSegLib.cli import main
 from helpers_bundle import make_tiny_bundle
+from helpers_dicom import seg_voxels
 
 SMALL = ["--shape", "24", "64", "64", "--spacing", "4", "4", "6"]
 
@@ -44,14 +44,7 @@ def test_segment_dicom_series_writes_a_seg_with_the_seg_nrrd_voxels(dicom_case, 
     assert sorted(p.name for p in folder.iterdir()) == ["dicom.label.nii.gz", "dicom.preview.png", "dicom.report.json",
                                                         "dicom.seg.dcm", "dicom.seg.nrrd"]
     nrrd = slicerio.read_segmentation(str(folder / "dicom.seg.nrrd"))["voxels"].transpose(2, 1, 0)  # -> [k, j, i]
-    files = sorted((dicom_case / "dicom").glob("*.dcm"))
-    uids = [pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID for f in files]
-    ds = pydicom.dcmread(str(folder / "dicom.seg.dcm"))
-    frames = ds.pixel_array.reshape(-1, 64, 64)
-    seg = np.zeros_like(nrrd)
-    for f, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
-        k = uids.index(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
-        seg[k][frames[f] > 0] = item.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+    seg, ds = seg_voxels(folder / "dicom.seg.dcm", sorted((dicom_case / "dicom").glob("*.dcm")), nrrd.shape)
     assert nrrd.any() and np.array_equal(seg, nrrd)
     report = json.loads((folder / "dicom.report.json").read_text())
     sha = hashlib.sha256((fg_bundle / "manifest.json").read_bytes()).hexdigest()

@@ -7,7 +7,6 @@ import logging
 
 import highdicom as hd
 import numpy as np
-import pydicom
 import pytest
 
 from KidneyTumorSegLib.findings.terminology import KIDNEY_CODE, LEFT, NEOPLASM, RIGHT
@@ -16,6 +15,7 @@ from KidneyTumorSegLib.io.dicom_seg import Algorithm, series_files, write_dicom_
 from KidneyTumorSegLib.io.dicom_write import write_dicom_series
 from KidneyTumorSegLib.io.volume_io import read_volume
 from helpers_ct import assert_same_geometry, ct_volume, shared
+from helpers_dicom import seg_voxels, source_of
 
 ALGO = Algorithm("test-model", "1.2.3", "ab" * 32, "0.1.0")
 
@@ -28,28 +28,6 @@ def _label_on(vol):
     lab[k // 4: k // 2, j // 4: j // 2, 5 * i // 8: 7 * i // 8] = 2
     lab[k // 3: k // 2, j // 3: j // 2, i // 6: i // 4] = 3
     return vol.with_array(lab)
-
-
-def _source(files):
-    """(SOP Instance UIDs, Image Positions) of the series' files in slice order, as pydicom reads them."""
-    heads = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in files]
-    uids = [str(h.get("SOPInstanceUID") or h.file_meta.MediaStorageSOPInstanceUID) for h in heads]
-    return uids, [np.array([float(v) for v in h.ImagePositionPatient]) for h in heads], heads[0]
-
-
-def _voxels_by_pydicom(path, files, shape):
-    """The SEG's segment map on the series' grid, frame by frame with pydicom: each frame goes to the slice
-    its Source Image Sequence names, and its Image Position must be that slice's."""
-    ds = pydicom.dcmread(str(path))
-    uids, positions, _ = _source(files)
-    frames = ds.pixel_array.reshape(-1, shape[1], shape[2])
-    out = np.zeros(shape, np.uint8)
-    for f, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
-        k = uids.index(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
-        np.testing.assert_allclose([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient],
-                                   positions[k], atol=1e-3)
-        out[k][frames[f] > 0] = item.SegmentIdentificationSequence[0].ReferencedSegmentNumber
-    return out, ds
 
 
 def _check_segments(path, sha):
@@ -77,9 +55,9 @@ def _check_real(folder, tmp_path):
     lab = _label_on(vol)
     out = write_dicom_seg(lab, files, tmp_path / "case.seg.dcm", ALGO)
     _check_segments(out, ALGO.sha256)
-    voxels, ds = _voxels_by_pydicom(out, files, vol.shape)
+    voxels, ds = seg_voxels(out, files, vol.shape)
     assert np.array_equal(voxels, lab.array)
-    uids, _, first = _source(files)
+    uids, _, first = source_of(files)
     referenced = {i.ReferencedSOPInstanceUID for s in ds.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence}
     assert referenced == set(uids)
     assert ds.FrameOfReferenceUID == first.FrameOfReferenceUID and ds.Modality == "SEG"
@@ -115,7 +93,7 @@ def test_phantom_written_as_dicom_reads_back_on_the_same_grid(tmp_path):
     assert list(series_files(back)) == [str(f) for f in files]
     lab = _label_on(back)
     out = write_dicom_seg(lab, files, tmp_path / "x.seg.dcm", ALGO)
-    assert np.array_equal(_voxels_by_pydicom(out, files, vol.shape)[0], lab.array)
+    assert np.array_equal(seg_voxels(out, files, vol.shape)[0], lab.array)
 
 
 def test_series_writer_replaces_a_folder_only_with_overwrite_and_as_a_whole(tmp_path):

@@ -10,6 +10,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
+from helpers_dicom import seg_voxels
 from mrml_fixtures import SKIP_WITHOUT_SLICER_CORE, load_results, segment_arrays
 
 pytestmark = SKIP_WITHOUT_SLICER_CORE
@@ -42,17 +43,6 @@ def dicom_result(tmp_path_factory):
     return ct, {k: str(v) for k, v in outputs.items()}, result, files
 
 
-def _seg_voxels(path, files, shape):
-    ds = pydicom.dcmread(str(path))
-    uids = [pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID for f in files]
-    frames = ds.pixel_array.reshape(-1, shape[1], shape[2])
-    out = np.zeros(shape, np.uint8)
-    for f, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
-        k = uids.index(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
-        out[k][frames[f] > 0] = item.SegmentIdentificationSequence[0].ReferencedSegmentNumber
-    return out, ds
-
-
 def test_an_edited_result_exports_as_a_seg_of_its_source_series(harness, slicer, dicom_result, tmp_path):
     ct, outputs, result, files = dicom_result
     volume, run = load_results(harness, slicer, (ct, outputs, None), tmp_path)
@@ -67,7 +57,7 @@ def test_an_edited_result_exports_as_a_seg_of_its_source_series(harness, slicer,
     expected = np.zeros(result.label.shape, np.uint8)
     for value, key in ((1, "kidney_left"), (2, "kidney_right"), (3, "kidney_tumor")):
         expected[now[key]] = value
-    voxels, ds = _seg_voxels(out, files, result.label.shape)
+    voxels, ds = seg_voxels(out, files, result.label.shape)
     assert (expected == 3).sum() > (result.label.array == 2).sum()  # the kept candidate is in it
     np.testing.assert_array_equal(voxels, expected)
     source = pydicom.dcmread(str(files[0]), stop_before_pixels=True)

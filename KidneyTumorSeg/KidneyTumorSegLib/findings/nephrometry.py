@@ -97,6 +97,7 @@ class KidneyFrame:
     spacing: np.ndarray  # (k, j, i) mm
     hull: Optional[Delaunay]  # of the parenchyma's voxel corners, mm
     sinus: Optional[np.ndarray]  # bool on the crop, None when no concavity is large enough
+    sinus_distance: Optional[np.ndarray]  # mm from the nearest sinus voxel, on the crop (once per kidney)
     centre: np.ndarray  # mm, (k, j, i)
     axis: np.ndarray  # unit long axis, pointing superior
     extent: tuple  # (lowest, highest) projection of the parenchyma on the axis, mm from the centre
@@ -117,8 +118,10 @@ def kidney_frame(kidney: np.ndarray, tumor_any: np.ndarray, spacing_zyx: Sequenc
     half = 0.5 * float(np.abs(axis) @ spacing)  # half a voxel along the axis
     hull = _hull(kidney, spacing)
     sinus = _sinus(kidney, tumor_any, spacing, hull) if hull is not None else None
+    distance = None if sinus is None else ndimage.distance_transform_edt(~sinus, sampling=spacing)
     ap = float(np.ptp(pts[:, 1]) + spacing[1])
-    return KidneyFrame(spacing, hull, sinus, centre, axis, (float(proj.min()) - half, float(proj.max()) + half), ap)
+    return KidneyFrame(spacing, hull, sinus, distance, centre, axis,
+                       (float(proj.min()) - half, float(proj.max()) + half), ap)
 
 
 def renal_score(frame: KidneyFrame, tumor: np.ndarray) -> Nephrometry:
@@ -189,8 +192,7 @@ def _sinus_gap(frame: KidneyFrame, tumor: np.ndarray) -> Optional[float]:
         return None
     if (ndimage.binary_dilation(tumor, structure=np.ones((3, 3, 3), bool)) & frame.sinus).any():
         return 0.0
-    dist = ndimage.distance_transform_edt(~frame.sinus, sampling=frame.spacing)
-    return max(float(dist[tumor].min()) - float(frame.spacing.min()), 0.0)
+    return max(float(frame.sinus_distance[tumor].min()) - float(frame.spacing.min()), 0.0)
 
 
 def nephrometry_on_grid(grid: Volume, kidney: np.ndarray, tumor: np.ndarray,
