@@ -471,13 +471,9 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
                 packages=", ".join(self.missingRequirements())))
         settings = runsettings.runSettings(device, quality, candidateThreshold, keepComponents, tumorGrowth)
         modelPath = str(model) if model else self.defaultModelPath()
-        problem = self.modelProblem(modelPath)
-        if problem:
-            raise RuntimeError(problem)
         if models.usesNnunet(modelPath) and not dependencies.ensureNnunet(askConfirmation=True):
             raise RuntimeError(_("This model is an nnU-Net model, and the nnunetv2 package is not installed."))
-        workDir, options = runs.prepareWork(volumeNode, roiNode, modelPath, settings)
-        return SegmentationRun(volumeNode, options, workDir, outputSegmentation, show3D)
+        return runs.newRun(volumeNode, modelPath, settings, roiNode, outputSegmentation, show3D)
 
     def _poll(self, run: SegmentationRun) -> None:
         # self._loadResults is looked up on every tick (tests replace it on the instance)

@@ -101,49 +101,17 @@ class QTimer:
                     slot()
 
 
-class IOManager:
-    """Replaces ``slicer.app.coreIOManager()`` / ``ioManager()``: loads through the same module logics
-    as Slicer's readers (qSlicerVolumesReader, qSlicerSegmentationsReader) do."""
-
-    def __init__(self, logics):
-        self.logics = logics
-
-    def fileType(self, path) -> str:
-        return "SegmentationFile" if str(path).endswith(".seg.nrrd") else "VolumeFile"
-
-    def loadNodes(self, fileType, properties, loaded, messages) -> bool:
-        path = properties["fileName"]
-        name = properties.get("name") or Path(path).name.split(".")[0]
-        if fileType == "SegmentationFile":
-            node = self.logics["segmentations"].LoadSegmentationFromFile(path, True, name, None, messages)
-        elif fileType == "VolumeFile":
-            options = 1 if properties.get("labelmap") else 0  # qSlicerVolumesReader: bit 0 = label map
-            node = self.logics["volumes"].AddArchetypeVolume(path, name, options, None, messages)
-        else:
-            raise NotImplementedError(f"the harness does not read {fileType}")
-        if node is None:
-            return False
-        loaded.AddItem(node)
-        return True
+def _headless():
+    """KidneyTumorSegSlicer.headless (what the web server gives the helpers), imported from the module's folder."""
+    spec = importlib.util.spec_from_file_location("_kts_headless", MODULE_DIR / HELPERS / "headless.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class App:
-    """Replaces ``slicer.app`` (qSlicerApplication): folders, IO, the event loop and test mode."""
-
-    def __init__(self, home: Path, ioManager: IOManager, applicationLogic):
-        self.temporaryPath = str(home / "tmp")
-        self.slicerHome = str(home / "slicer")
-        self.slicerUserSettingsFilePath = str(home / "settings" / "Slicer.ini")
-        self._io = ioManager
-        self._applicationLogic = applicationLogic
-
-    def coreIOManager(self):
-        return self._io
-
-    ioManager = coreIOManager
-
-    def applicationLogic(self):
-        return self._applicationLogic
+class App(_headless().HeadlessApp):
+    """Replaces ``slicer.app`` (qSlicerApplication): the headless application's folders and IO, with the
+    test event loop, test mode and no cursor."""
 
     def processEvents(self):
         QTimer.fireDue()
@@ -153,9 +121,6 @@ class App:
 
     def connect(self, *args):
         pass
-
-    def layoutManager(self):
-        return None  # no views
 
     def setOverrideCursor(self, cursor):
         pass
@@ -266,9 +231,7 @@ def _subject_hierarchy_plugin():
 
 def _stand_in_modules() -> Dict[str, types.ModuleType]:
     """The modules that replace Slicer's Qt-based ones, by their names in sys.modules."""
-    i18n = types.ModuleType("slicer.i18n")  # replaces slicer.i18n (Qt's translator)
-    i18n.tr = lambda text: text
-    i18n.translate = lambda context, text: text
+    i18n = _headless().i18nModule()  # replaces slicer.i18n (Qt's translator)
     slm = types.ModuleType("slicer.ScriptedLoadableModule")  # replaces the Qt base classes
     for name, cls in _scripted_module_classes().items():
         setattr(slm, name, cls)
@@ -345,7 +308,7 @@ class SlicerHarness:
         sys.modules.update(stand_ins)
         slicer.mrmlScene = self.scene  # the application's scene
         # replaces slicer.app (qSlicerApplication)
-        slicer.app = App(self.home, IOManager(self.logics), self.applicationLogic)
+        slicer.app = App(self.home, _headless().IOManager(self.logics), self.applicationLogic)
         # replaces slicer.modules.<name>.logic() (the application's module manager)
         slicer.modules = types.SimpleNamespace(**{
             name: types.SimpleNamespace(logic=lambda logic=logic: logic) for name, logic in self.logics.items()})

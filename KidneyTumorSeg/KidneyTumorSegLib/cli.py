@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 from . import __version__
 from .cli_checks import dicom_seg_problem, duplicate_case_problem, events_problem, output_problem
 from .cli_models import add_import_parser, add_model_options, cmd_import_model
+from .cli_web import add_web_parser, cmd_web
 from .run_settings import add_run_options
 
 log = logging.getLogger("kidneytumorseg")
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(inf)
     inf.add_argument("--device", default="auto")
     add_import_parser(sub)
+    add_web_parser(sub)
     return p
 
 
@@ -96,7 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         return {"segment": cmd_segment, "phantom": cmd_phantom, "evaluate": cmd_evaluate, "info": cmd_info,
-                "import-model": cmd_import_model}[args.command](args)
+                "import-model": cmd_import_model, "web": cmd_web}[args.command](args)
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130

@@ -57,17 +57,32 @@ def segmentMap(segmentation, volumeNode) -> np.ndarray:
     return out
 
 
+def segmentGrid(segmentation, volumeNode):
+    """:func:`segmentMap` as a core ``Volume`` (LPS geometry of the CT), for the core's writers."""
+    from KidneyTumorSegLib.geometry.slicer_geometry import volume_from_slicer
+
+    ijkToRas = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(ijkToRas)
+    return volume_from_slicer(segmentMap(segmentation, volumeNode), slicer.util.arrayFromVTKMatrix(ijkToRas))
+
+
+def resultReport(segmentation) -> dict:
+    """The core's report of the run that made ``segmentation`` ({} for a segmentation of another origin)."""
+    table = segmentation.GetNodeReference(REF_FINDINGS)
+    return json.loads(table.GetAttribute(ATTR_REPORT) or "{}") if table is not None else {}
+
+
 def exportDicomSeg(segmentation, volumeNode, path, database=None, overwrite: bool = False) -> Path:
     """Write ``segmentation`` (a KidneyTumorSeg result, edited or not) as a DICOM SEG at ``path``, referencing
     ``volumeNode``'s source series; the algorithm is the model named in the result's report."""
-    from KidneyTumorSegLib.geometry.slicer_geometry import volume_from_slicer
+    files = sourceFiles(volumeNode, database if database is not None else slicer.dicomDatabase)
+    return exportDicomSegFromFiles(segmentation, volumeNode, files, path, overwrite)
+
+
+def exportDicomSegFromFiles(segmentation, volumeNode, files, path, overwrite: bool = False) -> Path:
+    """:func:`exportDicomSeg` with the source series' ``files`` given (any order)."""
     from KidneyTumorSegLib.io.dicom_seg import algorithm, files_in_slice_order, write_dicom_seg
 
-    files = sourceFiles(volumeNode, database if database is not None else slicer.dicomDatabase)
-    ijkToRas = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(ijkToRas)
-    grid = volume_from_slicer(segmentMap(segmentation, volumeNode), slicer.util.arrayFromVTKMatrix(ijkToRas))
-    table = segmentation.GetNodeReference(REF_FINDINGS)
-    report = json.loads(table.GetAttribute(ATTR_REPORT) or "{}") if table is not None else {}
-    made = dataclasses.replace(algorithm(report), edited=True)  # reviewed in Slicer: SEMIAUTOMATIC segments
+    grid = segmentGrid(segmentation, volumeNode)
+    made = dataclasses.replace(algorithm(resultReport(segmentation)), edited=True)  # reviewed: SEMIAUTOMATIC
     return write_dicom_seg(grid, files_in_slice_order(grid, files), path, made, overwrite=overwrite)

@@ -1,6 +1,8 @@
 """One run of the core in Slicer: its state, its inputs (volume, ROI, PythonSlicer setup), starting and polling its process.
 
 Nothing here adds to the scene: the caller's ``loadResults(run, outputs)`` does, once a run has succeeded.
+Used by the Slicer module (a Qt timer polls the run) and by the browser front-end (``KidneyTumorSegWeb``,
+whose asyncio loop polls it): ``qt`` is imported only by :func:`start`.
 """
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-import qt
 import vtk
 
 import slicer
@@ -44,7 +45,23 @@ class SegmentationRun:
         self.finishCallback: Optional[Callable[["SegmentationRun"], None]] = None
 
 
-def prepareWork(volumeNode, roiNode, modelPath: str, settings) -> Tuple[Path, Dict]:
+def newRun(volumeNode, modelPath: str, settings, roiNode=None, outputSegmentation=None, show3D=False,
+           python: Optional[str] = None) -> SegmentationRun:
+    """A run of ``modelPath`` on ``volumeNode``, not started: its input exported, its arguments collected.
+
+    ``RuntimeError`` with the reason when the model cannot be used (nothing is written then).
+    ``python``: the interpreter of the background process (None: Slicer's PythonSlicer).
+    """
+    from .models import modelProblem
+
+    problem = modelProblem(modelPath)
+    if problem:
+        raise RuntimeError(problem)
+    workDir, options = prepareWork(volumeNode, roiNode, modelPath, settings, python)
+    return SegmentationRun(volumeNode, options, workDir, outputSegmentation, show3D)
+
+
+def prepareWork(volumeNode, roiNode, modelPath: str, settings, python: Optional[str] = None) -> Tuple[Path, Dict]:
     """A new temporary folder holding the exported input, and the core's arguments for it.
 
     ``settings``: the run's ``RunSettings`` (``runsettings.runSettings``); the ROI box, in the
@@ -59,7 +76,7 @@ def prepareWork(volumeNode, roiNode, modelPath: str, settings) -> Tuple[Path, Di
         options = dict(
             input_path=str(inputPath), output_dir=str(workDir / "out"), model=modelPath,
             settings=replace(settings, roi=roiInVolumeFrame(roiNode, volumeNode)),
-            python=pythonSlicerExecutable(), env=processEnvironment(),
+            python=python or pythonSlicerExecutable(), env=processEnvironment(),
         )
     except Exception:
         shutil.rmtree(workDir, ignore_errors=True)
@@ -68,8 +85,20 @@ def prepareWork(volumeNode, roiNode, modelPath: str, settings) -> Tuple[Path, Di
 
 
 def start(run: SegmentationRun, tick: Callable[[], None], intervalMs: int) -> None:
-    """Start ``run``'s background process, and a timer that calls ``tick`` every ``intervalMs`` ms (which
-    polls it, see :func:`poll`); the run's folder is removed when the process cannot start."""
+    """Start ``run``'s background process, and a Qt timer that calls ``tick`` every ``intervalMs`` ms
+    (which polls it, see :func:`poll`)."""
+    import qt
+
+    startProcess(run)
+    run.timer = qt.QTimer()
+    run.timer.setInterval(intervalMs)
+    run.timer.connect("timeout()", tick)
+    run.timer.start()
+
+
+def startProcess(run: SegmentationRun) -> None:
+    """Start ``run``'s background process (the caller polls it, see :func:`poll`); the run's folder is
+    removed when the process cannot start."""
     from KidneyTumorSegLib.background import SegmentationProcess
 
     try:
@@ -78,10 +107,6 @@ def start(run: SegmentationRun, tick: Callable[[], None], intervalMs: int) -> No
     except Exception:
         shutil.rmtree(run.workDir, ignore_errors=True)
         raise
-    run.timer = qt.QTimer()
-    run.timer.setInterval(intervalMs)
-    run.timer.connect("timeout()", tick)
-    run.timer.start()
 
 
 def poll(run: SegmentationRun, loadResults: Callable[[SegmentationRun, Dict[str, str]], None]) -> None:
@@ -92,7 +117,7 @@ def poll(run: SegmentationRun, loadResults: Callable[[SegmentationRun, Dict[str,
         _pollOnce(run, loadResults)
     except Exception as exc:  # an error in a timer slot must end the run, not repeat every tick
         logging.exception("KidneyTumorSeg: the run failed")
-        run.timer.stop()
+        _stopTimer(run)
         if run.process is not None and run.process.running:
             run.process.cancel()
         finish(run, "failed", str(exc))
@@ -111,7 +136,7 @@ def _pollOnce(run: SegmentationRun, loadResults) -> None:
             run.progressCallback(run.fraction, run.stageText)
     if run.process.running:
         return
-    run.timer.stop()
+    _stopTimer(run)
     outputs = run.process.outputs
     if run.process.returncode != 0 or not outputs:
         finish(run, "failed", run.process.error_message() or
@@ -125,11 +150,15 @@ def cancel(run: SegmentationRun) -> None:
     """Stop ``run``; the scene is left exactly as it was before it started."""
     if run.status != "running":
         return
-    if run.timer is not None:
-        run.timer.stop()
+    _stopTimer(run)
     if run.process is not None:
         run.process.cancel()
     finish(run, "cancelled")
+
+
+def _stopTimer(run: SegmentationRun) -> None:
+    if run.timer is not None:  # none when the caller polls from its own loop
+        run.timer.stop()
 
 
 def finish(run: SegmentationRun, status: str, error: str = "") -> None:
