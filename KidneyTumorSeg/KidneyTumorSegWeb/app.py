@@ -70,7 +70,7 @@ class WebApp(TrameApp):
                 ControlButton(icon="mdi-hospital-box-outline", name="KidneyTumorSeg", click=f"kts_tool = '{PANEL}'",
                               active=(f"kts_tool === '{PANEL}'",), classes="mt-1", id="kts-tool-panel")
                 LayoutButton(classes="mt-1")
-                ControlButton(icon="mdi-brush", name="Segment editor", click=f"kts_tool = '{EDITOR}'",
+                ControlButton(icon="mdi-pencil-box-multiple-outline", name="Segment editor", click=f"kts_tool = '{EDITOR}'",
                               active=(f"kts_tool === '{EDITOR}'",), classes="mt-1", id="kts-tool-editor",
                               disabled=("!kts_has_result",))
                 SegmentEditorToolbarUI(editor_ui=self.editor_ui)
@@ -87,11 +87,13 @@ class WebApp(TrameApp):
             self._show_ct(self.folder.resolve(relative))
 
     def on_upload(self, files) -> None:
-        """Files from the upload field (trame sends each as name/size/content), stored then opened."""
+        """Files from the upload field (trame sends each as name/size/content): checked, stored, opened."""
+        from KidneyTumorSegLib.io.volume_io import read_volume
+
         with self._reporting():
             try:
                 parts = [(f.get("name", ""), _content(f)) for f in (files or [])]
-                self._show_ct(self.folder.store_upload(parts))
+                self._show_ct(self.folder.store_upload(parts, check=read_volume))
                 self.state.kts_cases = self.folder.cases()
             finally:
                 self.state.kts_uploading = False

@@ -16,7 +16,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 from KidneyTumorSegLib.geometry.volume import InputError
 
@@ -83,10 +83,10 @@ class DataFolder:
         parts = Path(path).resolve().relative_to(self.root).parts if self.root in Path(path).resolve().parents else ()
         return bool(parts) and not any(p.startswith(".") for p in parts) and parts[0] != MODELS
 
-    def store_upload(self, files: Sequence[Tuple[str, bytes]]) -> Path:
+    def store_upload(self, files: Sequence[Tuple[str, bytes]], check: Callable[[Path], object]) -> Path:
         """Write uploaded ``(name, content)`` files into ``uploads/``: one file as itself, several (a DICOM
-        series) as one folder; returns its path. Refused (nothing written) over the size limit, empty,
-        or with more than one non-DICOM file."""
+        series) as one folder; returns its path. ``check(staged path)`` raises for content that is not
+        usable (the core's ``read_volume``); then, as over the size limit or when empty, nothing is kept."""
         total = sum(len(content) for _name, content in files)
         if not files or total == 0:
             raise InputError("The upload is empty.")
@@ -100,6 +100,7 @@ class DataFolder:
         try:
             for i, ((_name, content), name) in enumerate(zip(files, names)):
                 (staging / (name if len(files) == 1 else f"{i:05d}-{name}")).write_bytes(content)
+            check(staging / names[0] if len(files) == 1 else staging)
             target = self._upload_target(stamp, names[0] if len(files) == 1 else "series")
             shutil.move(str(staging / names[0]) if len(files) == 1 else str(staging), str(target))
         finally:
