@@ -26,6 +26,7 @@ from .panel import STATE_DEFAULTS, build_panel
 log = logging.getLogger("kidneytumorseg.web")
 POLL_SECONDS = 0.2
 PANEL, EDITOR = "KidneyTumorSegPanel", SegmentEditorUI.__name__
+DRAWER_WIDTH = 480
 
 
 class WebApp(TrameApp):
@@ -61,6 +62,7 @@ class WebApp(TrameApp):
     def _build_ui(self) -> None:
         with ViewerLayout(self.server, title="KidneyTumorSeg", is_drawer_visible=True) as self.ui:
             self.ui.title.set_text("KidneyTumorSeg")
+            self.ui.drawer.width = DRAWER_WIDTH  # the findings table's columns
             self.state["kts_tool"] = PANEL
             with self.ui.drawer:
                 with v3.VSheet(v_if=f"kts_tool === '{PANEL}'"):
@@ -127,11 +129,18 @@ class WebApp(TrameApp):
 
     def _show_ct(self, path) -> None:
         warnings = self.session.open_ct(path)
-        node = self.session.volumeNode
-        self.slicer_app.display_manager.show_volume(node, do_reset_views=True)
+        self._show_in_slice_views(self.session.volumeNode)
         self.state.update({"kts_has_ct": True, "kts_case_name": self.session.caseName, "kts_has_result": False,
                            "kts_rows": [], "kts_dicom": bool(self.session.dicomFiles), "kts_messages": warnings,
                            "kts_error": "", "kts_tool": PANEL})
+
+    def _show_in_slice_views(self, node) -> None:
+        """The CT in the slice views; the 3D view gets the segments' surfaces only (volume rendering, which
+        trame-slicer's ``show_volume`` adds, re-renders on the CPU at every interaction of a GPU-less server)."""
+        display = self.slicer_app.display_manager
+        display.show_volume_in_slice_background(node)
+        display.show_volume_in_slice_foreground(None)
+        display.reset_views()
 
     def _show_status(self) -> None:
         status = self.session.status()
@@ -143,7 +152,9 @@ class WebApp(TrameApp):
     def _show_result(self) -> None:
         """A finished run's segmentation in the views and the segment editor, its findings in the panel."""
         self.editor_logic.on_volume_changed(self.session.volumeNode)
-        self.slicer_app.display_manager.show_volume(self.session.volumeNode)
+        self.editor_logic.data.segment_display.show_3d = True  # the editor's own switch for the 3D surfaces
+        self.editor_logic.segmentation_editor.set_surface_representation_enabled(True)
+        self.slicer_app.display_manager.reset_views()
         self.state.kts_has_result = True
         self._show_findings()
 

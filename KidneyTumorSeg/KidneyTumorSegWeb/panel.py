@@ -68,7 +68,8 @@ def _run_section() -> None:
     v3.VProgressLinear(model_value=("kts_fraction * 100",), height=8, classes="mt-2", id="kts-progress",
                        v_if="kts_running")
     html.Div("{{ kts_stage }}", v_if="kts_running", classes="text-caption", id="kts-stage")
-    html.Div("{{ m }}", v_for="m in kts_messages", classes="text-caption", id="kts-messages")
+    html.Div("{{ m }}", v_for="m in kts_messages", classes="text-caption mt-1", style="white-space: pre-line;",
+             id="kts-messages")
 
 
 def _findings_section() -> None:

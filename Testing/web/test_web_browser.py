@@ -2,9 +2,9 @@
 
 One server (``kidneytumorseg web`` on a free localhost port, a fresh data folder holding the demo
 phantom), one page, the annotator's path through it: open the phantom, segment (progress shown),
-reject the kept tumor, download; the downloaded files' voxels are checked against the expected edit
-(painting a correction in the browser is not covered yet: see the README). Also: a path outside the
-data folder and a file that is not a CT are refused with the core's messages, the scene unchanged.
+reject the kept tumor, paint a correction with the segment editor, download, start a second run and
+cancel it; the downloaded files' voxels are checked against the expected edits. Also: a path outside the data folder and a file that is
+not a CT are refused with the core's messages, the scene unchanged.
 
 Runs in the web environment (``.venv-web``, made by ``bash .ci/run``: trame-slicer pins its own
 slicer-core); elsewhere it skips with the reason. ``KTS_WEB_SCREENSHOTS=docs/web`` keeps the screenshots.
@@ -140,12 +140,13 @@ def test_refusals_leave_the_app_as_it_was(page, server, tmp_path):
     assert list((server["data"] / "uploads").iterdir()) == []  # nothing kept on disk
 
 
-def test_segment_reject_download(page, server, tmp_path):
+def test_segment_reject_paint_download(page, server, tmp_path):
     _shot(page, "1-start")
     _open_case(page, "demo/case_00000")
     _shot(page, "2-ct-open")
     page.click("#kts-segment")
     page.wait_for_selector("#kts-progress")
+    page.wait_for_function("trame.state.get('kts_fraction') > 0.1")  # per-stage progress reaches the browser
     _shot(page, "3-progress")
     page.wait_for_selector("#kts-findings", timeout=180000)
     page.wait_for_timeout(1500)  # the views' next frame
@@ -162,7 +163,44 @@ def test_segment_reject_download(page, server, tmp_path):
     np.testing.assert_array_equal(rejected[~tumor], before[~tumor])  # nothing else changed
     assert set(np.unique(rejected[tumor])) <= {0, 1, 2}  # its voxels went to a kidney or background
 
-    _check_nifti(_download(page, "nifti", tmp_path / "c"), rejected)
+    _paint(page)
+    _shot(page, "6-painted")
+    painted, painted_seg = _seg_map(_download(page, "seg.nrrd", tmp_path / "c"))
+    changed = painted != rejected
+    assert changed.sum() >= 20, "the paint stroke changed no voxels"
+    assert set(np.unique(painted[changed])) == {3}  # painted as Kidney tumor, nothing else touched
+    # trame-slicer's brush is a sphere by default: the stroke's spheres are centred on the slice the axial view
+    # shows (the middle one), so the painted slices are too
+    k = np.nonzero(changed)[2]  # voxels are (i, j, k)
+    assert abs(float(np.mean(k)) - (painted.shape[2] - 1) / 2) <= 2 and k.max() - k.min() >= 2
+    np.testing.assert_allclose(painted_seg["ijkToLPS"], seg["ijkToLPS"])
+    _check_nifti(_download(page, "nifti", tmp_path / "d"), painted)
+
+    page.click("#kts-segment")  # a second run, cancelled: the edited result stays as it was
+    page.wait_for_selector("#kts-progress")
+    page.click("#kts-cancel")
+    page.wait_for_selector("#kts-messages:has-text('Cancelled; the scene was not changed.')")
+    _shot(page, "7-cancelled")
+    after_cancel, _ = _seg_map(_download(page, "seg.nrrd", tmp_path / "e"))
+    np.testing.assert_array_equal(after_cancel, painted)
+
+
+def _paint(page) -> None:
+    """The segment editor's Paint on the Kidney tumor segment: one short stroke in the axial view."""
+    page.click("#kts-tool-editor")
+    page.locator(".v-list-item").filter(has=page.locator("input")).nth(2).click()  # Kidney tumor
+    page.locator("button:has(.mdi-brush)").last.click()  # the toolbar's Paint (the panel's comes first)
+    page.wait_for_function("trame.state.get('SegmentEditorState__active_effect_name').endsWith('Paint')")
+    view = page.locator("img.image-display-area").first.bounding_box()  # the axial view (layout's first)
+    x, y = view["x"] + view["width"] * 0.5, view["y"] + view["height"] * 0.45
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(x + 3 * step, y, steps=2)
+    page.mouse.up()
+    page.wait_for_function("trame.state.get('SegmentEditorState__can_undo')")  # the stroke is on the stack
+    page.wait_for_timeout(1000)  # the views' next frame, for the screenshot
+    page.click("#kts-tool-panel")
 
 
 def _check_nifti(path: Path, seg_map: np.ndarray) -> None:
