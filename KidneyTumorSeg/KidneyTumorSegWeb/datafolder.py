@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 from KidneyTumorSegLib.geometry.volume import InputError
 
-MAX_DEPTH = 3  # how deep the CT list looks under the data folder
+MAX_DEPTH = 4  # how many folder levels the CT list looks through, the data folder first
 MAX_LISTED = 500
 SERVER_FOLDER = ".kidneytumorseg"
 UPLOADS = "uploads"

@@ -3,8 +3,9 @@
 One server (``kidneytumorseg web`` on a free localhost port, a fresh data folder holding the demo
 phantom), one page, the annotator's path through it: open the phantom, segment (progress shown),
 reject the kept tumor, paint a correction with the segment editor, download, start a second run and
-cancel it; the downloaded files' voxels are checked against the expected edits. Also: a path outside the data folder and a file that is
-not a CT are refused with the core's messages, the scene unchanged.
+cancel it; the downloaded files' voxels are checked against the expected edits. Also: a DICOM series with
+a bundle from the models folder gives a DICOM SEG; a path outside the data folder and a file that is not
+a CT are refused with the core's messages, the scene unchanged.
 
 Runs in the web environment (``.venv-web``, made by ``bash .ci/run``: trame-slicer pins its own
 slicer-core); elsewhere it skips with the reason. ``KTS_WEB_SCREENSHOTS=docs/web`` keeps the screenshots.
@@ -52,8 +53,14 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     from KidneyTumorSegLib.cli import main
 
+    from helpers_bundle import make_tiny_bundle
+
     data = tmp_path_factory.mktemp("web") / "data"
     assert main(["phantom", str(data / "demo"), "--seed", "7"]) == 0
+    # a small phantom as a DICOM series, and a bundle in the models folder the app lists (tiny, all foreground)
+    assert main(["phantom", str(data / "dcm"), "--seed", "3", "--tumors", "1", "--dicom", "--shape", "24", "64", "64",
+                 "--spacing", "4", "4", "6"]) == 0
+    make_tiny_bundle(data / "models" / "tiny", fg_bias=8.0)
     port = _free_port()
     log = open(data.parent / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "KidneyTumorSegWeb.server", "--data", str(data), "--port",
@@ -119,11 +126,16 @@ def _close_error(page) -> None:
     page.wait_for_selector("#kts-error", state="detached")
 
 
+def _choose(page, select: str, item: str) -> None:
+    """Pick ``item`` in the Vuetify select ``select`` (its menu opens from the field around the input)."""
+    page.locator(select).locator("xpath=ancestor::div[contains(@class,'v-field')][1]").click()
+    page.locator(".v-overlay .v-list-item", has_text=item).first.click()
+
+
 def _open_case(page, name: str) -> None:
-    page.locator("#kts-case").locator("xpath=ancestor::div[contains(@class,'v-field')][1]").click()
-    page.locator(".v-list-item", has_text=name).first.click()
+    _choose(page, "#kts-case", name)
     page.click("#kts-open")
-    page.wait_for_selector("#kts-case-name")
+    page.wait_for_function(f"trame.state.get('kts_case_name') === '{Path(name).name}' && !trame.state.get('kts_error')")
 
 
 def test_refusals_leave_the_app_as_it_was(page, server, tmp_path):
@@ -183,6 +195,24 @@ def test_segment_reject_paint_download(page, server, tmp_path):
     _shot(page, "7-cancelled")
     after_cancel, _ = _seg_map(_download(page, "seg.nrrd", tmp_path / "e"))
     np.testing.assert_array_equal(after_cancel, painted)
+
+
+def test_dicom_series_with_a_model_from_the_models_folder_gives_a_dicom_seg(page, server, tmp_path):
+    """A DICOM series from the data folder, the bundle in models/ chosen from the list: the DICOM SEG download
+    holds the same voxels as the .seg.nrrd one, frame by frame on the source slices."""
+    from helpers_dicom import seg_voxels
+
+    page.click("#kts-tool-panel")
+    _open_case(page, "dcm/case_00000/dicom")
+    _choose(page, "#kts-model", "tiny (models/)")
+    page.click("#kts-segment")
+    page.wait_for_function("trame.state.get('kts_has_result') && !trame.state.get('kts_running')", timeout=120000)
+    nrrd, _ = _seg_map(_download(page, "seg.nrrd", tmp_path / "a"))
+    nrrd = nrrd.transpose(2, 1, 0)  # -> [k, j, i]
+    files = sorted((server["data"] / "dcm" / "case_00000" / "dicom").glob("*.dcm"))
+    seg, ds = seg_voxels(_download(page, "dicom-seg", tmp_path / "b"), files, nrrd.shape)
+    assert nrrd.any() and np.array_equal(seg, nrrd)
+    assert ds.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"  # reviewed in the app
 
 
 def _paint(page) -> None:
