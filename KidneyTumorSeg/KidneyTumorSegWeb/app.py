@@ -11,6 +11,7 @@ import logging
 from typing import Dict, List, Sequence
 
 from trame.app import TrameApp
+from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 from trame_slicer import module as trame_slicer_module
 from trame_slicer.app.logic.layout_button_logic import LayoutButtonLogic
@@ -72,10 +73,11 @@ class WebApp(TrameApp):
                 ControlButton(icon="mdi-hospital-box-outline", name="KidneyTumorSeg", click=f"kts_tool = '{PANEL}'",
                               active=(f"kts_tool === '{PANEL}'",), classes="mt-1", id="kts-tool-panel")
                 LayoutButton(classes="mt-1")
-                ControlButton(icon="mdi-pencil-box-multiple-outline", name="Segment editor", click=f"kts_tool = '{EDITOR}'",
-                              active=(f"kts_tool === '{EDITOR}'",), classes="mt-1", id="kts-tool-editor",
-                              disabled=("!kts_has_result",))
-                SegmentEditorToolbarUI(editor_ui=self.editor_ui)
+                ControlButton(icon="mdi-pencil-box-multiple-outline", name="Segment editor",
+                              click=f"kts_tool = '{EDITOR}'", active=(f"kts_tool === '{EDITOR}'",), classes="mt-1",
+                              id="kts-tool-editor", disabled=("!kts_has_result",))
+                with html.Div(v_if="kts_has_result"):  # the editor works on a result, not on a bare CT
+                    SegmentEditorToolbarUI(editor_ui=self.editor_ui)
             with self.ui.undo_redo:
                 SegmentEditorUndoRedoUI(editor_ui=self.editor_ui, v_if=(f"kts_tool === '{EDITOR}'",))
             with self.ui.content:
@@ -129,6 +131,7 @@ class WebApp(TrameApp):
 
     def _show_ct(self, path) -> None:
         warnings = self.session.open_ct(path)
+        self.editor_logic.segmentation_editor.deactivate_effect()  # its segmentation went with the last CT
         self._show_in_slice_views(self.session.volumeNode)
         self.state.update({"kts_has_ct": True, "kts_case_name": self.session.caseName, "kts_has_result": False,
                            "kts_rows": [], "kts_dicom": bool(self.session.dicomFiles), "kts_messages": warnings,
