@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+MAX_UPLOAD_MB = 2
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-quic"]
 
@@ -64,7 +65,7 @@ def server(tmp_path_factory):
     port = _free_port()
     log = open(data.parent / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "KidneyTumorSegWeb.server", "--data", str(data), "--port",
-                             str(port)], stdout=log, stderr=subprocess.STDOUT)
+                             str(port), "--max-upload-mb", str(MAX_UPLOAD_MB)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -139,7 +140,8 @@ def _open_case(page, name: str) -> None:
 
 
 def test_refusals_leave_the_app_as_it_was(page, server, tmp_path):
-    """A path outside the data folder, and an upload that is not a CT: the core's message, nothing opened."""
+    """A path outside the data folder, a file that is not a CT, uploads over the limit (refused in the browser,
+    and by the server when a client skips that check): the core's message, nothing opened or kept."""
     page.evaluate("trame.trigger('kts_open', ['../../etc/passwd'])")
     assert "outside the data folder" in _error_text(page)
     _close_error(page)
@@ -147,9 +149,26 @@ def test_refusals_leave_the_app_as_it_was(page, server, tmp_path):
     not_ct.write_bytes(b"this is not an image")
     page.set_input_files("#kts-upload", str(not_ct))
     assert "notes" in _error_text(page)
-    assert page.locator("#kts-case-name").count() == 0  # no CT was opened
     _close_error(page)
+    big = tmp_path / "big.nii.gz"
+    big.write_bytes(b"x" * 3_000_000)
+    page.set_input_files("#kts-upload", str(big))
+    assert _error_text(page) == f"The upload is 3.0 MB; this server accepts at most {MAX_UPLOAD_MB} MB."
+    _close_error(page)
+    page.evaluate("trame.trigger('kts_upload', [[{name: 'big.nii.gz', size: 3000000, content: new Uint8Array(3000000)}]])")
+    assert _error_text(page).startswith(f"The upload is 3.0 MB; this server accepts at most {MAX_UPLOAD_MB} MB")
+    _close_error(page)
+    assert page.locator("#kts-case-name").count() == 0  # no CT was opened
     assert list((server["data"] / "uploads").iterdir()) == []  # nothing kept on disk
+
+
+def test_an_uploaded_ct_is_kept_in_uploads_and_opened(page, server):
+    source = server["data"] / "dcm" / "case_00000" / "imaging.nii.gz"
+    page.set_input_files("#kts-upload", str(source))
+    page.wait_for_function("trame.state.get('kts_case_name').endsWith('-imaging') && !trame.state.get('kts_uploading')")
+    (kept,) = (server["data"] / "uploads").iterdir()
+    assert kept.name.endswith("-imaging.nii.gz") and kept.read_bytes() == source.read_bytes()
+    assert f"uploads/{kept.name}" in page.evaluate("trame.state.get('kts_cases')")
 
 
 def test_segment_reject_paint_download(page, server, tmp_path):
