@@ -97,7 +97,9 @@ class WebApp(TrameApp):
         with self._reporting():
             try:
                 parts = [(f.get("name", ""), _content(f)) for f in (files or [])]
-                self._show_ct(self.folder.store_upload(parts, check=read_volume))
+                read = []  # the CT as the check read it, so that opening it does not read it again
+                stored = self.folder.store_upload(parts, check=lambda staged: read.append(read_volume(staged)))
+                self._show_ct(stored, read[0])
                 self.state.kts_cases = self.folder.cases()
             finally:
                 self.state.kts_uploading = False
@@ -129,8 +131,8 @@ class WebApp(TrameApp):
 
     # -- showing --------------------------------------------------------------------------------------
 
-    def _show_ct(self, path) -> None:
-        warnings = self.session.open_ct(path)
+    def _show_ct(self, path, image=None) -> None:
+        warnings = self.session.open_ct(path, image)
         self.editor_logic.segmentation_editor.deactivate_effect()  # its segmentation went with the last CT
         self._show_in_slice_views(self.session.volumeNode)
         self.state.update({"kts_has_ct": True, "kts_case_name": self.session.caseName, "kts_has_result": False,

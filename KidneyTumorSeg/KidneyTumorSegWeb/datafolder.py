@@ -80,8 +80,12 @@ class DataFolder:
         return sorted(set(found))[:MAX_LISTED]
 
     def _listable(self, path: Path) -> bool:
-        parts = Path(path).resolve().relative_to(self.root).parts if self.root in Path(path).resolve().parents else ()
-        return bool(parts) and not any(p.startswith(".") for p in parts) and parts[0] != MODELS
+        """Inside the data folder (links followed), not hidden, not a model."""
+        resolved = Path(path).resolve()
+        if self.root not in resolved.parents:
+            return False
+        parts = resolved.relative_to(self.root).parts
+        return not any(p.startswith(".") for p in parts) and parts[0] != MODELS
 
     def store_upload(self, files: Sequence[Tuple[str, bytes]], check: Callable[[Path], object]) -> Path:
         """Write uploaded ``(name, content)`` files into ``uploads/``: one file as itself, several (a DICOM

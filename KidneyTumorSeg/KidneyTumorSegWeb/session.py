@@ -41,25 +41,22 @@ class WebSession:
 
     # -- the CT -------------------------------------------------------------------------------------
 
-    def open_ct(self, path: Path) -> List[str]:
+    def open_ct(self, path: Path, image=None) -> List[str]:
         """Read the CT at ``path`` (inside the data folder) with the core's checks, then replace the scene's
-        content with it; returns the core's warnings. A CT that is refused leaves the scene as it was."""
-        import SimpleITK as sitk
+        content with it; returns the core's warnings. A CT that is refused leaves the scene as it was.
+        ``image``: the CT already read (by the upload's check) from where it was staged before it moved to ``path``."""
         import slicer
+        from KidneyTumorSegLib.geometry.slicer_geometry import ijk_to_ras_from_volume
         from KidneyTumorSegLib.io.cases import case_id_for
-        from KidneyTumorSegLib.io.volume_io import read_volume, volume_to_sitk
-        from KidneyTumorSegSlicer.nodes import forgetStorage
+        from KidneyTumorSegLib.io.volume_io import read_volume
 
-        image = read_volume(path)  # InputError with the core's message for anything that is not a usable CT
-        with tempfile.TemporaryDirectory(dir=slicer.app.temporaryPath) as tmp:
-            staged = Path(tmp) / "ct.nrrd"
-            sitk.WriteImage(volume_to_sitk(image), str(staged), False)
-            self.cancel()
-            slicer.mrmlScene.Clear(0)
-            node = slicer.util.loadVolume(str(staged), {"name": case_id_for(path), "show": False})
-            forgetStorage(node)  # its file goes with this folder; the CT stays as read
+        if image is None:
+            image = read_volume(path)  # InputError with the core's message for anything that is not a usable CT
+        self.cancel()
+        slicer.mrmlScene.Clear(0)
+        node = slicer.util.addVolumeFromArray(image.array, ijk_to_ras_from_volume(image), case_id_for(path))
         self.volumeNode, self.caseName, self.segmentation, self.run = node, case_id_for(path), None, None
-        self.dicomFiles = tuple(image.meta.get("dicom_paths") or ()) if image.meta.get("format") == "dicom" else ()
+        self.dicomFiles = _series_files(image, Path(path))
         return list(image.meta.get("warnings") or [])
 
     # -- the run ------------------------------------------------------------------------------------
@@ -127,6 +124,8 @@ class WebSession:
 
     def download(self, kind: str) -> Tuple[str, bytes]:
         """The segmentation as it is now (with the annotator's edits) as ``(file name, bytes)``."""
+        import slicer
+        from KidneyTumorSegLib.findings.findings import kits_labels
         from KidneyTumorSegLib.findings.terminology import SEG_NRRD_SEGMENTS
         from KidneyTumorSegLib.geometry.volume import InputError
         from KidneyTumorSegLib.io.writers import write_labelmap, write_seg_nrrd
@@ -139,8 +138,6 @@ class WebSession:
         if kind == "dicom-seg" and not self.dicomFiles:
             raise InputError("A DICOM SEG needs a CT opened from a DICOM series.")
         name = f"{self.caseName}{DOWNLOADS[kind][0]}"
-        import slicer
-
         with tempfile.TemporaryDirectory(dir=slicer.app.temporaryPath) as tmp:
             path = Path(tmp) / name
             if kind == "dicom-seg":
@@ -148,7 +145,8 @@ class WebSession:
             elif kind == "seg.nrrd":
                 write_seg_nrrd(segmentGrid(self.segmentation, self.volumeNode), path, SEG_NRRD_SEGMENTS)
             else:
-                write_labelmap(_kits_labels(segmentGrid(self.segmentation, self.volumeNode)), path)
+                grid = segmentGrid(self.segmentation, self.volumeNode)
+                write_labelmap(grid.with_array(kits_labels(grid.array)), path)
             return name, path.read_bytes()
 
     def status(self) -> Dict:
@@ -164,16 +162,12 @@ class WebSession:
                 "messages": ([run.error] if run.error else []) + ([text] if text else [])}
 
 
-def _kits_labels(grid):
-    """The segment map (1 left, 2 right, 3 tumor) as KiTS labels (1 kidney, 2 tumor)."""
-    import numpy as np
-    from KidneyTumorSegLib.findings.terminology import KITS_KIDNEY, KITS_TUMOR, SEG_KIDNEY_LEFT, SEG_KIDNEY_RIGHT, \
-        SEG_TUMOR
-
-    out = np.zeros(grid.shape, np.uint8)
-    out[(grid.array == SEG_KIDNEY_LEFT) | (grid.array == SEG_KIDNEY_RIGHT)] = KITS_KIDNEY
-    out[grid.array == SEG_TUMOR] = KITS_TUMOR
-    return grid.with_array(out)
+def _series_files(image, path: Path) -> Tuple[str, ...]:
+    """The DICOM files ``image`` was read from, where they are now (``path``: the series' folder or its one file)."""
+    if image.meta.get("format") != "dicom":
+        return ()
+    files = image.meta.get("dicom_paths") or ()
+    return tuple(str(path / Path(f).name) if path.is_dir() else str(path) for f in files)
 
 
 def _has(package: str) -> bool:

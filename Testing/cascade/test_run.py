@@ -6,7 +6,7 @@ import pytest
 
 from KidneyTumorSegLib.cascade import RoiWorld, run_cascade
 from KidneyTumorSegLib.config import NetworkConfig, StageConfig, PostprocessConfig
-from KidneyTumorSegLib.findings.findings import segment_map
+from KidneyTumorSegLib.findings.findings import kits_labels, segment_map
 from KidneyTumorSegLib.evaluation.metrics import case_metrics
 from KidneyTumorSegLib.engine.reference import ReferencePredictor, reference_predictors
 from KidneyTumorSegLib.geometry.volume import Volume
@@ -65,6 +65,7 @@ def test_horseshoe_kidney_is_one_component_split_in_segments():
     assert any("horseshoe" in m for m in res.messages)
     seg = segment_map(res.label.array, res.sides.array)
     assert (seg == 1).sum() > 0 and (seg == 2).sum() > 0
+    np.testing.assert_array_equal(kits_labels(seg), res.label.array)  # the way back, as the web app's NIfTI download
 
 
 def test_kidney_at_edge_of_field_of_view():

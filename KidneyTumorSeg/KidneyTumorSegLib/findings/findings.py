@@ -103,6 +103,14 @@ def segment_map(label: np.ndarray, sides: np.ndarray) -> np.ndarray:
     return seg
 
 
+def kits_labels(seg: np.ndarray) -> np.ndarray:
+    """KiTS labels (uint8: 1 kidney, 2 tumor) from segment values (:func:`segment_map`'s output, edited or not)."""
+    out = np.zeros(seg.shape, np.uint8)
+    out[(seg == SEG_KIDNEY_LEFT) | (seg == SEG_KIDNEY_RIGHT)] = KITS_KIDNEY
+    out[seg == SEG_TUMOR] = KITS_TUMOR
+    return out
+
+
 def apply_candidate_choice(result: CascadeResult, kept_ids) -> np.ndarray:
     """KiTS label array (input grid) with exactly the candidates ``kept_ids`` as tumor.
 
